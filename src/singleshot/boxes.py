@@ -1,0 +1,214 @@
+"""Box geometry, matching and encoding: the paper's section 2.2 ("Matching strategy")
+and the (0.1, 0.2) variance encoding of the Caffe SSD code.
+
+Box forms used throughout:
+
+- ``xyxy``: (x1, y1, x2, y2) corners.
+- ``cxcywh``: (cx, cy, w, h) centre and size; priors (default boxes) use this form.
+
+All functions work on fractions of the image (in ``[0, 1]`` for boxes inside it) but
+nothing here assumes a unit; only the matching threshold is unit-free anyway.
+
+The matching rule is written by hand (not with torchvision's ``Matcher``) because it
+must reproduce ssd.pytorch's ``match`` bit for bit: float32 IoU computed as
+``inter / (area_a + area_b - inter)``, first index on exact ties, a later ground
+truth winning a prior that is the best for several, and IoU equal to the threshold
+counted as positive.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+__all__ = [
+    "cxcywh_to_xyxy",
+    "xyxy_to_cxcywh",
+    "iou",
+    "encode",
+    "decode",
+    "match",
+    "match_batch",
+    "check_boxes",
+]
+
+# Largest log-size offset accepted by `decode` (torchvision's bbox_xform_clip): a wild
+# prediction then gives a box 62.5x its prior instead of overflowing to inf.
+LOG_SIZE_CLAMP = math.log(1000.0 / 16)
+
+
+def cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
+    """(..., 4) cxcywh -> (..., 4) xyxy: (cx - w/2, cy - h/2, cx + w/2, cy + h/2)."""
+    centre, size = boxes[..., :2], boxes[..., 2:]
+    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+
+
+def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
+    """(..., 4) xyxy -> (..., 4) cxcywh."""
+    low, high = boxes[..., :2], boxes[..., 2:]
+    return torch.cat(((low + high) / 2, high - low), dim=-1)
+
+
+def iou(a: Tensor, b: Tensor) -> Tensor:
+    """Intersection over union of every box in ``a`` with every box in ``b``.
+
+    Args:
+        a: (..., n, 4) xyxy.
+        b: (..., m, 4) xyxy; leading dimensions broadcast with ``a``'s.
+
+    Returns:
+        (..., n, m) IoU, computed as ``inter / (area_a + area_b - inter)`` in the
+        inputs' dtype (the exact expression of ssd.pytorch's ``jaccard``).
+    """
+    low = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
+    high = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
+    wh = (high - low).clamp(min=0)
+    inter = wh[..., 0] * wh[..., 1]
+    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
+
+
+def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:
+    """Encode ground-truth boxes as offsets from their priors (what ``loc`` learns).
+
+    Args:
+        matched: (..., P, 4) xyxy, the ground truth matched to each prior.
+        priors: (P, 4) cxcywh.
+        variances: scale of the centre and of the log-size offsets.
+
+    Returns:
+        (..., P, 4): ``((gx - px) / (v0 * pw), (gy - py) / (v0 * ph), log(gw / pw) / v1, log(gh / ph) / v1)``.
+    """
+    centre = (matched[..., :2] + matched[..., 2:]) / 2 - priors[:, :2]
+    centre = centre / (variances[0] * priors[:, 2:])
+    size = (matched[..., 2:] - matched[..., :2]) / priors[:, 2:]
+    size = torch.log(size) / variances[1]
+    return torch.cat((centre, size), dim=-1)
+
+
+def decode(loc: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:
+    """Invert `encode`: offsets predicted for each prior -> boxes.
+
+    Args:
+        loc: (..., P, 4) encoded offsets.
+        priors: (P, 4) cxcywh.
+
+    Returns:
+        (..., P, 4) xyxy in the priors' unit. The log-size offset is clamped at
+        ``log(1000 / 16)`` so that no prediction decodes to an infinite box.
+    """
+    centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=LOG_SIZE_CLAMP))
+    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+
+
+def check_boxes(boxes: Tensor, what: str = "box") -> None:
+    """Raise ValueError if any (n, 4) xyxy box is not finite or has zero or negative size."""
+    if boxes.numel() == 0:
+        return
+    bad = ~torch.isfinite(boxes).all(-1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    if bool(bad.any()):
+        index = int(bad.nonzero()[0, 0])
+        raise ValueError(
+            f"{what} {index} is degenerate: {boxes[index].tolist()} "
+            "(boxes must be finite xyxy with x2 > x1 and y2 > y1)"
+        )
+
+
+def match_batch(
+    gt_boxes: list[Tensor],
+    gt_labels: list[Tensor],
+    priors: Tensor,
+    iou_threshold: float = 0.5,
+    variances: tuple[float, float] = (0.1, 0.2),
+) -> tuple[Tensor, Tensor]:
+    """Match the ground truth of a whole batch to the priors at once (no loop over priors).
+
+    Args:
+        gt_boxes: B tensors (n_i, 4) xyxy as fractions of the image; n_i may be 0.
+        gt_labels: B tensors (n_i,) int64 in 1..C-1.
+        priors: (P, 4) cxcywh.
+
+    Returns:
+        ``loc_t`` (B, P, 4) encoded offsets of each prior's matched ground truth and
+        ``labels_t`` (B, P) int64, 0 for background. Priors of images without objects are
+        all background (their ``loc_t`` rows hold finite values that no loss term reads).
+
+    Raises:
+        ValueError: a ground-truth box is not finite or has zero or negative width or
+            height; the message names the image index and the box.
+    """
+    batch = len(gt_boxes)
+    num_priors = priors.shape[0]
+    device = priors.device
+    for i, boxes in enumerate(gt_boxes):
+        try:
+            check_boxes(boxes, what="ground-truth box")
+        except ValueError as error:
+            raise ValueError(f"image {i} of the batch: {error}") from None
+
+    counts = torch.tensor([len(b) for b in gt_boxes], device=device)
+    max_objects = int(counts.max()) if batch else 0
+    if max_objects == 0:
+        return priors.new_zeros(batch, num_priors, 4), torch.zeros(
+            batch, num_priors, dtype=torch.int64, device=device
+        )
+
+    # Padding rows get a box far outside the image: IoU 0 with every prior.
+    boxes = pad_sequence([b.to(priors.dtype) for b in gt_boxes], batch_first=True, padding_value=-2.0)
+    labels = pad_sequence([lab.to(torch.int64) for lab in gt_labels], batch_first=True, padding_value=0)
+    valid = torch.arange(max_objects, device=device) < counts[:, None]  # (B, n)
+
+    overlaps = iou(boxes, cxcywh_to_xyxy(priors))  # (B, n, P)
+    overlaps.masked_fill_(~valid[:, :, None], -1.0)
+
+    best_prior = overlaps.argmax(dim=2)  # (B, n), first index on ties
+    best_truth_overlap, best_truth = overlaps.max(dim=1)  # (B, P), first ground truth on ties
+
+    # Each ground truth keeps its best prior; when several share one, the last wins
+    # (ssd.pytorch assigns them in a loop over j). Padding rows scatter into a spare column.
+    truth_index = torch.arange(max_objects, device=device).expand(batch, -1)
+    target_column = torch.where(valid, best_prior, num_priors)
+    forced = torch.full((batch, num_priors + 1), -1, dtype=torch.int64, device=device)
+    forced.scatter_reduce_(1, target_column, truth_index, reduce="amax")
+    forced = forced[:, :num_priors]
+    is_forced = forced >= 0
+    best_truth = torch.where(is_forced, forced, best_truth)
+    best_truth_overlap = best_truth_overlap.masked_fill(is_forced, 2.0)
+
+    matched = boxes.gather(1, best_truth[:, :, None].expand(-1, -1, 4))  # (B, P, 4)
+    labels_t = labels.gather(1, best_truth)
+    labels_t = labels_t.masked_fill(best_truth_overlap < iou_threshold, 0)
+    # Unmatched priors of an image may point at a padding row; give them a harmless box.
+    matched = torch.where(valid.any(1)[:, None, None], matched, cxcywh_to_xyxy(priors))
+    return encode(matched, priors, variances), labels_t
+
+
+def match(
+    gt_boxes: Tensor,
+    gt_labels: Tensor,
+    priors: Tensor,
+    iou_threshold: float = 0.5,
+    variances: tuple[float, float] = (0.1, 0.2),
+) -> tuple[Tensor, Tensor]:
+    """Match one image's ground truth to the priors (the paper's matching strategy).
+
+    Every ground truth keeps the prior it overlaps best, even below the threshold;
+    every other prior takes the ground truth it overlaps best when that IoU is
+    ``>= iou_threshold``, and is background otherwise.
+
+    Args:
+        gt_boxes: (n, 4) xyxy as fractions of the image.
+        gt_labels: (n,) int64 in 1..C-1.
+        priors: (P, 4) cxcywh.
+
+    Returns:
+        ``loc_t`` (P, 4) encoded offsets (see `encode`) and ``labels_t`` (P,) int64 with
+        0 for background.
+    """
+    loc_t, labels_t = match_batch([gt_boxes], [gt_labels], priors, iou_threshold, variances)
+    return loc_t[0], labels_t[0]

@@ -1,0 +1,77 @@
+"""`SSD.predict`: images of any size in, detections in the original pixels out."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .imageio import ImageLike, to_rgb_tensor
+from .postprocess import detect
+
+__all__ = ["predict", "preprocess"]
+
+
+def preprocess(images: Sequence[Tensor], size: int, mean: Sequence[float], device=None) -> Tensor:
+    """uint8 (3, H_i, W_i) RGB images -> float (B, 3, size, size) model input.
+
+    Bilinear resize without antialiasing (what the model was trained with, as in
+    ssd.pytorch and torchvision), then subtraction of the RGB ``mean`` (0-255 scale).
+    """
+    mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+    batch = []
+    for image in images:
+        x = image.to(device=device, dtype=torch.float32)[None]
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+        batch.append(x)
+    return torch.cat(batch) - mean_t
+
+
+def predict(
+    model,
+    images: ImageLike | Sequence[ImageLike],
+    score_threshold: float = 0.01,
+    nms_threshold: float = 0.45,
+    pre_nms_top_k: int = 200,
+    max_detections: int | None = 200,
+) -> list[dict[str, Tensor]]:
+    """See `singleshot.SSD.predict`."""
+    if isinstance(images, (list, tuple)):
+        tensors = [to_rgb_tensor(image) for image in images]
+    else:
+        tensors = [to_rgb_tensor(images)]
+    if not tensors:
+        return []
+    parameter = next(model.parameters())
+    x = preprocess(tensors, model.image_size, model.image_mean, device=parameter.device)
+    if parameter.dtype != torch.float32:
+        x = x.to(parameter.dtype)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            loc, conf = model(x)
+            scores = torch.softmax(conf.float(), dim=-1)
+            detections = detect(
+                loc.float(),
+                scores,
+                model.priors.float(),
+                score_threshold=score_threshold,
+                nms_threshold=nms_threshold,
+                pre_nms_top_k=pre_nms_top_k,
+                max_detections=max_detections,
+            )
+    finally:
+        model.train(was_training)
+    results = []
+    for det, image in zip(detections, tensors):
+        height, width = image.shape[-2:]
+        scale = det["boxes"].new_tensor([width, height, width, height])
+        boxes = det["boxes"] * scale
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        results.append({"boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
+    return results

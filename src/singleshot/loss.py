@@ -1,0 +1,107 @@
+"""The MultiBox loss with hard negative mining (paper section 2.2, "Training objective").
+
+Localisation: smooth-L1 (beta 1) between predicted and encoded offsets, over positive
+priors. Confidence: softmax cross-entropy over the positives and, per image, the
+``neg_pos_ratio x positives`` negatives with the highest background loss. Both sums are
+divided by the number of positives in the batch.
+
+Mining is written by hand because its exact rule matters: the background loss of each
+prior is ``-log_softmax(conf)[..., 0]`` computed per row, never with ssd.pytorch's
+batch-global log-sum-exp shift (one large logit anywhere in the batch turns every other
+row's value to -inf there, and the mined set becomes arbitrary).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .boxes import match_batch
+
+__all__ = ["MultiBoxLoss", "mine_hard_negatives"]
+
+
+def mine_hard_negatives(background_loss: Tensor, positive: Tensor, neg_pos_ratio: float) -> Tensor:
+    """Choose, per image, the negatives with the highest background loss.
+
+    Args:
+        background_loss: (B, P) loss of predicting background at each prior.
+        positive: (B, P) bool, priors matched to an object.
+        neg_pos_ratio: negatives per positive.
+
+    Returns:
+        (B, P) bool mask of the chosen negatives (disjoint from ``positive``). An image
+        chooses ``min(ratio * positives, P - 1)`` of them (ssd.pytorch's cap), hence none
+        when it has no positive.
+    """
+    num_priors = background_loss.shape[1]
+    num_neg = (neg_pos_ratio * positive.sum(dim=1, keepdim=True)).clamp(max=num_priors - 1)
+    loss = background_loss.masked_fill(positive, -float("inf"))
+    order = loss.argsort(dim=1, descending=True)
+    chosen_sorted = torch.arange(num_priors, device=loss.device)[None] < num_neg
+    negative = torch.zeros_like(positive).scatter_(1, order, chosen_sorted)
+    return negative & ~positive
+
+
+class MultiBoxLoss(nn.Module):
+    """SSD's training loss.
+
+    Args:
+        num_classes: including background.
+        iou_threshold: a prior whose best IoU reaches this is matched to that ground truth.
+        neg_pos_ratio: mined negatives per positive.
+        variances: encoding variances (centre, size).
+
+    forward(loc (B, P, 4), conf (B, P, C) logits, priors (P, 4) cxcywh, targets) ->
+    ``(loss_loc, loss_conf)`` scalars. ``targets`` is a list of B dicts with ``boxes``
+    (n, 4) xyxy as fractions of the image and ``labels`` (n,) int64 in 1..C-1; n may be 0.
+    A batch without a single positive gives finite zero-valued terms (the divisor is at
+    least 1). A degenerate ground-truth box raises ValueError naming the image and box.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        iou_threshold: float = 0.5,
+        neg_pos_ratio: float = 3,
+        variances: tuple[float, float] = (0.1, 0.2),
+    ) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.iou_threshold = iou_threshold
+        self.neg_pos_ratio = neg_pos_ratio
+        self.variances = variances
+
+    def forward(
+        self, loc: Tensor, conf: Tensor, priors: Tensor, targets: list[dict[str, Tensor]]
+    ) -> tuple[Tensor, Tensor]:
+        if len(targets) != loc.shape[0]:
+            raise ValueError(f"{len(targets)} targets for a batch of {loc.shape[0]}")
+        if conf.shape[-1] != self.num_classes:
+            raise ValueError(f"conf has {conf.shape[-1]} classes, the loss expects {self.num_classes}")
+        for i, target in enumerate(targets):
+            labels = target["labels"]
+            if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) >= self.num_classes):
+                raise ValueError(
+                    f"image {i} of the batch: labels must be in 1..{self.num_classes - 1}, got {labels.tolist()}"
+                )
+        with torch.no_grad():
+            loc_t, labels_t = match_batch(
+                [t["boxes"].to(priors.device) for t in targets],
+                [t["labels"].to(priors.device) for t in targets],
+                priors.float(),
+                self.iou_threshold,
+                self.variances,
+            )
+        positive = labels_t > 0
+        divisor = positive.sum().clamp(min=1).to(loc.dtype)
+
+        loss_loc = F.smooth_l1_loss(loc[positive].float(), loc_t[positive], beta=1.0, reduction="sum")
+
+        log_probs = F.log_softmax(conf.float(), dim=-1)  # per row: no batch-global shift
+        with torch.no_grad():
+            negative = mine_hard_negatives(-log_probs[..., 0], positive, self.neg_pos_ratio)
+        nll = -log_probs.gather(2, labels_t[..., None]).squeeze(2)  # (B, P)
+        loss_conf = nll[positive | negative].sum()
+        return loss_loc / divisor, loss_conf / divisor

@@ -1,0 +1,45 @@
+"""The multibox heads: one 3x3 convolution per source for box offsets, one for class scores."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["MultiBoxHead"]
+
+
+class MultiBoxHead(nn.Module):
+    """Per-source 3x3 (padding 1) predictors of box offsets and class logits.
+
+    forward: list of sources (B, C_k, H_k, W_k) -> ``loc`` (B, P, 4), ``conf`` (B, P, num_classes)
+    with P = sum(H_k * W_k * A_k), flattened level -> row -> column -> box (the order of
+    Caffe SSD, ssd.pytorch and torchvision, so that their weights carry over).
+    """
+
+    def __init__(self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int) -> None:
+        super().__init__()
+        if len(in_channels) != len(boxes_per_location):
+            raise ValueError(f"{len(in_channels)} sources but {len(boxes_per_location)} prior levels")
+        self.num_classes = num_classes
+        self.loc = nn.ModuleList(
+            nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, boxes_per_location)
+        )
+        self.conf = nn.ModuleList(
+            nn.Conv2d(c, a * num_classes, 3, padding=1) for c, a in zip(in_channels, boxes_per_location)
+        )
+
+    @staticmethod
+    def _flatten(x: Tensor, width: int) -> Tensor:
+        # (B, A * width, H, W) -> (B, H * W * A, width); free when x is channels_last.
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
+
+    def forward(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        if len(sources) != len(self.loc):
+            raise ValueError(f"expected {len(self.loc)} sources, got {len(sources)}")
+        loc = torch.cat([self._flatten(head(x), 4) for head, x in zip(self.loc, sources)], dim=1)
+        conf = torch.cat(
+            [self._flatten(head(x), self.num_classes) for head, x in zip(self.conf, sources)], dim=1
+        )
+        return loc, conf

@@ -1,0 +1,116 @@
+"""The SSD detector: base network + extra layers + multibox heads + default boxes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..priors import PriorConfig, generate_priors
+from .heads import MultiBoxHead
+
+__all__ = ["SSD"]
+
+
+class SSD(nn.Module):
+    """Single Shot MultiBox Detector.
+
+    Built from explicit parts (use `singleshot.build_model` for the presets):
+
+    Args:
+        backbone: module mapping x (B, 3, S, S) to a list of sources, with an
+            ``out_channels`` tuple giving their channel counts.
+        extras: blocks applied one after the other to the last source; each output
+            (with an ``out_channels`` attribute) is one more source.
+        num_classes: number of classes including background (index 0).
+        prior_config: default-box layout; one level per source.
+        image_mean: RGB mean on the 0-255 scale, subtracted from inputs by `predict`.
+        preset: name of the preset this model was built from, if any (saved in checkpoints).
+        class_names: optional names, index 0 = "__background__".
+
+    Attributes:
+        priors: (P, 4) float32 cxcywh default boxes as fractions of the image (a buffer
+            that moves with the model but is not saved: it is derived from ``prior_config``).
+
+    forward: x float (B, 3, S, S), RGB 0-255 minus ``image_mean`` -> ``loc`` (B, P, 4)
+    encoded offsets and ``conf`` (B, P, num_classes) logits, in train and eval mode alike.
+    """
+
+    priors: Tensor
+
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        extras: nn.ModuleList,
+        num_classes: int,
+        prior_config: PriorConfig,
+        image_mean: Sequence[float] = (123.0, 117.0, 104.0),
+        preset: str | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        super().__init__()
+        if num_classes < 2:
+            raise ValueError(f"num_classes counts background and must be >= 2, got {num_classes}")
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.backbone = backbone
+        self.extras = extras
+        source_channels = list(backbone.out_channels) + [block.out_channels for block in extras]
+        if len(source_channels) != len(prior_config.feature_maps):
+            raise ValueError(
+                f"the network has {len(source_channels)} sources but the prior config "
+                f"{len(prior_config.feature_maps)} levels"
+            )
+        self.head = MultiBoxHead(source_channels, prior_config.boxes_per_location, num_classes)
+        self.num_classes = num_classes
+        self.prior_config = prior_config
+        self.image_size = prior_config.image_size
+        self.image_mean = tuple(float(m) for m in image_mean)
+        self.preset = preset
+        self.class_names = list(class_names) if class_names is not None else None
+        self.register_buffer("priors", generate_priors(prior_config), persistent=False)
+
+    def sources(self, x: Tensor) -> list[Tensor]:
+        """The feature maps the heads read: (B, C_k, H_k, W_k) for each level k."""
+        features = list(self.backbone(x))
+        for block in self.extras:
+            features.append(block(features[-1]))
+        return features
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.head(self.sources(x))
+
+    def predict(
+        self,
+        images: Any,
+        score_threshold: float = 0.01,
+        nms_threshold: float = 0.45,
+        pre_nms_top_k: int = 200,
+        max_detections: int | None = 200,
+    ) -> list[dict[str, Tensor]]:
+        """Detect objects in images of any size.
+
+        Args:
+            images: one image or a list: uint8 tensors (3, H, W) RGB, PIL images or file paths.
+
+        Returns:
+            One dict per image: ``boxes`` float (N, 4) xyxy in the original image's pixels
+            (clipped to it), ``scores`` (N,), ``labels`` int64 (N,) in 1..C-1, sorted by
+            score, descending.
+        """
+        from ..inference import predict
+
+        return predict(
+            self,
+            images,
+            score_threshold=score_threshold,
+            nms_threshold=nms_threshold,
+            pre_nms_top_k=pre_nms_top_k,
+            max_detections=max_detections,
+        )
+
+    def extra_repr(self) -> str:
+        return f"preset={self.preset}, num_classes={self.num_classes}, priors={self.priors.shape[0]}"
