@@ -14,6 +14,7 @@ row's value to -inf there, and the mined set becomes arbitrary).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -52,6 +53,10 @@ class MultiBoxLoss(nn.Module):
         iou_threshold: a prior whose best IoU reaches this is matched to that ground truth.
         neg_pos_ratio: mined negatives per positive.
         variances: encoding variances (centre, size).
+        sync_positives: under torch.distributed (DDP), divide by the positives of the
+            global batch (all-reduced over ranks) and multiply by the world size, so that
+            DDP's averaging of gradients gives exactly the gradient of one process on the
+            combined batch. Without it each rank divides by its own positives.
 
     forward(loc (B, P, 4), conf (B, P, C) logits, priors (P, 4) cxcywh, targets) ->
     ``(loss_loc, loss_conf)`` scalars. ``targets`` is a list of B dicts with ``boxes``
@@ -66,8 +71,10 @@ class MultiBoxLoss(nn.Module):
         iou_threshold: float = 0.5,
         neg_pos_ratio: float = 3,
         variances: tuple[float, float] = (0.1, 0.2),
+        sync_positives: bool = False,
     ) -> None:
         super().__init__()
+        self.sync_positives = sync_positives
         self.num_classes = num_classes
         self.iou_threshold = iou_threshold
         self.neg_pos_ratio = neg_pos_ratio
@@ -84,7 +91,8 @@ class MultiBoxLoss(nn.Module):
             labels = target["labels"]
             if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) >= self.num_classes):
                 raise ValueError(
-                    f"image {i} of the batch: labels must be in 1..{self.num_classes - 1}, got {labels.tolist()}"
+                    f"image {i} of the batch: labels must be in 1..{self.num_classes - 1}, "
+                    f"got {labels.tolist()}"
                 )
         with torch.no_grad():
             loc_t, labels_t = match_batch(
@@ -95,7 +103,7 @@ class MultiBoxLoss(nn.Module):
                 self.variances,
             )
         positive = labels_t > 0
-        divisor = positive.sum().clamp(min=1).to(loc.dtype)
+        divisor = self._divisor(positive).to(loc.dtype)
 
         loss_loc = F.smooth_l1_loss(loc[positive].float(), loc_t[positive], beta=1.0, reduction="sum")
 
@@ -105,3 +113,11 @@ class MultiBoxLoss(nn.Module):
         nll = -log_probs.gather(2, labels_t[..., None]).squeeze(2)  # (B, P)
         loss_conf = nll[positive | negative].sum()
         return loss_loc / divisor, loss_conf / divisor
+
+    def _divisor(self, positive: Tensor) -> Tensor:
+        count = positive.sum()
+        if self.sync_positives and dist.is_available() and dist.is_initialized():
+            count = count.clone()
+            dist.all_reduce(count)
+            return count.clamp(min=1) / dist.get_world_size()
+        return count.clamp(min=1)

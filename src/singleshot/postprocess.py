@@ -95,6 +95,4 @@ def detect(
     out_boxes = candidate_boxes[keep].split(counts)
     out_scores = candidate_scores[keep].split(counts)
     out_labels = (cls[keep] + 1).split(counts)
-    return [
-        {"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(out_boxes, out_scores, out_labels)
-    ]
+    return [{"boxes": b, "scores": s, "labels": lab} for b, s, lab in zip(out_boxes, out_scores, out_labels)]

@@ -137,6 +137,7 @@ def build_model(
     num_classes: int | None = None,
     prior_clip: str | None = None,
     class_names: list[str] | None = None,
+    prior_config: PriorConfig | None = None,
 ) -> SSD:
     """Build a preset SSD with the paper's initialisation.
 
@@ -147,6 +148,8 @@ def build_model(
         prior_clip: None = the preset's default ("center"); "center", "size" or "none"
             (see `singleshot.priors.PriorConfig`).
         class_names: optional names, index 0 = "__background__"; sets num_classes if that is None.
+        prior_config: replaces the preset's default-box layout (e.g. one tuned with
+            ``singleshot data coverage``); it must have one level per source of the network.
     """
     preset = get_preset(name)
     if prior_clip is not None and prior_clip not in PRIOR_CLIP_MODES:
@@ -158,7 +161,7 @@ def build_model(
         backbone=backbone,
         extras=build_extras(backbone.out_channels[-1], preset.extras, batch_norm=preset.extras_batch_norm),
         num_classes=num_classes,
-        prior_config=preset.prior_config.with_clip(prior_clip),
+        prior_config=(prior_config or preset.prior_config).with_clip(prior_clip),
         image_mean=preset.image_mean,
         preset=name,
         class_names=class_names,

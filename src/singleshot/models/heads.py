@@ -18,7 +18,9 @@ class MultiBoxHead(nn.Module):
     Caffe SSD, ssd.pytorch and torchvision, so that their weights carry over).
     """
 
-    def __init__(self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int) -> None:
+    def __init__(
+        self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int
+    ) -> None:
         super().__init__()
         if len(in_channels) != len(boxes_per_location):
             raise ValueError(f"{len(in_channels)} sources but {len(boxes_per_location)} prior levels")

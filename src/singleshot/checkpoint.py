@@ -1,0 +1,170 @@
+"""Self-describing checkpoints: everything needed to rebuild the model, and nothing executable.
+
+A checkpoint is a dict saved with `torch.save` and read back with
+``torch.load(..., weights_only=True)``, so loading never runs code from the file::
+
+    {
+        "format": "singleshot",
+        "version": 1,
+        "model": {"preset": str, "num_classes": int, "class_names": list[str] | None,
+                  "prior_config": dict, "image_mean": [r, g, b]},
+        "state_dict": {name: Tensor},
+        "training": {...},        # optional: optimizer, scheduler, iteration, RNG states...
+    }
+
+Files are written atomically (temporary file in the same folder, fsync, rename), so a
+crash while saving never leaves a truncated checkpoint in place of a good one.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .models.ssd import SSD
+from .priors import PriorConfig
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "model_metadata",
+    "save_checkpoint",
+    "load_checkpoint",
+    "model_from_checkpoint",
+    "load",
+    "atomic_save",
+]
+
+CHECKPOINT_FORMAT = "singleshot"
+CHECKPOINT_VERSION = 1
+
+
+def model_metadata(model: SSD) -> dict[str, Any]:
+    """What `model_from_checkpoint` needs to rebuild ``model``'s architecture."""
+    if model.preset is None:
+        raise ValueError("only models built from a preset (singleshot.build_model) can be checkpointed")
+    return {
+        "preset": model.preset,
+        "num_classes": model.num_classes,
+        "class_names": list(model.class_names) if model.class_names is not None else None,
+        "prior_config": model.prior_config.to_dict(),
+        "image_mean": list(model.image_mean),
+    }
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (and optionally the training state) as a singleshot checkpoint, atomically."""
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    checkpoint: dict[str, Any] = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "model": model_metadata(model),
+        "state_dict": state,
+    }
+    if training is not None:
+        checkpoint["training"] = training
+    return atomic_save(checkpoint, path)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read and validate a singleshot checkpoint (never executing code from the file).
+
+    Raises:
+        ValueError: the file is missing, truncated, not a checkpoint, refused by the safe
+            unpickler (it holds objects other than tensors and plain containers), or a
+            checkpoint of an unknown format version. The message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such checkpoint file")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: refused to load: it contains objects other than tensors and plain data "
+            f"(loading it could run code from the file): {error}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
+    validate_checkpoint(checkpoint, path)
+    return checkpoint
+
+
+def validate_checkpoint(checkpoint: Any, path: str | os.PathLike = "checkpoint") -> None:
+    """Raise ValueError naming ``path`` unless ``checkpoint`` has the singleshot layout."""
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        hint = ""
+        if isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+            hint = " (it looks like a bare state dict: convert it with `singleshot convert`)"
+        raise ValueError(f"{path}: not a singleshot checkpoint{hint}")
+    version = checkpoint.get("version")
+    if version != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {version} is not supported (expected 1)")
+    meta = checkpoint.get("model")
+    required = ("preset", "num_classes", "prior_config", "image_mean")
+    if not isinstance(meta, dict) or any(key not in meta for key in required):
+        raise ValueError(f"{path}: checkpoint lacks the model description ({', '.join(required)})")
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise ValueError(f"{path}: checkpoint has no state_dict")
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint") -> SSD:
+    """Rebuild the model a (validated) checkpoint describes and load its weights strictly."""
+    from .presets import build_model
+
+    meta = checkpoint["model"]
+    try:
+        prior_config = PriorConfig.from_dict(meta["prior_config"])
+        model = build_model(
+            meta["preset"],
+            num_classes=int(meta["num_classes"]),
+            class_names=meta.get("class_names"),
+            prior_config=prior_config,
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"{path}: cannot rebuild the model it describes: {error}") from None
+    model.image_mean = tuple(float(m) for m in meta["image_mean"])
+    try:
+        model.load_state_dict(checkpoint["state_dict"], strict=True)
+    except RuntimeError as error:
+        raise ValueError(
+            f"{path}: weights do not fit preset {meta['preset']!r} with "
+            f"{meta['num_classes']} classes: {error}"
+        ) from None
+    return model
+
+
+def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSD:
+    """A ready model (in eval mode, with ``class_names``) from a singleshot checkpoint."""
+    checkpoint = load_checkpoint(path, map_location=map_location)
+    return model_from_checkpoint(checkpoint, path).eval()
