@@ -37,8 +37,9 @@ class PriorConfig:
         aspect_ratios: extra ratios per level; each r > 1 adds two boxes (r and 1/r).
         clip: "center" clamps (cx, cy, w, h) to [0, 1] (ssd.pytorch, lufficc/SSD);
             "size" clamps only (w, h) (torchvision); "none" keeps them as computed (Caffe SSD).
-            For the shipped presets every centre lies inside the image, so "center" and
-            "size" give the same boxes; they differ only for configs whose grid spills over.
+            "center" and "size" differ where a grid spills over the image: SSD300's 10x10
+            level has step 32 (320 px > 300), so its last column is centred at 9.5 * 32 / 300
+            = 1.013, which "center" moves to 1.0. SSD512's grids fit exactly.
     """
 
     image_size: int

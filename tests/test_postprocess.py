@@ -1,0 +1,80 @@
+import pytest
+import torch
+from reference import reference_detect
+
+from singleshot.boxes import cxcywh_to_xyxy
+from singleshot.postprocess import detect, select_top_k_per_group
+
+
+def random_outputs(seed, batch=2, num_priors=400, num_classes=5, sparse=False):
+    g = torch.Generator().manual_seed(seed)
+    priors = torch.cat(
+        [torch.rand(num_priors, 2, generator=g), 0.05 + 0.3 * torch.rand(num_priors, 2, generator=g)], 1
+    )
+    loc = 0.5 * torch.randn(batch, num_priors, 4, generator=g)
+    logits = torch.randn(batch, num_priors, num_classes, generator=g)
+    if sparse:  # trained-like: background wins almost everywhere
+        logits[..., 0] += 6
+    return loc, logits.softmax(-1), priors
+
+
+def as_tuples(detection):
+    return [
+        (s, int(lab), b)
+        for s, lab, b in zip(detection["scores"].tolist(), detection["labels"], detection["boxes"].tolist())
+    ]
+
+
+@pytest.mark.parametrize(
+    "top_k, max_det, clip, sparse",
+    [(200, None, False, False), (400, 200, True, False), (30, 50, False, True), (5, 7, True, False)],
+)
+def test_detect_equals_per_class_loop(top_k, max_det, clip, sparse):
+    loc, scores, priors = random_outputs(top_k, sparse=sparse)
+    ours = detect(loc, scores, priors, 0.01, 0.45, top_k, max_det, clip=clip)
+    reference = reference_detect(loc, scores, priors, 0.01, 0.45, top_k, max_det, clip)
+    for det, ref in zip(ours, reference):
+        got = as_tuples(det)
+        assert len(got) == len(ref) > 0
+        for (s, lab, box), (rs, rlab, rbox) in zip(got, ref):
+            assert s == rs and lab == rlab
+            assert box == pytest.approx(rbox, abs=1e-6)
+        assert det["labels"].dtype == torch.int64
+        assert (det["scores"][:-1] >= det["scores"][1:]).all()
+
+
+def test_detect_matches_torchvision_postprocess_live():
+    from torchvision.models.detection import ssd300_vgg16
+
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=5)
+    loc, scores, priors = random_outputs(5, batch=2, num_priors=500, num_classes=5)
+    logits = scores.log()
+    anchors = cxcywh_to_xyxy(priors) * 300
+    expected = tv.postprocess_detections(
+        {"bbox_regression": loc, "cls_logits": logits}, [anchors, anchors], [(300, 300), (300, 300)]
+    )
+    ours = detect(
+        loc, logits.softmax(-1), priors, 0.01, 0.45, pre_nms_top_k=400, max_detections=200, clip=True
+    )
+    for det, ref in zip(ours, expected):
+        assert det["labels"].tolist() == ref["labels"].tolist()
+        torch.testing.assert_close(det["scores"], ref["scores"])
+        torch.testing.assert_close(det["boxes"] * 300, ref["boxes"], atol=2e-4, rtol=0)
+
+
+def test_detect_empty_and_threshold():
+    loc, scores, priors = random_outputs(3)
+    out = detect(loc, scores, priors, score_threshold=1.0)
+    assert len(out) == 2 and all(d["boxes"].shape == (0, 4) for d in out)
+    out = detect(loc, scores, priors, score_threshold=0.3)
+    for det in out:
+        assert (det["scores"] > 0.3).all()
+        assert ((det["labels"] >= 1) & (det["labels"] <= 4)).all()
+
+
+def test_select_top_k_per_group():
+    scores = torch.tensor([0.5, 0.9, 0.1, 0.7, 0.3, 0.8])
+    groups = torch.tensor([2, 0, 2, 2, 0, 1])
+    assert select_top_k_per_group(scores, groups, 2).tolist() == [1, 4, 5, 3, 0]
+    assert select_top_k_per_group(scores, groups, 1).tolist() == [1, 5, 3]
+    assert select_top_k_per_group(scores[:0], groups[:0], 3).numel() == 0
