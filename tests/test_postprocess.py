@@ -1,7 +1,7 @@
 import pytest
 import torch
-from reference import reference_detect
 
+from reference import reference_detect
 from singleshot.boxes import cxcywh_to_xyxy
 from singleshot.postprocess import detect, select_top_k_per_group
 
