@@ -78,3 +78,17 @@ def test_select_top_k_per_group():
     assert select_top_k_per_group(scores, groups, 2).tolist() == [1, 4, 5, 3, 0]
     assert select_top_k_per_group(scores, groups, 1).tolist() == [1, 5, 3]
     assert select_top_k_per_group(scores[:0], groups[:0], 3).numel() == 0
+
+
+def test_grouped_nms_equals_batched_nms():
+    from torchvision.ops import batched_nms
+
+    from singleshot.postprocess import grouped_nms
+
+    g = torch.Generator().manual_seed(9)
+    groups = torch.randint(0, 12, (600,), generator=g).sort().values
+    boxes = cxcywh_to_xyxy(torch.cat([torch.rand(600, 2, generator=g), 0.1 + 0.3 * torch.rand(600, 2)], 1))
+    scores = torch.rand(600, generator=g)
+    expected = batched_nms(boxes, scores, groups, 0.45)
+    assert torch.equal(grouped_nms(boxes, scores, groups, 0.45), expected)
+    assert grouped_nms(boxes[:0], scores[:0], groups[:0], 0.45).numel() == 0

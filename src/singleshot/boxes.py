@@ -32,7 +32,10 @@ __all__ = [
     "decode",
     "match",
     "match_batch",
+    "match_indices",
+    "pad_targets",
     "check_boxes",
+    "invalid_boxes",
 ]
 
 # Largest log-size offset accepted by `decode` (torchvision's bbox_xform_clip): a wild
@@ -63,13 +66,16 @@ def iou(a: Tensor, b: Tensor) -> Tensor:
         (..., n, m) IoU, computed as ``inter / (area_a + area_b - inter)`` in the
         inputs' dtype (the exact expression of ssd.pytorch's ``jaccard``).
     """
-    low = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
-    high = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
-    wh = (high - low).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-    area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-    return inter / (area_a[..., :, None] + area_b[..., None, :] - inter)
+    # Coordinates as separate planes (b's made contiguous): several times faster than
+    # broadcasting (..., n, m, 2) pairs, and the same float operations in the same order.
+    bx1, by1, bx2, by2 = (c[..., None, :] for c in b.movedim(-1, 0).contiguous())
+    ax1, ay1, ax2, ay2 = (a[..., i, None] for i in range(4))
+    w = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp(min=0)
+    h = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp(min=0)
+    inter = w * h
+    area_a = (ax2 - ax1) * (ay2 - ay1)
+    area_b = (bx2 - bx1) * (by2 - by1)
+    return inter / (area_a + area_b - inter)
 
 
 def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:
@@ -106,17 +112,100 @@ def decode(loc: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
 
 
+def invalid_boxes(boxes: Tensor) -> Tensor:
+    """(n, 4) xyxy -> (n,) bool: not finite, or zero or negative width or height."""
+    return ~torch.isfinite(boxes).all(-1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+
+
 def check_boxes(boxes: Tensor, what: str = "box") -> None:
-    """Raise ValueError if any (n, 4) xyxy box is not finite or has zero or negative size."""
+    """Raise ValueError naming the first (n, 4) xyxy box that `invalid_boxes` flags."""
     if boxes.numel() == 0:
         return
-    bad = ~torch.isfinite(boxes).all(-1) | (boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])
+    bad = invalid_boxes(boxes)
     if bool(bad.any()):
         index = int(bad.nonzero()[0, 0])
         raise ValueError(
             f"{what} {index} is degenerate: {boxes[index].tolist()} "
             "(boxes must be finite xyxy with x2 > x1 and y2 > y1)"
         )
+
+
+def pad_targets(
+    gt_boxes: list[Tensor], gt_labels: list[Tensor], device: torch.device | None = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Validate a batch's ground truth and pad it to one tensor.
+
+    Args:
+        gt_boxes: B tensors (n_i, 4) xyxy; n_i may be 0.
+        gt_labels: B tensors (n_i,) int64.
+
+    Returns:
+        ``boxes`` float32 (B, n, 4) with n = max n_i (padding rows lie far outside the
+        image, so they overlap nothing), ``labels`` int64 (B, n) (0 on padding) and
+        ``valid`` bool (B, n).
+
+    Raises:
+        ValueError: a box is not finite or has zero or negative width or height; the
+            message names the image index and the box.
+    """
+    counts = [len(b) for b in gt_boxes]
+    if len(gt_labels) != len(gt_boxes) or any(len(lab) != n for lab, n in zip(gt_labels, counts)):
+        raise ValueError("every image needs as many labels as boxes")
+    if sum(counts) and bool(invalid_boxes(torch.cat(gt_boxes)).any()):
+        for image, boxes in enumerate(gt_boxes):  # only to name the culprit
+            try:
+                check_boxes(boxes, what="ground-truth box")
+            except ValueError as error:
+                raise ValueError(f"image {image} of the batch: {error}") from None
+    batch, most = len(gt_boxes), max(counts, default=0)
+    if most == 0:
+        return (
+            torch.zeros(batch, 0, 4, device=device),
+            torch.zeros(batch, 0, dtype=torch.int64, device=device),
+            torch.zeros(batch, 0, dtype=torch.bool, device=device),
+        )
+    boxes = pad_sequence(
+        [b.to(device=device, dtype=torch.float32) for b in gt_boxes], batch_first=True, padding_value=-2.0
+    )  # padding: the zero-area box (-2, -2, -2, -2)
+    labels = pad_sequence([lab.to(device=device, dtype=torch.int64) for lab in gt_labels], batch_first=True)
+    valid = torch.arange(most, device=device) < torch.tensor(counts, device=device)[:, None]
+    return boxes, labels, valid
+
+
+def match_indices(
+    boxes: Tensor, valid: Tensor, priors_xyxy: Tensor, iou_threshold: float = 0.5
+) -> tuple[Tensor, Tensor]:
+    """The matching rule on padded ground truth (see `pad_targets`).
+
+    Args:
+        boxes: (B, n, 4) xyxy; valid: (B, n) bool; priors_xyxy: (P, 4) the priors' corner form.
+
+    Returns:
+        ``best_truth`` int64 (B, P): index of the ground truth each prior is matched to
+        (meaningful where ``positive``), and ``positive`` bool (B, P).
+    """
+    batch, most = valid.shape
+    num_priors = priors_xyxy.shape[0]
+    if most == 0:
+        zeros = torch.zeros(batch, num_priors, dtype=torch.int64, device=priors_xyxy.device)
+        return zeros, zeros.bool()
+    # Padding rows are zero-area boxes: IoU exactly 0 with every prior, so they never win a
+    # prior from a real ground truth (ties go to the first, real, row).
+    overlaps = iou(boxes, priors_xyxy)  # (B, n, P)
+    best_prior = overlaps.argmax(dim=2)  # (B, n), first index on ties
+    best_truth_overlap, best_truth = overlaps.max(dim=1)  # (B, P), first ground truth on ties
+
+    # Each ground truth keeps its best prior; when several share one, the last wins
+    # (ssd.pytorch assigns them in a loop over j). Padding rows scatter into a spare column.
+    truth_index = torch.arange(most, device=boxes.device).expand(batch, -1)
+    target_column = torch.where(valid, best_prior, num_priors)
+    forced = torch.full((batch, num_priors + 1), -1, dtype=torch.int64, device=boxes.device)
+    forced.scatter_reduce_(1, target_column, truth_index, reduce="amax")
+    forced = forced[:, :num_priors]
+    is_forced = forced >= 0
+    best_truth = torch.where(is_forced, forced, best_truth)
+    positive = is_forced | (best_truth_overlap >= iou_threshold)
+    return best_truth, positive
 
 
 def match_batch(
@@ -135,56 +224,24 @@ def match_batch(
 
     Returns:
         ``loc_t`` (B, P, 4) encoded offsets of each prior's matched ground truth and
-        ``labels_t`` (B, P) int64, 0 for background. Priors of images without objects are
-        all background (their ``loc_t`` rows hold finite values that no loss term reads).
+        ``labels_t`` (B, P) int64, 0 for background. Background priors' ``loc_t`` rows hold
+        the offsets of their best-overlapping ground truth (zeros in images without
+        objects); no loss term reads them.
 
     Raises:
         ValueError: a ground-truth box is not finite or has zero or negative width or
             height; the message names the image index and the box.
     """
-    batch = len(gt_boxes)
-    num_priors = priors.shape[0]
-    device = priors.device
-    for i, boxes in enumerate(gt_boxes):
-        try:
-            check_boxes(boxes, what="ground-truth box")
-        except ValueError as error:
-            raise ValueError(f"image {i} of the batch: {error}") from None
-
-    counts = torch.tensor([len(b) for b in gt_boxes], device=device)
-    max_objects = int(counts.max()) if batch else 0
-    if max_objects == 0:
-        return priors.new_zeros(batch, num_priors, 4), torch.zeros(
-            batch, num_priors, dtype=torch.int64, device=device
-        )
-
-    # Padding rows get a box far outside the image: IoU 0 with every prior.
-    boxes = pad_sequence([b.to(priors.dtype) for b in gt_boxes], batch_first=True, padding_value=-2.0)
-    labels = pad_sequence([lab.to(torch.int64) for lab in gt_labels], batch_first=True, padding_value=0)
-    valid = torch.arange(max_objects, device=device) < counts[:, None]  # (B, n)
-
-    overlaps = iou(boxes, cxcywh_to_xyxy(priors))  # (B, n, P)
-    overlaps.masked_fill_(~valid[:, :, None], -1.0)
-
-    best_prior = overlaps.argmax(dim=2)  # (B, n), first index on ties
-    best_truth_overlap, best_truth = overlaps.max(dim=1)  # (B, P), first ground truth on ties
-
-    # Each ground truth keeps its best prior; when several share one, the last wins
-    # (ssd.pytorch assigns them in a loop over j). Padding rows scatter into a spare column.
-    truth_index = torch.arange(max_objects, device=device).expand(batch, -1)
-    target_column = torch.where(valid, best_prior, num_priors)
-    forced = torch.full((batch, num_priors + 1), -1, dtype=torch.int64, device=device)
-    forced.scatter_reduce_(1, target_column, truth_index, reduce="amax")
-    forced = forced[:, :num_priors]
-    is_forced = forced >= 0
-    best_truth = torch.where(is_forced, forced, best_truth)
-    best_truth_overlap = best_truth_overlap.masked_fill(is_forced, 2.0)
-
+    boxes, labels, valid = pad_targets(gt_boxes, gt_labels, priors.device)
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    best_truth, positive = match_indices(boxes, valid, priors_xyxy, iou_threshold)
+    if boxes.shape[1] == 0:
+        return torch.zeros_like(priors).expand(len(gt_boxes), -1, -1).clone(), best_truth
     matched = boxes.gather(1, best_truth[:, :, None].expand(-1, -1, 4))  # (B, P, 4)
-    labels_t = labels.gather(1, best_truth)
-    labels_t = labels_t.masked_fill(best_truth_overlap < iou_threshold, 0)
-    # Unmatched priors of an image may point at a padding row; give them a harmless box.
-    matched = torch.where(valid.any(1)[:, None, None], matched, cxcywh_to_xyxy(priors))
+    # As ssd.pytorch, background priors encode their best ground truth too; in images
+    # without objects (which it cannot take) they encode themselves.
+    matched = torch.where(valid.any(1)[:, None, None], matched, priors_xyxy.to(matched.dtype))
+    labels_t = torch.where(positive, labels.gather(1, best_truth), 0)
     return encode(matched, priors, variances), labels_t
 
 

@@ -18,9 +18,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import match_batch
+from .boxes import cxcywh_to_xyxy, encode, match_indices, pad_targets
 
-__all__ = ["MultiBoxLoss", "mine_hard_negatives"]
+__all__ = ["MultiBoxLoss", "mine_hard_negatives", "background_nll"]
+
+
+def background_nll(conf: Tensor) -> Tensor:
+    """-log softmax(conf)[..., 0] per row: (B, P, C) logits -> (B, P), without autograd.
+
+    Logits within +-80 cannot overflow or underflow exp in float32, so the row-wise
+    max shift of log-softmax is skipped there (about twice as fast); otherwise the
+    shifted form is used. Either way each row is normalised on its own.
+    """
+    low, high = torch.aminmax(conf)
+    if -80.0 < float(low) and float(high) < 80.0:
+        return conf.exp().sum(-1).log() - conf[..., 0]
+    return -F.log_softmax(conf, dim=-1)[..., 0]
 
 
 def mine_hard_negatives(background_loss: Tensor, positive: Tensor, neg_pos_ratio: float) -> Tensor:
@@ -38,10 +51,15 @@ def mine_hard_negatives(background_loss: Tensor, positive: Tensor, neg_pos_ratio
     """
     num_priors = background_loss.shape[1]
     num_neg = (neg_pos_ratio * positive.sum(dim=1, keepdim=True)).clamp(max=num_priors - 1)
+    most = int(num_neg.max()) if num_neg.numel() else 0
+    negative = torch.zeros_like(positive)
+    if most == 0:
+        return negative
     loss = background_loss.masked_fill(positive, -float("inf"))
-    order = loss.argsort(dim=1, descending=True)
-    chosen_sorted = torch.arange(num_priors, device=loss.device)[None] < num_neg
-    negative = torch.zeros_like(positive).scatter_(1, order, chosen_sorted)
+    # topk of the largest count in the batch instead of a full sort of every row.
+    order = loss.topk(most, dim=1).indices
+    chosen = torch.arange(most, device=loss.device)[None] < num_neg
+    negative.scatter_(1, order, chosen)
     return negative & ~positive
 
 
@@ -87,31 +105,35 @@ class MultiBoxLoss(nn.Module):
             raise ValueError(f"{len(targets)} targets for a batch of {loc.shape[0]}")
         if conf.shape[-1] != self.num_classes:
             raise ValueError(f"conf has {conf.shape[-1]} classes, the loss expects {self.num_classes}")
-        for i, target in enumerate(targets):
-            labels = target["labels"]
-            if labels.numel() and (int(labels.min()) < 1 or int(labels.max()) >= self.num_classes):
-                raise ValueError(
-                    f"image {i} of the batch: labels must be in 1..{self.num_classes - 1}, "
-                    f"got {labels.tolist()}"
-                )
-        with torch.no_grad():
-            loc_t, labels_t = match_batch(
-                [t["boxes"].to(priors.device) for t in targets],
-                [t["labels"].to(priors.device) for t in targets],
-                priors.float(),
-                self.iou_threshold,
-                self.variances,
+        boxes, labels, valid = pad_targets(
+            [t["boxes"] for t in targets], [t["labels"] for t in targets], priors.device
+        )
+        if valid.any() and bool(((labels[valid] < 1) | (labels[valid] >= self.num_classes)).any()):
+            image = int(
+                ((labels < 1) | (labels >= self.num_classes)).logical_and(valid).any(1).nonzero()[0, 0]
             )
-        positive = labels_t > 0
-        divisor = self._divisor(positive).to(loc.dtype)
-
-        loss_loc = F.smooth_l1_loss(loc[positive].float(), loc_t[positive], beta=1.0, reduction="sum")
-
-        log_probs = F.log_softmax(conf.float(), dim=-1)  # per row: no batch-global shift
+            raise ValueError(
+                f"image {image} of the batch: labels must be in 1..{self.num_classes - 1}, "
+                f"got {targets[image]['labels'].tolist()}"
+            )
+        priors = priors.float()
         with torch.no_grad():
-            negative = mine_hard_negatives(-log_probs[..., 0], positive, self.neg_pos_ratio)
-        nll = -log_probs.gather(2, labels_t[..., None]).squeeze(2)  # (B, P)
-        loss_conf = nll[positive | negative].sum()
+            best_truth, positive = match_indices(boxes, valid, cxcywh_to_xyxy(priors), self.iou_threshold)
+            labels_t = torch.zeros_like(best_truth)
+            if labels.shape[1]:
+                labels_t = torch.where(positive, labels.gather(1, best_truth), 0)
+            background_loss = background_nll(conf.detach().float())
+            negative = mine_hard_negatives(background_loss, positive, self.neg_pos_ratio)
+        divisor = self._divisor(positive).to(torch.float32)
+
+        # Only positives (and mined negatives) enter the graph: a few thousand rows, not B x P.
+        image, prior = positive.nonzero(as_tuple=True)
+        matched = boxes[image, best_truth[image, prior]]
+        loc_t = encode(matched, priors[prior], self.variances)
+        loss_loc = F.smooth_l1_loss(loc[image, prior].float(), loc_t, beta=1.0, reduction="sum")
+
+        image, prior = (positive | negative).nonzero(as_tuple=True)
+        loss_conf = F.cross_entropy(conf[image, prior].float(), labels_t[image, prior], reduction="sum")
         return loss_loc / divisor, loss_conf / divisor
 
     def _divisor(self, positive: Tensor) -> Tensor:

