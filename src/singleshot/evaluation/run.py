@@ -1,0 +1,125 @@
+"""Evaluate a model on a dataset: batched inference, then the chosen metric.
+
+Used by ``singleshot eval`` and by the trainer's periodic evaluation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..inference import predict
+from .coco import evaluate_coco, evaluate_coco_file
+from .voc import evaluate_voc
+
+__all__ = ["METRICS", "evaluate_model", "evaluate_detections"]
+
+METRICS = ("voc07", "voc12", "coco")
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def evaluate_detections(
+    detections: Sequence[dict[str, Any]],
+    targets: Sequence[dict[str, Any]],
+    metric: str = "voc07",
+    dataset: Any = None,
+) -> dict[str, Any]:
+    """Score detections against targets with ``metric`` ("voc07", "voc12" or "coco").
+
+    Args:
+        detections: per image {"boxes" (N, 4) xyxy pixels, "scores", "labels"}.
+        targets: per image {"boxes" (M, 4) xyxy pixels, "labels", "difficult", and for
+            COCO "image_id", "size" (H, W), optionally "area"}.
+        dataset: for COCO: a dataset with ``annotation_file`` and ``label_to_category_id``
+            is scored against that file (its crowd regions and segment areas, as in the
+            COCO benchmark); otherwise against ``targets`` held in memory.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if metric != "coco":
+        return evaluate_voc(detections, targets, iou_threshold=0.5, use_07_metric=metric == "voc07")
+    annotation_file = getattr(dataset, "annotation_file", None)
+    label_to_category_id = getattr(dataset, "label_to_category_id", None)
+    image_ids = [target.get("image_id") for target in targets]
+    if annotation_file is not None and label_to_category_id is not None and None not in image_ids:
+        return evaluate_coco_file(detections, annotation_file, image_ids, label_to_category_id)
+    return evaluate_coco(
+        detections,
+        targets,
+        label_to_category_id=label_to_category_id,
+        class_names=getattr(dataset, "classes", None),
+    )
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: Any,
+    metric: str = "voc07",
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+    *,
+    num_workers: int = 0,
+    score_threshold: float = 0.01,
+    nms_threshold: float = 0.45,
+    pre_nms_top_k: int = 200,
+    max_detections: int | None = 200,
+) -> dict[str, Any]:
+    """Run ``model`` over every image of ``dataset`` and score the detections.
+
+    Args:
+        model: a singleshot `SSD` (any model with ``image_size``, ``image_mean`` and ``priors``).
+        dataset: ``ds[i] -> (image uint8 (3, H, W) RGB, target)`` with target {"boxes" (M, 4)
+            xyxy pixels, "labels", "difficult", ...}, and ``len(ds)``; no transforms (images
+            are resized here, exactly as `SSD.predict` does).
+        metric: "voc07" (11-point), "voc12" (area) or "coco" (pycocotools).
+        batch_size: images per forward pass.
+        device: where the model runs (it is moved there).
+        progress: show a tqdm bar.
+        num_workers: DataLoader worker processes that read and decode images.
+        score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in `SSD.predict`
+            (evaluation keeps low scores: the defaults are the paper's 0.01 and 200).
+
+    Returns:
+        The metric's result (see `evaluate_voc`, `evaluate_coco`), plus ``num_images``.
+        The model's train/eval mode is restored afterwards.
+    """
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    from tqdm import tqdm
+
+    model = model.to(device)
+    loader = DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_as_list
+    )
+    detections: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    with tqdm(total=len(dataset), desc=f"eval ({metric})", unit="img", disable=not progress) as bar:
+        for batch in loader:
+            images = [image for image, _ in batch]
+            detections.extend(
+                predict(
+                    model,
+                    images,
+                    score_threshold=score_threshold,
+                    nms_threshold=nms_threshold,
+                    pre_nms_top_k=pre_nms_top_k,
+                    max_detections=max_detections,
+                )
+            )
+            for image, target in batch:
+                target = dict(target)
+                target.setdefault("size", tuple(image.shape[-2:]))
+                targets.append(target)
+            bar.update(len(batch))
+    result = evaluate_detections(detections, targets, metric, dataset)
+    result["num_images"] = len(targets)
+    return result
