@@ -1,9 +1,18 @@
 """Reading images as what every part of singleshot takes: uint8 (3, H, W) RGB tensors.
 
-Files are decoded with torchvision.io (libjpeg-turbo, libpng) where it can, with
-Pillow otherwise; grayscale, CMYK, palette, alpha and 16-bit images all become
-8-bit RGB. EXIF orientation is NOT applied: annotations refer to the pixels as
-stored, so rotating them would misplace every box.
+Files are decoded with torchvision.io (libjpeg-turbo, libpng, libwebp, giflib) where it
+can, with Pillow otherwise (BMP, TIFF and the colour modes torchvision rejects).
+Every source becomes 8-bit RGB:
+
+- grayscale (L, 1-bit, 16-bit) is repeated over the three channels;
+- CMYK JPEGs are converted to RGB (torchvision and Pillow agree on Adobe CMYK);
+- palette images are expanded to their colours;
+- alpha is dropped, keeping the stored colour under it (what torchvision's RGB mode does);
+- 16-bit samples are scaled as round(v * 255 / 65535).
+
+EXIF orientation is NOT applied: annotations (VOC, COCO, YOLO) refer to the pixels as
+stored, so rotating the image would misplace every box. `image_size` reports that stored
+size without decoding the pixels.
 """
 
 from __future__ import annotations
@@ -18,25 +27,28 @@ from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
-__all__ = ["read_image", "to_rgb_tensor", "ImageLike"]
+__all__ = ["read_image", "to_rgb_tensor", "image_size", "ImageLike"]
 
 ImageLike = Any  # a uint8 tensor (3, H, W), a PIL image, or a path
 
+_PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
+
 
 def _pil_to_rgb_uint8(image: Image.Image) -> Tensor:
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16- or 32-bit single channel: scale the full range down to 8 bits.
+    if image.mode.startswith("I;16") or image.mode in ("I", "F"):
+        # 16-bit, 32-bit integer or float single channel: scale the range down to 8 bits.
         array = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(array.max()), 1.0)
-        array = np.clip(np.rint(array / top * 255.0), 0, 255).astype(np.uint8)
-        array = np.repeat(array[:, :, None], 3, axis=2)
-    else:
-        if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-            # Composite on black, the way libpng's RGB mode drops alpha.
-            image = image.convert("RGBA")
-            array = np.asarray(image, dtype=np.uint8)[:, :, :3].copy()
+        if image.mode.startswith("I;16"):
+            top = 65535.0
         else:
-            array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+            top = max(float(np.nanmax(array)) if array.size else 1.0, 1.0)
+        array = np.clip(np.rint(np.nan_to_num(array) / top * 255.0), 0, 255).astype(np.uint8)
+        array = np.repeat(array[:, :, None], 3, axis=2)
+    elif image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        # Drop alpha, keeping the colour stored under it (as torchvision's RGB mode does).
+        array = np.asarray(image.convert("RGBA"), dtype=np.uint8)[:, :, :3].copy()
+    else:
+        array = np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
 
 
@@ -64,7 +76,7 @@ def _tensor_to_rgb_uint8(image: Tensor, where: str = "image") -> Tensor:
 
 
 def read_image(path: str | os.PathLike) -> Tensor:
-    """Decode an image file to uint8 (3, H, W) RGB.
+    """Decode an image file to uint8 (3, H, W) RGB, in stored pixel order (no EXIF rotation).
 
     Raises:
         ValueError: the file is missing, empty, truncated or not an image; the message
@@ -72,11 +84,12 @@ def read_image(path: str | os.PathLike) -> Tensor:
     """
     path = Path(path)
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        content = path.read_bytes()
     except OSError as error:
         raise ValueError(f"{path}: cannot read image ({error.strerror or error})") from None
-    if data.numel() == 0:
+    if not content:
         raise ValueError(f"{path}: empty file")
+    data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB)
         return _tensor_to_rgb_uint8(image, str(path))
@@ -86,8 +99,25 @@ def read_image(path: str | os.PathLike) -> Tensor:
         with Image.open(path) as pil:
             pil.load()
             return _pil_to_rgb_uint8(pil)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+    except _PIL_ERRORS as error:
         raise ValueError(f"{path}: not a readable image ({error})") from None
+
+
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(height, width) of an image file as stored, read from its header (no decoding).
+
+    Raises:
+        ValueError: the file is missing or its header is not an image's; names the file.
+    """
+    path = Path(path)
+    try:
+        with Image.open(path) as pil:
+            width, height = pil.size
+    except FileNotFoundError:
+        raise ValueError(f"{path}: image file not found") from None
+    except _PIL_ERRORS as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
+    return int(height), int(width)
 
 
 def to_rgb_tensor(image: ImageLike) -> Tensor:

@@ -1,0 +1,36 @@
+"""Detection data: dataset readers (VOC, COCO, YOLO), a synthetic dataset, augmentation.
+
+>>> from singleshot.data import open_dataset
+>>> ds = open_dataset("data/synth", split="train")     # format detected from the layout
+>>> image, target = ds[0]      # uint8 (3, H, W) RGB; target["boxes"] xyxy pixels, ["labels"] 1..C-1
+
+Every reader validates all annotations when it is opened (see `singleshot.data.validation`)
+and reads images in stored pixel order (EXIF orientation is not applied).
+"""
+
+from .augment import EvalTransform, SSDAugmentation
+from .coco import COCODataset
+from .collate import collate
+from .common import BACKGROUND, DetectionConcat, DetectionDataset, read_class_names
+from .registry import FORMATS, detect_format, list_splits, open_dataset
+from .voc import VOC_CLASSES, VOCDataset, voc_trainval_07_12
+from .yolo import YOLODataset
+
+__all__ = [
+    "BACKGROUND",
+    "COCODataset",
+    "DetectionConcat",
+    "DetectionDataset",
+    "EvalTransform",
+    "FORMATS",
+    "SSDAugmentation",
+    "VOCDataset",
+    "VOC_CLASSES",
+    "YOLODataset",
+    "collate",
+    "detect_format",
+    "list_splits",
+    "open_dataset",
+    "read_class_names",
+    "voc_trainval_07_12",
+]

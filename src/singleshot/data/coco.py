@@ -1,0 +1,198 @@
+"""COCO: an instances JSON file and its image folder.
+
+COCO boxes are ``[x, y, width, height]`` in continuous 0-based pixels; they become
+xyxy ``(x, y, x + width, y + height)``. Category ids are sparse (1..90 for 80 classes):
+labels 1..K follow the ids in ascending order, and both maps are kept for writing
+results back in COCO's ids.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import DetectionDataset, Record, Transforms, make_record
+from .validation import SIZE_MISMATCH, InvalidItem, Problems, check_image, progress_bar
+
+__all__ = ["COCODataset", "load_coco_json"]
+
+
+def load_coco_json(annotation_file: Path) -> dict[str, Any]:
+    """Read an instances file and check its top-level structure.
+
+    Raises:
+        ValueError: missing file, malformed JSON, or missing "images" / "categories" lists;
+            names the file.
+    """
+    try:
+        with annotation_file.open("r", encoding="utf-8") as file:
+            data = json.load(file)
+    except FileNotFoundError:
+        raise ValueError(f"{annotation_file}: annotation file not found") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{annotation_file}: malformed JSON ({error})") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{annotation_file}: cannot read the annotations ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{annotation_file}: expected a JSON object with images, annotations, categories")
+    for key in ("images", "categories"):
+        if not isinstance(data.get(key), list):
+            raise ValueError(f"{annotation_file}: missing the {key!r} list")
+    if not isinstance(data.get("annotations", []), list):
+        raise ValueError(f"{annotation_file}: 'annotations' is not a list")
+    return data
+
+
+def _categories(data: dict[str, Any], path: Path) -> tuple[list[str], dict[int, int]]:
+    by_id: dict[int, str] = {}
+    for k, category in enumerate(data["categories"]):
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
+            raise ValueError(f"{path}: category {k} has no integer 'id'")
+        if category["id"] in by_id:
+            raise ValueError(f"{path}: category id {category['id']} appears twice")
+        by_id[category["id"]] = str(category.get("name", category["id"]))
+    if not by_id:
+        raise ValueError(f"{path}: no categories")
+    ids = sorted(by_id)
+    return [by_id[i] for i in ids], {category_id: k + 1 for k, category_id in enumerate(ids)}
+
+
+def _box(annotation: dict[str, Any], path: Path, what: str) -> tuple[float, float, float, float]:
+    bbox = annotation.get("bbox")
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
+        raise InvalidItem(path, f"{what}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+    try:
+        x, y, w, h = (float(v) for v in bbox)
+    except (TypeError, ValueError):
+        raise InvalidItem(path, f"{what}: 'bbox' has a non-numeric value: {bbox!r}") from None
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise InvalidItem(path, f"{what}: 'bbox' is not finite: {bbox!r}")
+    if w < 0 or h < 0:
+        raise InvalidItem(path, f"{what}: inverted box (negative width or height): {bbox!r}")
+    if w == 0 or h == 0:
+        raise InvalidItem(path, f"{what}: empty box (zero width or height): {bbox!r}")
+    return x, y, x + w, y + h
+
+
+class COCODataset(DetectionDataset):
+    """A COCO-format detection set (instances JSON + image folder).
+
+    Images without annotations are kept (they count in evaluation). ``iscrowd`` objects are
+    reported as ``difficult``. Boxes are xyxy continuous 0-based pixels (COCO's own
+    convention, so no offset); boxes reaching outside the image are clipped and counted in
+    ``warnings``. ``image_id`` in the targets is the int COCO image id. Images are read in
+    stored pixel order (no EXIF rotation), like COCO's annotations.
+
+    Args:
+        image_dir: folder the images' ``file_name`` entries are relative to.
+        annotation_file: the instances JSON.
+        transforms: ``transforms(image, target) -> (image_or_x, target)``.
+        skip_invalid: leave out invalid images or annotations (listed in ``skipped``)
+            instead of raising. A malformed JSON file always raises.
+        verify_images: "quick", "full" or "none" (trust the JSON's width and height);
+            see `singleshot.data.validation.check_image`.
+        progress: progress bar while parsing; None = only for 1000 images or more.
+
+    Attributes:
+        label_to_category_id: {label 1..K: COCO category id}.
+        category_id_to_label: the inverse map.
+        annotation_file: Path of the JSON.
+        image_dir: Path of the image folder.
+    """
+
+    def __init__(
+        self,
+        image_dir: str | os.PathLike,
+        annotation_file: str | os.PathLike,
+        transforms: Transforms | None = None,
+        skip_invalid: bool = False,
+        verify_images: str = "quick",
+        progress: bool | None = None,
+    ) -> None:
+        self.image_dir = Path(image_dir)
+        self.annotation_file = Path(annotation_file)
+        path = self.annotation_file
+        data = load_coco_json(path)
+        names, self.category_id_to_label = _categories(data, path)
+        self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
+        problems = Problems(skip_invalid)
+        images = self._images(data, problems)
+        by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for k, annotation in enumerate(data.get("annotations", [])):
+            image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
+            if not isinstance(image_id, int) or image_id not in images:
+                what = f"annotation {k} (id {annotation.get('id') if isinstance(annotation, dict) else '?'})"
+                problems.invalid(InvalidItem(path, f"{what}: unknown image_id {image_id!r}"))
+                continue
+            by_image[image_id].append(annotation)
+        records = []
+        for image_id, image in progress_bar(images.items(), len(images), f"reading {path.name}", progress):
+            try:
+                records.append(
+                    self._load(image_id, image, by_image.get(image_id, []), problems, verify_images)
+                )
+            except InvalidItem as error:
+                problems.invalid(error)
+        super().__init__(records, names, transforms, problems, source=path)
+        problems.emit_warnings(path)
+
+    def _images(self, data: dict[str, Any], problems: Problems) -> dict[int, dict[str, Any]]:
+        images: dict[int, dict[str, Any]] = {}
+        for k, image in enumerate(data["images"]):
+            if not isinstance(image, dict) or not isinstance(image.get("id"), int):
+                problems.invalid(InvalidItem(self.annotation_file, f"image entry {k} has no integer 'id'"))
+                continue
+            if not isinstance(image.get("file_name"), str):
+                problems.invalid(InvalidItem(self.annotation_file, f"image {image['id']}: no 'file_name'"))
+                continue
+            if image["id"] in images:
+                raise ValueError(f"{self.annotation_file}: image id {image['id']} appears twice")
+            images[image["id"]] = image
+        return images
+
+    def _load(
+        self,
+        image_id: int,
+        image: dict[str, Any],
+        annotations: list[dict[str, Any]],
+        problems: Problems,
+        verify: str,
+    ) -> Record:
+        path = self.annotation_file
+        image_path = self.image_dir / image["file_name"]
+        declared = (image.get("height"), image.get("width"))
+        stored = check_image(image_path, verify)
+        if stored is None:
+            if not all(isinstance(v, int) and v > 0 for v in declared):
+                raise InvalidItem(path, f"image {image_id}: no valid width/height and verify_images='none'")
+            stored = (int(declared[0]), int(declared[1]))
+        elif all(isinstance(v, int) for v in declared) and declared != stored:
+            problems.warn(SIZE_MISMATCH)
+        boxes, labels, crowd, names = [], [], [], []
+        for annotation in annotations:
+            what = f"image {image_id} ({image['file_name']}), annotation {annotation.get('id', '?')}"
+            label = self.category_id_to_label.get(annotation.get("category_id"))
+            if label is None:
+                raise InvalidItem(path, f"{what}: unknown category_id {annotation.get('category_id')!r}")
+            boxes.append(_box(annotation, path, what))
+            labels.append(label)
+            crowd.append(bool(annotation.get("iscrowd", 0)))
+            names.append(what)
+        return make_record(
+            path,
+            image_path,
+            image_id,
+            stored[0],
+            stored[1],
+            np.asarray(boxes, dtype=np.float64).reshape(-1, 4),
+            np.asarray(labels, dtype=np.int64),
+            np.asarray(crowd, dtype=bool),
+            problems,
+            names=names,
+        )
