@@ -27,8 +27,9 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ..inference import resize_bilinear
 
 __all__ = [
     "CROP_OPTIONS",
@@ -38,7 +39,7 @@ __all__ = [
     "MAX_EXPAND_RATIO",
     "Expansion",
     "Crop",
-    "resize_bilinear",
+    "resize_bilinear",  # re-exported from singleshot.inference
     "sample_expansion",
     "sample_crop",
     "visible_region",
@@ -55,20 +56,6 @@ MAX_EXPAND_RATIO = 4.0
 # image" with probability 1/7, so this bound is never reached in practice).
 MAX_OPTION_DRAWS = 96
 OPTION_DRAWS_AT_ONCE = 2
-
-
-def resize_bilinear(image: Tensor, height: int, width: int) -> Tensor:
-    """uint8 or float (3, h, w) -> a new contiguous float32 (3, height, width) tensor.
-
-    Bilinear, ``align_corners=False``, no antialiasing, computed in float32: the resize
-    of `singleshot.inference.preprocess`, so training, evaluation and prediction see
-    identically resized images.
-    """
-    if image.shape[-2:] == (height, width):
-        return image.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    x = image.to(torch.float32)[None]
-    x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-    return x[0].contiguous()
 
 
 class Expansion(NamedTuple):
