@@ -14,14 +14,18 @@ A checkpoint is a dict saved with `torch.save` and read back with
 
 Files are written atomically (temporary file in the same folder, fsync, rename), so a
 crash while saving never leaves a truncated checkpoint in place of a good one.
+
+When the ``safetensors`` package is installed, a path ending in ``.safetensors`` is
+written and read in that format instead: the weights as tensors and the ``model``
+description as JSON in the file's string metadata (no training state). Loading
+either format never runs code from the file.
 """
 
 from __future__ import annotations
 
+import json
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +33,7 @@ import torch
 
 from .models.ssd import SSD
 from .priors import PriorConfig
+from .weights.io import is_safetensors_file, read_safetensors, torch_load_data
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -83,8 +88,16 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
 
 
 def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` (and optionally the training state) as a singleshot checkpoint, atomically."""
+    """Write ``model`` (and optionally the training state) as a singleshot checkpoint, atomically.
+
+    A ``.safetensors`` path writes the safetensors format (needs the ``safetensors`` package;
+    it holds no training state).
+    """
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    if Path(path).suffix == ".safetensors":
+        if training is not None:
+            raise ValueError(f"{path}: safetensors checkpoints hold no training state; use a .pt file")
+        return _save_safetensors(path, state, model_metadata(model))
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
@@ -107,17 +120,48 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such checkpoint file")
-    try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"{path}: refused to load: it contains objects other than tensors and plain data "
-            f"(loading it could run code from the file): {error}"
-        ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as error:
-        raise ValueError(f"{path}: not a readable checkpoint (truncated or corrupt?): {error}") from None
+    if is_safetensors_file(path):
+        checkpoint = _load_safetensors(path, map_location)
+    else:
+        checkpoint = torch_load_data(path, map_location)
     validate_checkpoint(checkpoint, path)
     return checkpoint
+
+
+def _save_safetensors(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise ValueError(
+            f"{path}: writing safetensors files needs the `safetensors` package (pip install safetensors)"
+        ) from None
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "model": json.dumps(meta)}
+    try:
+        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str, Any]:
+    tensors, metadata = read_safetensors(path)
+    if metadata.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"{path}: not a singleshot checkpoint (a safetensors file without singleshot metadata)"
+        )
+    try:
+        meta = json.loads(metadata.get("model", ""))
+        version = int(metadata.get("version", "0"))
+    except ValueError as error:
+        raise ValueError(f"{path}: corrupt singleshot metadata: {error}") from None
+    state = {k: v.to(map_location) for k, v in tensors.items()}
+    return {"format": CHECKPOINT_FORMAT, "version": version, "model": meta, "state_dict": state}
 
 
 def validate_checkpoint(checkpoint: Any, path: str | os.PathLike = "checkpoint") -> None:

@@ -1,0 +1,340 @@
+"""End-to-end inference speed: uint8 images in, final detections in pixels out.
+
+    .venv/bin/python benchmarks/bench_infer.py [--repeats 5] [--threads 2] [--batches 1 8]
+                                               [--compile] [--skip-onnx] [--gpu-only]
+
+All paths run in one process on the same SSD300 weights and the same eight 500x375
+images, each timed end to end (resize + mean subtraction, network, decoding, NMS,
+scaling to the image's pixels):
+
+- torchvision: ``ssd300_vgg16(num_classes=21)``, called as its users do (0-1 float images);
+- predict: the pipeline of `singleshot.SSD.predict` (`preprocess`, the network, `detect`) with
+  torchvision's post-processing settings (``pre_nms_top_k=400``, ``clip=True``), in eager
+  PyTorch with channels-last convolutions (the default) and, for reference, contiguous NCHW;
+- TorchScript: the network traced, frozen and passed through ``optimize_for_inference``
+  (oneDNN weight prepacking and conv fusions), then `detect` in PyTorch;
+- ONNX Runtime: the whole detector exported with `singleshot.export.export_onnx(...,
+  with_postprocess=True)` (decoding and NMS inside the graph), all graph optimisations on;
+- torch.compile (``--compile``): inductor with freezing; its compile time is printed apart;
+- int8 (``--int8``): the network statically quantised by ONNX Runtime (per-channel weights,
+  VNNI kernels). Its detections are NOT equivalent to the float model's (see "agree"), so
+  it is shown for information only.
+
+Our model is ``ssd300_coco`` with 21 classes and ``prior_clip="size"`` (torchvision's boxes)
+loaded with torchvision's converted weights, the background bias raised so that scores look
+like a trained model's (random weights would send ~100k candidates through NMS). Before
+timing, every path's detections are compared with torchvision's: "agree" is the share of
+torchvision's detections found with the same label, a box within 0.5 px and a score within
+1e-3; "IoU.5" only asks for the same label and an IoU of at least 0.5.
+
+Timings: per batch size, the paths run one after the other in each of ``--repeats`` rounds
+(so that load from other processes falls on all alike), after a warm-up round; the table
+gives the median ms per image, images/s, and torchvision's time divided by the path's
+(> 1 = faster than torchvision). ``--threads`` sets torch's and ONNX Runtime's intra-op
+threads. Where CUDA is available, a GPU section follows: batch-1 latency of fp32 and fp16
+`predict`, of fp16 replayed from a CUDA graph, and of torchvision, with the device name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torchvision.models.detection import ssd300_vgg16
+
+import singleshot
+from singleshot.inference import preprocess
+from singleshot.postprocess import detect
+from singleshot.runtime import tune_malloc
+from singleshot.weights import convert
+
+NUM_CLASSES = 21
+BACKGROUND_BIAS = 7.0
+
+
+def build_models():
+    torch.manual_seed(0)
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
+    with torch.no_grad():
+        for conv in tv.head.classification_head.module_list:
+            conv.bias.view(-1, NUM_CLASSES)[:, 0] += BACKGROUND_BIAS
+    ours = singleshot.build_model("ssd300_coco", num_classes=NUM_CLASSES, prior_clip="size").eval()
+    ours.load_state_dict(convert(tv.state_dict(), "torchvision"), strict=True)
+    return tv, ours
+
+
+def make_images(count: int = 8) -> list[torch.Tensor]:
+    """Smooth random images (noise blurred by upsampling), VOC-sized, uint8 (3, 375, 500)."""
+    g = torch.Generator().manual_seed(3)
+    coarse = torch.rand(count, 3, 24, 32, generator=g) * 255
+    fine = torch.nn.functional.interpolate(coarse, size=(375, 500), mode="bicubic", align_corners=False)
+    noise = torch.randn(count, 3, 375, 500, generator=g) * 8
+    return [image for image in (fine + noise).clamp(0, 255).to(torch.uint8)]
+
+
+def to_pixels(detections, images):
+    out = []
+    for det, image in zip(detections, images):
+        height, width = image.shape[-2:]
+        boxes = det["boxes"] * det["boxes"].new_tensor([width, height, width, height])
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        out.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
+    return out
+
+
+def network_then_detect(network: Callable, model) -> Callable:
+    """predict's pipeline around another implementation of the network."""
+    priors = model.priors
+
+    def run(images):
+        x = preprocess(images, model.image_size, model.image_mean)
+        with torch.inference_mode():
+            loc, conf = network(x)
+            detections = detect(loc, conf.softmax(-1), priors, 0.01, 0.45, 400, 200, clip=True)
+        return to_pixels(detections, images)
+
+    return run
+
+
+def agreement(got, reference, loose: bool = False) -> float:
+    """Share of the reference detections that ``got`` has too: same label, box within 0.5 px,
+    score within 1e-3 (``loose``: same label and IoU >= 0.5, any score)."""
+    from torchvision.ops import box_iou
+
+    found = total = 0
+    for det, ref in zip(got, reference):
+        total += len(ref["scores"])
+        if not len(ref["scores"]) or not len(det["scores"]):
+            continue
+        same = det["labels"][:, None] == ref["labels"][None, :]
+        close = (det["boxes"][:, None, :] - ref["boxes"][None, :, :]).abs().amax(-1) < 0.5
+        if loose:  # boxes clipped to zero area at the border have no IoU: accept them when close
+            same &= (box_iou(det["boxes"], ref["boxes"]) >= 0.5) | close
+        else:
+            same &= close & ((det["scores"][:, None] - ref["scores"][None, :]).abs() < 1e-3)
+        found += int(same.any(0).sum())
+    return found / max(total, 1)
+
+
+def torchscript_network(model):
+    example = torch.zeros(1, 3, model.image_size, model.image_size)
+    with torch.no_grad():
+        traced = torch.jit.trace(model, example, check_trace=False)
+        frozen = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))
+        for batch in (1, 8):  # the profiling executor specialises on the first calls
+            for _ in range(2):
+                frozen(torch.zeros(batch, 3, model.image_size, model.image_size))
+    return frozen
+
+
+def compiled_network(model):
+    import torch._inductor.config as inductor_config
+
+    inductor_config.freezing = True
+    compiled = torch.compile(model)
+    start = time.perf_counter()
+    with torch.no_grad():
+        for batch in (1, 8):
+            compiled(torch.zeros(batch, 3, model.image_size, model.image_size))
+    return compiled, time.perf_counter() - start
+
+
+def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
+    paths: dict[str, Callable] = {}
+    paths["torchvision ssd300_vgg16"] = lambda images: tv([image.float() / 255 for image in images])
+
+    paths["predict, eager (channels-last)"] = network_then_detect(ours, ours)
+    paths["predict, eager (NCHW)"] = network_then_detect(lambda x: _nchw(ours, x), ours)
+    paths["TorchScript frozen + optimize_for_inference"] = network_then_detect(
+        torchscript_network(ours), ours
+    )
+    if args.compile:
+        compiled, seconds = compiled_network(ours)
+        print(f"torch.compile (inductor, freezing): {seconds:.1f} s to compile for batches 1 and 8")
+        paths["torch.compile (inductor, freezing)"] = network_then_detect(compiled, ours)
+    if not args.skip_onnx:
+        from singleshot.export import OnnxDetector, export_onnx
+
+        start = time.perf_counter()
+        path = export_onnx(ours, folder / "ssd300.onnx", with_postprocess=True, pre_nms_top_k=400, clip=True)
+        print(f"ONNX export (detector with NMS): {time.perf_counter() - start:.1f} s")
+        runner = OnnxDetector(path, threads=args.threads)
+        paths["ONNX Runtime, detector with NMS in graph"] = runner.predict
+    if args.int8:
+        paths["ONNX Runtime int8 (static QDQ), not equivalent"] = int8_path(ours, args.threads, folder)
+    return paths
+
+
+def int8_path(model, threads: int, folder: Path) -> Callable:
+    """The network quantised to int8 by ONNX Runtime (per-channel weights, activations calibrated
+    on the benchmark's own images), post-processed in PyTorch. Its detections differ from the
+    float model's: see the "agree" column; its accuracy cost needs trained weights to measure."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    from singleshot.export import export_onnx
+
+    network = export_onnx(model, folder / "network.onnx")
+    calibration = preprocess(make_images(), model.image_size, model.image_mean).numpy()
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter([{"images": calibration[i : i + 1]} for i in range(len(calibration))])
+
+        def get_next(self):
+            return next(self.batches, None)
+
+    quantized = folder / "network_int8.onnx"
+    quantize_static(
+        str(network), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+    )  # fmt: skip
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
+
+    def network_fn(x):
+        loc, conf = session.run(None, {"images": x.numpy()})
+        return torch.from_numpy(loc), torch.from_numpy(conf)
+
+    return network_then_detect(network_fn, model)
+
+
+def _nchw(model, x):
+    model.channels_last = False
+    try:
+        return model(x)
+    finally:
+        model.channels_last = True
+
+
+def time_paths(paths: dict[str, Callable], images, batch: int, repeats: int) -> dict[str, float]:
+    chosen = images[:batch]
+    with torch.inference_mode():
+        for run in paths.values():  # warm-up round
+            run(chosen)
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for _ in range(repeats):
+            for name, run in paths.items():
+                start = time.perf_counter()
+                run(chosen)
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) / batch for name, values in times.items()}
+
+
+def gpu_section(tv, ours, images, repeats: int) -> None:
+    device = torch.device("cuda")
+    name = torch.cuda.get_device_name(device)
+    print(f"\nGPU: {name}, batch 1, end to end from a uint8 image in host memory, median of {repeats}")
+    model = ours.to(device)
+    tv_gpu = tv.to(device)
+    image = images[0]
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        values = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            values.append(time.perf_counter() - start)
+        return statistics.median(values)
+
+    results = {"torchvision ssd300_vgg16 fp32": timed(lambda: tv_gpu([image.to(device).float() / 255]))}
+    results["predict fp32"] = timed(lambda: model.predict(image))
+    half = ours.to(device).half()
+    results["predict fp16"] = timed(lambda: half.predict(image))
+
+    # CUDA graph: the network replayed on a static input buffer; decoding and NMS stay eager.
+    static_x = torch.zeros(1, 3, half.image_size, half.image_size, device=device, dtype=torch.float16)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.inference_mode():
+        for _ in range(3):
+            half(static_x)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph), torch.inference_mode():
+        static_loc, static_conf = half(static_x)
+    priors = half.priors.float()
+
+    def graphed():
+        with torch.inference_mode():
+            x = preprocess([image], half.image_size, half.image_mean, device=device)
+            static_x.copy_(x)
+            graph.replay()
+            det = detect(static_loc.float(), static_conf.float().softmax(-1), priors)
+            return to_pixels(det, [image])
+
+    results["predict fp16, network in a CUDA graph"] = timed(graphed)
+    reference = results["torchvision ssd300_vgg16 fp32"]
+    for label, seconds in results.items():
+        print(f"{label:<46} {seconds * 1e3:>8.2f} ms  {reference / seconds:>6.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds per batch size (median)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
+    parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--skip-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime")
+    parser.add_argument(
+        "--int8",
+        action="store_true",
+        help="also time an int8-quantised network (ONNX Runtime; not equivalent)",
+    )
+    parser.add_argument("--gpu-only", action="store_true", help="only the GPU section (needs CUDA)")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", FutureWarning)  # TorchScript's deprecation notes
+    logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice on stdout
+    torch.set_num_threads(args.threads)
+    tune_malloc()
+    tv, ours = build_models()
+    images = make_images()
+
+    if not args.gpu_only:
+        with tempfile.TemporaryDirectory() as folder:
+            paths = build_paths(tv, ours, args, Path(folder))
+            with torch.inference_mode():
+                reference = tv([image.float() / 255 for image in images[:2]])
+                outputs = {name: run(images[:2]) for name, run in paths.items()}
+            agree = {name: agreement(out, reference) for name, out in outputs.items()}
+            loose = {name: agreement(out, reference, loose=True) for name, out in outputs.items()}
+            print(
+                f"torch {torch.__version__}, {args.threads} threads, 500x375 uint8 images, "
+                f"median of {args.repeats} rounds"
+            )
+            for batch in args.batches:
+                per_image = time_paths(paths, images, batch, args.repeats)
+                baseline = per_image["torchvision ssd300_vgg16"]
+                print(f"\nbatch {batch}")
+                print(f"{'path':<46} {'ms/image':>9} {'images/s':>9} {'vs tv':>7} {'agree':>7} {'IoU.5':>7}")
+                for name, seconds in per_image.items():
+                    print(
+                        f"{name:<46} {seconds * 1e3:>9.1f} {1 / seconds:>9.2f} "
+                        f"{baseline / seconds:>6.2f}x {agree[name]:>7.1%} {loose[name]:>7.1%}"
+                    )
+    if torch.cuda.is_available():
+        gpu_section(tv, ours, images, args.repeats)
+    elif args.gpu_only:
+        raise SystemExit("--gpu-only: no CUDA device")
+    else:
+        print("\n(no CUDA device: GPU section skipped)")
+
+
+if __name__ == "__main__":
+    main()

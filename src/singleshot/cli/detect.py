@@ -1,0 +1,185 @@
+"""``singleshot detect``: run a checkpoint on images, draw the detections, write COCO results."""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import sys
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "detect",
+        help="detect objects in images and draw them",
+        description=(
+            "Run a singleshot checkpoint on images. For each image, write a copy with the boxes, "
+            "class names and scores drawn into --out, and write all detections into "
+            "OUT/detections.json in the COCO results format ([x, y, w, h] pixels; image_id is the file "
+            "name's number when every name is a number, as in COCO, else the file name; category_id "
+            "is COCO's id for COCO-class models, else the label). Images that cannot be read are "
+            "reported and skipped; the others are still processed."
+        ),
+    )
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="singleshot checkpoint (.pt or .safetensors)")
+    add(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="image files, folders (their images, sorted) or glob patterns",
+    )
+    add("--out", default="detections", help="output folder (default: detections)")
+    add("--threshold", type=float, default=0.5,
+        help="keep detections scoring above this, in the pictures and the JSON (default 0.5; "
+             "use 0.01 for results meant for mAP)")  # fmt: skip
+    add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
+    add("--half", action="store_true", help="float16 inference (CUDA only)")
+    add("--no-draw", action="store_true", help="only write detections.json, no pictures")
+    add("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def collect_images(inputs: Sequence[str]) -> list[Path]:
+    """Expand files, folders (non-recursive, sorted) and glob patterns into image paths, in order.
+
+    Explicitly named files are kept whatever their suffix (a bad one is reported later);
+    folders and globs contribute files with an image suffix. Duplicates are dropped.
+
+    Raises:
+        ValueError: an input matches nothing.
+    """
+    found: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            matches = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.is_file():
+            matches = [path]
+        elif glob.has_magic(item):
+            matches = sorted(
+                Path(p) for p in glob.glob(item, recursive=True)
+                if Path(p).is_file() and Path(p).suffix.lower() in IMAGE_SUFFIXES
+            )  # fmt: skip
+        else:
+            raise ValueError(f"{item}: no such file or folder")
+        if not matches:
+            raise ValueError(f"{item}: no images found")
+        found.extend(matches)
+    unique = list(dict.fromkeys(p.resolve() for p in found))
+    return [Path(p) for p in unique]
+
+
+def image_ids_for(paths: Sequence[Path]) -> list:
+    """COCO image ids: the file stems as integers when all are distinct numbers, else the file names."""
+    stems = [p.stem for p in paths]
+    if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
+        return [int(s) for s in stems]
+    return [p.name for p in paths]
+
+
+def output_names(paths: Sequence[Path]) -> list[str]:
+    """Picture names in the output folder: the file name, with a counter where two would clash."""
+    names, seen = [], set()
+    for path in paths:
+        suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+        name, n = f"{path.stem}{suffix}", 1
+        while name in seen or name == "detections.json":
+            name, n = f"{path.stem}_{n}{suffix}", n + 1
+        seen.add(name)
+        names.append(name)
+    return names
+
+
+def label_to_category_map(class_names: Sequence[str] | None, num_classes: int) -> dict[int, int] | None:
+    """COCO category ids for models with COCO's 80 classes in order; None (label = id) otherwise."""
+    from ..weights.names import coco_names_81, coco_names_91
+
+    if class_names is not None and num_classes == 81 and list(class_names) == coco_names_81():
+        ids = {name: index for index, name in enumerate(coco_names_91()) if name != "N/A"}
+        return {label: ids[name] for label, name in enumerate(class_names) if label > 0}
+    return None
+
+
+def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def _read(path: Path):
+    from ..imageio import read_image
+
+    try:
+        return read_image(path), None
+    except ValueError as error:
+        return None, str(error)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from ..checkpoint import load
+    from ..evaluation import write_coco_results
+    from ..inference import predict
+    from ..visualize import draw_detections, save_image
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: no CUDA device is available")
+    if args.half and args.device != "cuda":
+        raise ValueError("--half needs --device cuda (CPUs have no fast float16 convolutions)")
+    paths = collect_images(args.inputs)
+    model = load(args.checkpoint, map_location=args.device)
+    if args.half:
+        model = model.half()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    names = dict(zip(paths, output_names(paths)))
+    ids = dict(zip(paths, image_ids_for(paths)))
+
+    done_paths, detections, skipped = [], [], []
+    progress = tqdm(total=len(paths), unit="img", desc="detect", disable=args.no_progress or len(paths) < 2)
+    batches = list(_batches(paths, args.batch_size))
+    # Decoding the next batch (in a thread) overlaps with the current forward pass.
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda: [_read(p) for p in batches[0]])
+        for index, batch in enumerate(batches):
+            current = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(lambda b=batches[index + 1]: [_read(p) for p in b])
+            good = []
+            for path, (image, error) in zip(batch, current):
+                if image is None:
+                    skipped.append((path, error))
+                    tqdm.write(f"skipped {error}", file=sys.stderr)
+                else:
+                    good.append((path, image))
+            if good:
+                results = predict(model, [image for _, image in good], score_threshold=args.threshold)
+                for (path, image), det in zip(good, results):
+                    done_paths.append(path)
+                    detections.append(det)
+                    if not args.no_draw:
+                        drawn = draw_detections(image, det, model.class_names, score_threshold=0.0)
+                        save_image(drawn, out / names[path])
+            progress.update(len(batch))
+    progress.close()
+
+    label_map = label_to_category_map(model.class_names, model.num_classes)
+    json_path = write_coco_results(
+        detections, [ids[p] for p in done_paths], label_map, out / "detections.json"
+    )
+    total = sum(len(d["scores"]) for d in detections)
+    print(f"{len(done_paths)} images, {total} detections (score > {args.threshold}) -> {json_path}")
+    if skipped:
+        print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
+        for _, error in skipped:
+            print(f"  {error}", file=sys.stderr)
+    return 0 if done_paths else 1

@@ -1,0 +1,29 @@
+"""Deployment: ONNX and TorchScript export, with decoding and NMS optionally inside the graph.
+
+>>> from singleshot.export import export_onnx, OnnxDetector
+>>> export_onnx(model, "ssd300.onnx", with_postprocess=True)
+>>> detections = OnnxDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # as model.predict
+
+The exported graphs take a normalised batch, float32 (B, 3, S, S): RGB on the 0-255 scale,
+resized to S x S (bilinear, no antialiasing) minus the model's ``image_mean`` (both are
+stored in the file's metadata). With post-processing they return ``boxes`` (B, K, 4) xyxy
+as fractions of the input, ``scores`` (B, K), ``labels`` (B, K) and ``counts`` (B,).
+"""
+
+from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detections
+from .runtime import OnnxDetector, TorchScriptDetector
+from .to_onnx import DEFAULT_OPSET, POSTPROCESS_DEFAULTS, export_onnx
+from .to_torchscript import export_torchscript
+
+__all__ = [
+    "DetectorGraph",
+    "TorchNMS",
+    "multiclass_nms",
+    "outputs_to_detections",
+    "export_onnx",
+    "export_torchscript",
+    "OnnxDetector",
+    "TorchScriptDetector",
+    "DEFAULT_OPSET",
+    "POSTPROCESS_DEFAULTS",
+]

@@ -1,0 +1,182 @@
+"""The whole detector as one graph: network, decoding and NMS, with static output shapes.
+
+`singleshot.postprocess.detect` gathers a data-dependent list of candidates; an exported
+graph wants fixed shapes instead. `DetectorGraph` computes the same detections as
+``detect`` in an export-friendly way:
+
+1. decode every prior's box (B, P, 4) and take the softmax scores per class (B, C-1, P);
+2. per image and class, keep the ``pre_nms_top_k`` best scores (TopK) and zero the rest,
+   so "top-k of the scores above the threshold" becomes "top-k, then the threshold";
+3. NMS per image and class with a score threshold: ONNX's NonMaxSuppression does exactly
+   this on (B, P, 4) boxes and (B, C-1, P) scores, returning (M, 3) [image, class, prior];
+4. scatter the survivors into a dense (B, (C-1) * P) score table (-1 elsewhere) and take
+   its ``max_detections`` best per image (TopK), padding with zeros.
+
+Outputs: ``boxes`` (B, K, 4) xyxy as fractions of the network input, ``scores`` (B, K),
+``labels`` int64 (B, K) in 1..C-1, ``counts`` int64 (B,): image b's detections are the
+first ``counts[b]`` rows, sorted by score, descending; the rest is zero padding.
+
+Candidates tied in score exactly at a top-k cut may be chosen differently from ``detect``
+(which keeps the lower prior index); with real-valued scores this does not happen in practice.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torchvision.ops import batched_nms
+
+from ..boxes import LOG_SIZE_CLAMP
+
+__all__ = ["DetectorGraph", "TorchNMS", "multiclass_nms"]
+
+
+def decode_boxes(
+    loc: Tensor, priors: Tensor, variances: tuple[float, float], log_size_clamp: float
+) -> Tensor:
+    """`singleshot.boxes.decode` with its constant passed in, so that TorchScript compiles it.
+
+    loc (B, P, 4) offsets, priors (P, 4) cxcywh -> (B, P, 4) xyxy in the priors' unit.
+    """
+    centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
+    size = priors[:, 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=log_size_clamp))
+    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
+
+
+def multiclass_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    """NMS per image and class, as ONNX NonMaxSuppression (without a per-class cap).
+
+    Args:
+        boxes: (B, P, 4) xyxy, shared by all classes.
+        scores: (B, C, P); only scores strictly above ``score_threshold`` are candidates.
+        iou_threshold: a box whose IoU with a better one of its image and class is above
+            this is removed.
+
+    Returns:
+        (M, 3) int64 rows [image, class, prior] of the kept boxes.
+    """
+    candidates = (scores > score_threshold).nonzero()
+    image, cls, prior = candidates[:, 0], candidates[:, 1], candidates[:, 2]
+    keep = batched_nms(
+        boxes[image, prior], scores[image, cls, prior], image * scores.shape[1] + cls, iou_threshold
+    )
+    return candidates[keep]
+
+
+class TorchNMS(nn.Module):
+    """`multiclass_nms` as a module (eager PyTorch and TorchScript; needs only torchvision)."""
+
+    def __init__(self, iou_threshold: float, score_threshold: float) -> None:
+        super().__init__()
+        self.iou_threshold = float(iou_threshold)
+        self.score_threshold = float(score_threshold)
+
+    def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        return multiclass_nms(boxes, scores, self.iou_threshold, self.score_threshold)
+
+
+class DetectorGraph(nn.Module):
+    """Normalised images in, final detections out (see the module docstring).
+
+    Args:
+        network: maps x float (B, 3, S, S) (RGB 0-255 minus the image mean) to ``loc``
+            (B, P, 4) and ``conf`` (B, P, C) logits; an SSD, or a traced copy of one.
+        priors: (P, 4) cxcywh as fractions of the image.
+        nms: module (boxes (B, P, 4), scores (B, C-1, P)) -> (M, 3) [image, class, prior];
+            None = `TorchNMS` with the thresholds below.
+        score_threshold, nms_threshold, pre_nms_top_k, max_detections, clip, variances:
+            as in `singleshot.postprocess.detect` (max_detections None = every survivor,
+            i.e. K = (C-1) * pre_nms_top_k).
+
+    forward: x (B, 3, S, S) -> boxes (B, K, 4), scores (B, K), labels int64 (B, K), counts int64 (B,).
+    """
+
+    def __init__(
+        self,
+        network: nn.Module,
+        priors: Tensor,
+        num_classes: int,
+        score_threshold: float = 0.01,
+        nms_threshold: float = 0.45,
+        pre_nms_top_k: int = 200,
+        max_detections: int | None = 200,
+        clip: bool = False,
+        variances: tuple[float, float] = (0.1, 0.2),
+        nms: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= score_threshold < 1.0:
+            raise ValueError(f"score_threshold must be in [0, 1), got {score_threshold}")
+        if pre_nms_top_k < 1 or (max_detections is not None and max_detections < 1):
+            raise ValueError("pre_nms_top_k and max_detections must be >= 1")
+        self.network = network
+        self.register_buffer("priors", priors.detach().clone().float())
+        num_priors = int(priors.shape[0])
+        self.num_priors = num_priors
+        self.num_classes = int(num_classes)
+        self.top_k = min(int(pre_nms_top_k), num_priors)
+        cap = (self.num_classes - 1) * self.top_k
+        self.max_out = cap if max_detections is None else min(int(max_detections), cap)
+        self.clip = bool(clip)
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.log_size_clamp = float(LOG_SIZE_CLAMP)
+        self.nms = nms if nms is not None else TorchNMS(nms_threshold, score_threshold)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        loc, conf = self.network(x)
+        return self.postprocess(loc.float(), conf.float())
+
+    def postprocess(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """loc (B, P, 4), conf (B, P, C) logits -> boxes, scores, labels, counts (see the class)."""
+        boxes = decode_boxes(loc, self.priors, self.variances, self.log_size_clamp)
+        if self.clip:
+            boxes = boxes.clamp(0.0, 1.0)
+        scores = torch.softmax(conf, dim=-1)[:, :, 1:].transpose(1, 2)  # (B, C-1, P)
+        top_scores, top_index = scores.topk(self.top_k, dim=2)
+        candidates = torch.zeros_like(scores).scatter(2, top_index, top_scores)
+
+        selected = self.nms(boxes, candidates)  # (M, 3): image, class, prior
+        kept = torch.zeros_like(candidates)
+        kept[selected[:, 0], selected[:, 1], selected[:, 2]] = 1.0
+        table = torch.where(kept > 0, candidates, torch.full_like(candidates, -1.0)).flatten(1)
+        best, index = table.topk(self.max_out, dim=1)  # (B, K), sorted, descending
+
+        valid = best >= 0
+        prior = index % self.num_priors
+        out_boxes = boxes.gather(1, prior.unsqueeze(-1).expand(-1, -1, 4))
+        out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, torch.zeros_like(out_boxes))
+        out_scores = torch.where(valid, best, torch.zeros_like(best))
+        labels = torch.div(index, self.num_priors, rounding_mode="floor") + 1
+        out_labels = torch.where(valid, labels, torch.zeros_like(labels))
+        return out_boxes, out_scores, out_labels, valid.sum(dim=1)
+
+
+def outputs_to_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels: Tensor,
+    counts: Tensor,
+    image_sizes: list[tuple[int, int]] | None = None,
+) -> list[dict[str, Tensor]]:
+    """Padded graph outputs -> one dict per image, boxes in pixels when ``image_sizes`` are given.
+
+    Args:
+        boxes, scores, labels, counts: `DetectorGraph` outputs (tensors or numpy arrays).
+        image_sizes: (height, width) of each original image; boxes are scaled to it and
+            clipped to it, as `singleshot.SSD.predict` does. None keeps fractions.
+
+    Returns:
+        A list of ``{"boxes" (N, 4) xyxy, "scores" (N,), "labels" int64 (N,)}``.
+    """
+    boxes, scores, labels, counts = (torch.as_tensor(t) for t in (boxes, scores, labels, counts))
+    results = []
+    for b in range(boxes.shape[0]):
+        n = int(counts[b])
+        det_boxes = boxes[b, :n].float()
+        if image_sizes is not None:
+            height, width = image_sizes[b]
+            det_boxes = det_boxes * det_boxes.new_tensor([width, height, width, height])
+            det_boxes[:, 0::2] = det_boxes[:, 0::2].clamp(0, width)
+            det_boxes[:, 1::2] = det_boxes[:, 1::2].clamp(0, height)
+        results.append({"boxes": det_boxes, "scores": scores[b, :n].float(), "labels": labels[b, :n].long()})
+    return results

@@ -1,0 +1,142 @@
+"""ONNX export (torch.onnx's dynamo exporter), with or without post-processing in the graph."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .graph import DetectorGraph
+
+__all__ = ["export_onnx", "export_metadata", "DEFAULT_OPSET", "POSTPROCESS_DEFAULTS"]
+
+DEFAULT_OPSET = 18
+POSTPROCESS_DEFAULTS: dict[str, Any] = {
+    "score_threshold": 0.01,
+    "nms_threshold": 0.45,
+    "pre_nms_top_k": 200,
+    "max_detections": 200,
+    "clip": False,
+}
+
+
+def export_metadata(model, with_postprocess: bool, postprocess: dict[str, Any] | None) -> dict[str, Any]:
+    """What a runtime needs besides the graph: input size and mean, classes, outputs."""
+    return {
+        "format": "singleshot",
+        "preset": model.preset,
+        "num_classes": model.num_classes,
+        "class_names": model.class_names,
+        "image_size": model.image_size,
+        "image_mean": list(model.image_mean),
+        "prior_config": model.prior_config.to_dict(),
+        "input": "images: float32 (B, 3, S, S), RGB 0-255 resized to S x S (bilinear) minus image_mean",
+        "outputs": (["boxes", "scores", "labels", "counts"] if with_postprocess else ["loc", "conf"]),
+        "postprocess": postprocess if with_postprocess else None,
+    }
+
+
+def export_onnx(
+    model,
+    path: str | os.PathLike,
+    with_postprocess: bool = False,
+    opset: int = DEFAULT_OPSET,
+    example_batch: int = 2,
+    **postprocess: Any,
+) -> Path:
+    """Write an SSD as ONNX with a dynamic batch dimension.
+
+    Args:
+        model: a `singleshot.SSD` (exported in eval mode, on the CPU, in float32).
+        path: the ``.onnx`` file to write (weights inside the file).
+        with_postprocess: False: input ``images`` -> ``loc`` (B, P, 4), ``conf`` (B, P, C)
+            logits. True: the whole detector (`DetectorGraph`): ``images`` -> ``boxes``
+            (B, K, 4) xyxy fractions of the input, ``scores`` (B, K), ``labels`` int64 (B, K),
+            ``counts`` int64 (B,), decoding and NMS inside the graph.
+        opset: ONNX opset (>= 17).
+        example_batch: batch size of the tracing example (>= 2, so the batch stays symbolic).
+        **postprocess: ``score_threshold``, ``nms_threshold``, ``pre_nms_top_k``,
+            ``max_detections``, ``clip`` (defaults: `POSTPROCESS_DEFAULTS`, i.e. `predict`'s).
+
+    The model's preset, classes, input size and mean are stored as JSON in the ONNX
+    metadata under ``"singleshot"`` (see `singleshot.export.OnnxDetector`).
+    """
+    import onnx
+
+    from .onnx_ops import ONNX_TRANSLATIONS, OnnxNMS
+
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    unknown = set(postprocess) - set(POSTPROCESS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown post-processing options: {', '.join(sorted(unknown))}")
+    params = {**POSTPROCESS_DEFAULTS, **postprocess}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+
+    model = _cpu_float_copy(model)
+    if with_postprocess:
+        module = DetectorGraph(
+            model,
+            model.priors,
+            model.num_classes,
+            score_threshold=params["score_threshold"],
+            nms_threshold=params["nms_threshold"],
+            pre_nms_top_k=params["pre_nms_top_k"],
+            max_detections=params["max_detections"],
+            clip=params["clip"],
+            nms=OnnxNMS(params["nms_threshold"], params["score_threshold"]),
+        ).eval()
+        output_names = ["boxes", "scores", "labels", "counts"]
+    else:
+        module = model
+        output_names = ["loc", "conf"]
+    size = model.image_size
+    example = torch.zeros(max(example_batch, 2), 3, size, size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["images"],
+            output_names=output_names,
+            dynamic_shapes=({0: batch},),
+            custom_translation_table=ONNX_TRANSLATIONS if with_postprocess else None,
+            verbose=False,
+        )
+    proto = program.model_proto
+    meta = export_metadata(model, with_postprocess, params)
+    onnx.helper.set_model_props(proto, {"singleshot": json.dumps(meta)})
+    onnx.save_model(proto, str(path))
+    return path
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Silence the exporter's warnings and log chatter (e.g. onnx_ir's note on empty attributes)."""
+    loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
+    levels = [logger.level for logger in loggers]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def _cpu_float_copy(model):
+    import copy
+
+    model = copy.deepcopy(model).cpu().float().eval()
+    return model

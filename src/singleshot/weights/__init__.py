@@ -1,0 +1,31 @@
+"""Weights from elsewhere: ssd.pytorch and torchvision detectors, ImageNet VGG16.
+
+>>> from singleshot import weights
+>>> ours = weights.convert(torch.load("ssd300_mAP_77.43_v2.pth", weights_only=True), "ssd.pytorch")
+>>> model = weights.convert_model(tv_model.state_dict(), "torchvision")    # ready, eval mode
+>>> weights.load_vgg16_backbone(model, "vgg16_reducedfc.pth")   # or torchvision's vgg16-397923af.pth
+>>> reduced = weights.reduce_vgg16(torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict())
+
+All file reading uses ``torch.load(..., weights_only=True)`` (or safetensors when the
+``safetensors`` package is installed): weight files are data, never code.
+"""
+
+from .convert import SOURCES, convert, convert_model, infer_model_args, to_source
+from .io import read_state_dict
+from .names import VOC_CLASSES, coco_names_81, coco_names_91
+from .vgg16 import backbone_state_dict, load_vgg16_backbone, reduce_vgg16
+
+__all__ = [
+    "SOURCES",
+    "convert",
+    "convert_model",
+    "infer_model_args",
+    "to_source",
+    "reduce_vgg16",
+    "load_vgg16_backbone",
+    "backbone_state_dict",
+    "read_state_dict",
+    "VOC_CLASSES",
+    "coco_names_81",
+    "coco_names_91",
+]

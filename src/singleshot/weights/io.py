@@ -1,0 +1,95 @@
+"""Reading foreign weight files safely: data only, never code."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+__all__ = ["read_state_dict", "as_state_dict", "is_safetensors_file"]
+
+
+def is_safetensors_file(path: str | os.PathLike) -> bool:
+    """True for a ``.safetensors`` name or a file that starts like one (u64 header size, then ``{``)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        return True
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(9)
+    except OSError:
+        return False
+    return len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < (1 << 32)
+
+
+def read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and string metadata of a safetensors file (needs the ``safetensors`` package)."""
+    try:
+        from safetensors import safe_open
+    except ImportError:
+        raise ValueError(
+            f"{path}: reading safetensors files needs the `safetensors` package (pip install safetensors)"
+        ) from None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118 (a safe_open handle, not a dict)
+    except Exception as error:  # safetensors raises its own error types
+        raise ValueError(f"{path}: not a readable safetensors file: {error}") from None
+    return tensors, metadata
+
+
+def torch_load_data(path: Path, map_location: str | torch.device = "cpu") -> Any:
+    """`torch.load` with ``weights_only=True``, turning every failure into a ValueError naming ``path``."""
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if not head:
+        raise ValueError(f"{path}: empty file")
+    if not (head.startswith(b"PK") or head[:1] == b"\x80"):
+        raise ValueError(f"{path}: not a PyTorch file (neither a torch.save zip archive nor a pickle)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"{path}: refused to load: it contains objects other than tensors and plain data "
+            f"(loading it could run code from the file): {error}"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {error}") from None
+
+
+def as_state_dict(obj: Any, where: str = "state dict") -> dict[str, Tensor]:
+    """A flat ``{name: Tensor}`` from a state dict, or from a dict holding one under
+    ``"state_dict"`` or ``"model"`` (how training scripts often save them)."""
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return dict(obj)
+        for key in ("state_dict", "model"):
+            inner = obj.get(key)
+            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
+                return dict(inner)
+    raise ValueError(f"{where}: expected a state dict (a mapping of parameter names to tensors)")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, Tensor]:
+    """A state dict from a ``.pth`` / ``.pt`` file (weights_only) or a ``.safetensors`` file.
+
+    Raises:
+        ValueError: missing, empty, truncated or unsafe file, or no state dict inside;
+            the message names the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{path}: no such file")
+    if is_safetensors_file(path):
+        tensors, _ = read_safetensors(path)
+        return tensors
+    return as_state_dict(torch_load_data(path), str(path))

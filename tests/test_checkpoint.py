@@ -1,0 +1,156 @@
+"""Checkpoints: self-describing round trips, and clear refusals of anything else."""
+
+import importlib.util
+import json
+import struct
+
+import pytest
+import torch
+
+import singleshot
+from singleshot.checkpoint import load_checkpoint, save_checkpoint
+from singleshot.priors import PriorConfig
+
+HAS_SAFETENSORS = importlib.util.find_spec("safetensors") is not None
+
+
+@pytest.fixture(scope="module")
+def compact():
+    torch.manual_seed(0)
+    names = ["__background__", "cat", "dog"]
+    config = singleshot.build_model("ssd160_compact").prior_config
+    custom = PriorConfig.from_dict({**config.to_dict(), "min_sizes": [12, 30, 60, 90, 120], "clip": "none"})
+    model = singleshot.build_model("ssd160_compact", class_names=names, prior_config=custom).eval()
+    with torch.no_grad():  # non-trivial BatchNorm statistics, which are saved as buffers
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-1, 1)
+                module.running_var.uniform_(0.5, 2)
+    return model
+
+
+def test_round_trip_restores_model_and_description(compact, tmp_path):
+    path = save_checkpoint(tmp_path / "sub" / "model.pt", compact, training={"iteration": 7})
+    loaded = singleshot.load(path)
+    assert not loaded.training
+    assert loaded.class_names == ["__background__", "cat", "dog"] and loaded.num_classes == 3
+    assert (
+        loaded.prior_config.min_sizes == (12.0, 30.0, 60.0, 90.0, 120.0)
+        and loaded.prior_config.clip == "none"
+    )
+    assert torch.equal(loaded.priors, compact.priors)
+    x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(1)) * 50
+    with torch.no_grad():
+        for a, b in zip(loaded(x), compact(x)):
+            assert torch.equal(a, b)
+    assert load_checkpoint(path)["training"] == {"iteration": 7}
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+class RunsCode:
+    """Unpickling this object calls open(marker, "w"): a stand-in for arbitrary code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_checkpoint_that_would_run_code_is_refused(compact, tmp_path):
+    marker = tmp_path / "pwned"
+    checkpoint = torch.load(save_checkpoint(tmp_path / "ok.pt", compact), weights_only=True)
+    checkpoint["training"] = {"payload": RunsCode(marker)}
+    evil = tmp_path / "evil.pt"
+    torch.save(checkpoint, evil)
+    with pytest.raises(ValueError, match=r"evil\.pt: refused to load"):
+        singleshot.load(evil)
+    assert not marker.exists()
+
+
+def test_truncated_and_foreign_files_are_named(compact, tmp_path):
+    good = save_checkpoint(tmp_path / "good.pt", compact).read_bytes()
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(good[: len(good) // 2])
+    with pytest.raises(
+        ValueError, match=r"truncated\.pt: not a readable PyTorch file \(truncated or corrupt"
+    ):
+        singleshot.load(truncated)
+
+    text = tmp_path / "notes.pt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match=r"notes\.pt: not a PyTorch file"):
+        singleshot.load(text)
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty\.pt: empty file"):
+        singleshot.load(empty)
+    with pytest.raises(ValueError, match=r"missing\.pt: no such checkpoint file"):
+        singleshot.load(tmp_path / "missing.pt")
+
+    bare = tmp_path / "bare.pt"
+    torch.save(compact.state_dict(), bare)
+    with pytest.raises(ValueError, match=r"bare\.pt: not a singleshot checkpoint .*singleshot convert"):
+        singleshot.load(bare)
+
+
+def test_incompatible_preset_is_explained(compact, tmp_path):
+    checkpoint = torch.load(save_checkpoint(tmp_path / "c.pt", compact), weights_only=True)
+    checkpoint["model"]["preset"] = "ssd300_voc"
+    checkpoint["model"]["prior_config"] = singleshot.build_model("ssd300_voc").prior_config.to_dict()
+    wrong = tmp_path / "wrong.pt"
+    torch.save(checkpoint, wrong)
+    with pytest.raises(ValueError, match=r"wrong\.pt: weights do not fit preset 'ssd300_voc' with 3 classes"):
+        singleshot.load(wrong)
+    checkpoint["model"]["preset"] = "ssd999"
+    torch.save(checkpoint, wrong)
+    with pytest.raises(ValueError, match=r"wrong\.pt: cannot rebuild the model.*unknown model 'ssd999'"):
+        singleshot.load(wrong)
+    checkpoint["version"] = 2
+    torch.save(checkpoint, wrong)
+    with pytest.raises(ValueError, match="version 2 is not supported"):
+        singleshot.load(wrong)
+
+
+def write_safetensors_by_hand(path, tensors, metadata):
+    """The safetensors layout (u64 header size, JSON header, raw little-endian data), written out."""
+    header, blobs, offset = {"__metadata__": metadata}, [], 0
+    for name, tensor in tensors.items():
+        data = tensor.contiguous().numpy().tobytes()
+        header[name] = {
+            "dtype": "F32",
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(data)],
+        }
+        blobs.append(data)
+        offset += len(data)
+    encoded = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"".join(blobs))
+
+
+@pytest.mark.skipif(HAS_SAFETENSORS, reason="checks the message shown when safetensors is not installed")
+def test_safetensors_without_the_package_says_what_to_install(compact, tmp_path):
+    path = tmp_path / "model.safetensors"
+    meta = {"format": "singleshot", "version": "1", "model": "{}"}
+    write_safetensors_by_hand(path, {"w": torch.zeros(2)}, meta)
+    with pytest.raises(
+        ValueError, match=r"model\.safetensors: reading safetensors files needs the `safetensors`"
+    ):
+        singleshot.load(path)
+    with pytest.raises(ValueError, match="writing safetensors files needs"):
+        save_checkpoint(tmp_path / "out.safetensors", compact)
+
+
+@pytest.mark.skipif(not HAS_SAFETENSORS, reason="the safetensors package is not installed")
+def test_safetensors_round_trip(compact, tmp_path):
+    path = save_checkpoint(tmp_path / "model.safetensors", compact)
+    loaded = singleshot.load(path)
+    assert loaded.class_names == compact.class_names
+    for key, value in compact.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value)
+    with pytest.raises(ValueError, match="no training state"):
+        save_checkpoint(tmp_path / "t.safetensors", compact, training={"iteration": 1})
+    foreign = tmp_path / "foreign.safetensors"
+    write_safetensors_by_hand(foreign, {"w": torch.zeros(2)}, {"producer": "elsewhere"})
+    with pytest.raises(ValueError, match=r"foreign\.safetensors: not a singleshot checkpoint"):
+        singleshot.load(foreign)

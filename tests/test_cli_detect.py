@@ -1,0 +1,134 @@
+"""``singleshot detect`` on folders and globs, and the drawing helpers it uses."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import singleshot
+from singleshot.checkpoint import save_checkpoint
+from singleshot.cli import main
+from singleshot.imageio import read_image
+from singleshot.visualize import class_color, draw_detections, save_image
+
+NAMES = ["__background__", "cat", "dog", "bird"]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    model = singleshot.build_model("ssd160_compact", class_names=NAMES).eval()
+    with torch.no_grad():  # spread-out scores: a few confident detections per image
+        for conv in model.head.conf:
+            conv.weight.mul_(0.2)
+            conv.bias.view(-1, 4)[:, 0] += 4.0
+        for conv in model.head.loc:
+            conv.weight.mul_(0.05)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model)
+
+
+def write_images(folder, names, seed=0):
+    g = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, name in enumerate(names):
+        array = g.integers(0, 256, (60 + 10 * i, 90 - 5 * i, 3), dtype=np.uint8)
+        Image.fromarray(array).save(folder / name)
+
+
+def test_detect_folder_with_a_corrupt_image(checkpoint, tmp_path, capsys):
+    images = tmp_path / "images"
+    write_images(images, ["a.png", "b.jpg", "c.png"])
+    (images / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated jpeg")
+    (images / "notes.txt").write_text("not an image, not picked up from a folder")
+    out = tmp_path / "out"
+    threshold = 0.3
+    code = main(["detect", "--checkpoint", str(checkpoint), str(images), "--out", str(out),
+                 "--threshold", str(threshold), "--batch-size", "2", "--no-progress"])  # fmt: skip
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "broken.jpg" in captured.err and "skipped 1" in captured.err
+    assert sorted(p.name for p in out.iterdir()) == ["a.png", "b.jpg", "c.png", "detections.json"]
+
+    model = singleshot.load(checkpoint)
+    results = json.loads((out / "detections.json").read_text())
+    total = 0
+    for name in ["a.png", "b.jpg", "c.png"]:
+        expected = model.predict(images / name, score_threshold=threshold)[0]
+        got = [r for r in results if r["image_id"] == name]
+        assert len(got) == len(expected["scores"])
+        total += len(got)
+        for r, box, score, label in zip(got, expected["boxes"], expected["scores"], expected["labels"]):
+            x1, y1, x2, y2 = box.tolist()
+            assert r["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)
+            assert r["score"] == pytest.approx(float(score), abs=1e-5) and r["score"] > threshold
+            assert r["category_id"] == int(label)
+        drawn = read_image(out / name)
+        original = read_image(images / name)
+        assert drawn.shape == original.shape
+        if name.endswith(".png") and got:  # lossless: the boxes changed pixels
+            assert not torch.equal(drawn, original)
+    assert total > 0
+    assert f"3 images, {total} detections" in captured.out
+
+
+def test_detect_glob_numeric_ids_no_draw(checkpoint, tmp_path):
+    images = tmp_path / "coco"
+    write_images(images, ["000000000139.png", "000000000285.png"], seed=1)
+    out = tmp_path / "out"
+    code = main(["detect", "--checkpoint", str(checkpoint), str(images / "*.png"), "--out", str(out),
+                 "--threshold", "0.2", "--no-draw"])  # fmt: skip
+    assert code == 0
+    assert [p.name for p in out.iterdir()] == ["detections.json"]
+    ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
+    assert ids and ids <= {139, 285}
+
+
+def test_detect_errors(checkpoint, tmp_path, capsys):
+    assert (
+        main(["detect", "--checkpoint", str(checkpoint), str(tmp_path / "missing"), "--out", str(tmp_path)])
+        == 1
+    )
+    assert "missing: no such file or folder" in capsys.readouterr().err
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"garbage")
+    assert main(["detect", "--checkpoint", str(checkpoint), str(only_bad), "--out", str(tmp_path / "o")]) == 1
+    assert "x.png" in capsys.readouterr().err
+    assert main(["detect", "--checkpoint", str(checkpoint), str(only_bad), "--half"]) == 1
+    assert "--half needs --device cuda" in capsys.readouterr().err
+
+
+def test_draw_detections_draws_only_confident_boxes():
+    image = torch.full((3, 40, 60), 30, dtype=torch.uint8)
+    detection = {
+        "boxes": torch.tensor([[10.0, 5.0, 50.0, 30.0], [0.0, 0.0, 8.0, 8.0]]),
+        "scores": torch.tensor([0.9, 0.2]),
+        "labels": torch.tensor([2, 1]),
+    }
+    drawn = draw_detections(image, detection, NAMES, score_threshold=0.5, width=1)
+    assert drawn.dtype == torch.uint8 and drawn.shape == image.shape
+    assert (image == 30).all()  # input untouched
+    color = torch.tensor(class_color(2), dtype=torch.uint8)
+    assert torch.equal(
+        drawn[:, 30, 30], color
+    )  # bottom edge (PIL boxes include x2, y2; the caption is at the top)
+    assert torch.equal(drawn[:, 20, 50], color)  # right edge
+    assert (drawn[:, 37, 5] == 30).all() and (drawn[:, 20, 30] == 30).all()  # outside and inside: untouched
+    assert (drawn[:, 4, 4] == 30).all()  # the 0.2 detection is not drawn
+    empty = {
+        "boxes": torch.zeros(0, 4),
+        "scores": torch.zeros(0),
+        "labels": torch.zeros(0, dtype=torch.int64),
+    }
+    assert torch.equal(draw_detections(image, empty, NAMES), image)
+    with pytest.raises(ValueError, match="uint8"):
+        draw_detections(image.float(), detection, NAMES)
+
+
+def test_save_image_round_trip(tmp_path):
+    image = torch.randint(0, 256, (3, 7, 9), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    path = save_image(image, tmp_path / "deep" / "x.png")
+    assert torch.equal(read_image(path), image)
+    assert class_color(1) != class_color(2) and class_color(5) == class_color(5)
