@@ -96,19 +96,25 @@ def encode(matched: Tensor, priors: Tensor, variances: tuple[float, float] = (0.
     return torch.cat((centre, size), dim=-1)
 
 
-def decode(loc: Tensor, priors: Tensor, variances: tuple[float, float] = (0.1, 0.2)) -> Tensor:
+def decode(
+    loc: Tensor,
+    priors: Tensor,
+    variances: tuple[float, float] = (0.1, 0.2),
+    log_size_clamp: float = LOG_SIZE_CLAMP,
+) -> Tensor:
     """Invert `encode`: offsets predicted for each prior -> boxes.
 
     Args:
         loc: (..., P, 4) encoded offsets.
         priors: (P, 4) cxcywh.
+        log_size_clamp: upper bound of the log-size offset (``log(1000 / 16)``, as
+            torchvision), so that no prediction decodes to an infinite box.
 
     Returns:
-        (..., P, 4) xyxy in the priors' unit. The log-size offset is clamped at
-        ``log(1000 / 16)`` so that no prediction decodes to an infinite box.
+        (..., P, 4) xyxy in the priors' unit.
     """
     centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=LOG_SIZE_CLAMP))
+    size = priors[:, 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=log_size_clamp))
     return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
 
 

@@ -26,21 +26,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..boxes import LOG_SIZE_CLAMP
+from ..boxes import LOG_SIZE_CLAMP, decode
 
 __all__ = ["DetectorGraph", "TorchNMS", "multiclass_nms"]
-
-
-def decode_boxes(
-    loc: Tensor, priors: Tensor, variances: tuple[float, float], log_size_clamp: float
-) -> Tensor:
-    """`singleshot.boxes.decode` with its constant passed in, so that TorchScript compiles it.
-
-    loc (B, P, 4) offsets, priors (P, 4) cxcywh -> (B, P, 4) xyxy in the priors' unit.
-    """
-    centre = priors[:, :2] + loc[..., :2] * variances[0] * priors[:, 2:]
-    size = priors[:, 2:] * torch.exp((loc[..., 2:] * variances[1]).clamp(max=log_size_clamp))
-    return torch.cat((centre - size / 2, centre + size / 2), dim=-1)
 
 
 def multiclass_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
@@ -128,7 +116,7 @@ class DetectorGraph(nn.Module):
 
     def postprocess(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """loc (B, P, 4), conf (B, P, C) logits -> boxes, scores, labels, counts (see the class)."""
-        boxes = decode_boxes(loc, self.priors, self.variances, self.log_size_clamp)
+        boxes = decode(loc, self.priors, self.variances, self.log_size_clamp)
         if self.clip:
             boxes = boxes.clamp(0.0, 1.0)
         scores = torch.softmax(conf, dim=-1)[:, :, 1:].transpose(1, 2)  # (B, C-1, P)
