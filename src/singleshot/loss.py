@@ -31,7 +31,7 @@ def background_nll(conf: Tensor) -> Tensor:
     shifted form is used. Either way each row is normalised on its own.
     """
     low, high = torch.aminmax(conf)
-    if -80.0 < float(low) and float(high) < 80.0:
+    if float(low) > -80.0 and float(high) < 80.0:
         return conf.exp().sum(-1).log() - conf[..., 0]
     return -F.log_softmax(conf, dim=-1)[..., 0]
 
