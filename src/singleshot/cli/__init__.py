@@ -14,7 +14,7 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("priors",)
+COMMAND_MODULES = ("priors", "train", "demo", "convert", "export", "detect", "eval", "data")
 
 
 def build_parser() -> argparse.ArgumentParser:

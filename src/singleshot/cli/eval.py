@@ -1,0 +1,138 @@
+"""``singleshot eval``: a checkpoint's AP on a dataset, as a table, metrics.json and a PR plot."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="measure a checkpoint's average precision on a dataset",
+        description=(
+            "Run a singleshot checkpoint over every image of a dataset split and score the detections: "
+            "voc07 = PASCAL VOC2007 11-point mAP, voc12 = VOC2010+ area mAP (both exactly the official "
+            "devkit's rules: IoU >= 0.5, difficult objects ignored), coco = COCO AP@[.50:.95] and the "
+            "other 11 COCO numbers (pycocotools). Prints a per-class table and writes OUT/metrics.json "
+            "and OUT/pr_curves.png (precision-recall curves of all classes)."
+        ),
+    )
+    add = parser.add_argument
+    add("--checkpoint", required=True, help="singleshot checkpoint to evaluate")
+    add("--data", required=True, help="dataset root (a VOC20XX folder, a COCO or YOLO dataset folder)")
+    add("--format", choices=("voc", "coco", "yolo"), default=None,
+        help="dataset format (default: detected from the folder's layout)")  # fmt: skip
+    add("--split", default="test", help="which split to evaluate, e.g. test, val, val2017 (default test)")
+    add("--metric", choices=("voc07", "voc12", "coco"), default="voc07",
+        help="voc07 (11-point, the SSD paper's VOC numbers; default), voc12 (area under the curve), "
+             "coco (AP@[.50:.95], AP50, AP75, by size)")  # fmt: skip
+    add("--out", default="eval", help="folder for metrics.json and pr_curves.png (default: eval)")
+    add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    add(
+        "--device",
+        default="cpu",
+        help="torch device to run the model on: cpu, cuda, cuda:1 ... (default cpu)",
+    )
+    add("--score-threshold", type=float, default=0.01,
+        help="keep detections scoring above this before NMS (default 0.01, as the paper; higher is "
+             "faster but lowers AP)")  # fmt: skip
+    add("--workers", type=int, default=2, help="processes reading and decoding images (default 2; 0 = none)")
+    add("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _json_safe(value: Any) -> Any:
+    """Numbers, containers and arrays as JSON (nan -> null, int keys -> strings)."""
+    if hasattr(value, "tolist"):
+        value = value.tolist()
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def metrics_document(result: Mapping[str, Any], class_names: Sequence[str] | None, **context: Any) -> dict:
+    """The metrics.json content: the result (without curves) with per-class entries keyed by name."""
+    from ..evaluation import class_name
+
+    document: dict[str, Any] = dict(context)
+    for key, value in result.items():
+        if key == "curves":
+            continue
+        if isinstance(value, Mapping) and value and all(isinstance(k, int) for k in value):
+            value = {class_name(class_names, k): v for k, v in value.items()}
+        document[key] = value
+    return _json_safe(document)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..checkpoint import load
+    from ..data import open_dataset
+    from ..evaluation import evaluate_model, format_table, plot_pr_curves
+
+    if args.batch_size < 1:
+        raise ValueError("--batch-size must be >= 1")
+    if args.workers < 0:
+        raise ValueError("--workers must be >= 0")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError as error:
+        raise ValueError(f"--device {args.device}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {args.device}: no CUDA device is available")
+
+    model = load(args.checkpoint, map_location=device)
+    dataset = open_dataset(args.data, format=args.format, split=args.split)
+    if len(dataset) == 0:
+        raise ValueError(f"{args.data}: split {args.split!r} has no images")
+    data_names = list(dataset.classes)
+    if len(data_names) != model.num_classes:
+        raise ValueError(
+            f"{args.checkpoint} predicts {model.num_classes - 1} classes but {args.data} has "
+            f"{len(data_names) - 1}: {', '.join(data_names[1:])}"
+        )
+    if model.class_names is not None and list(model.class_names) != data_names:
+        print(
+            f"warning: the checkpoint's class names differ from the dataset's; labels are compared by "
+            f"index (checkpoint: {', '.join(model.class_names[1:])}; dataset: {', '.join(data_names[1:])})",
+            file=sys.stderr,
+        )
+
+    result = evaluate_model(
+        model,
+        dataset,
+        metric=args.metric,
+        batch_size=args.batch_size,
+        device=device,
+        progress=not args.no_progress,
+        num_workers=args.workers,
+        score_threshold=args.score_threshold,
+    )
+    print(format_table(result, data_names))
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    document = metrics_document(
+        result,
+        data_names,
+        checkpoint=str(args.checkpoint),
+        data=str(args.data),
+        split=args.split,
+        score_threshold=args.score_threshold,
+    )
+    (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
+    title = f"{Path(args.checkpoint).name} on {Path(args.data).name}/{args.split} ({args.metric})"
+    plot_pr_curves(result["curves"], data_names, out / "pr_curves.png", title=title, ap=result["ap"])
+    print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
+    return 0

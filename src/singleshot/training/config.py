@@ -1,0 +1,335 @@
+"""Training configuration: one dataclass tree, YAML recipes, and ``key=value`` overrides.
+
+A recipe is a YAML file whose keys mirror `TrainConfig` (nested sections for the
+optimizer and the schedule)::
+
+    model: ssd300_voc
+    batch_size: 32            # total over all processes (the learning rate is given for it)
+    iterations: 120000
+    optimizer: {name: sgd, lr: 0.001, momentum: 0.9, weight_decay: 0.0005}
+    schedule: {name: multistep, milestones: [80000, 100000], gamma: 0.1}
+
+Shipped recipes live in ``singleshot/recipes`` and are found by name (``ssd300_voc0712``)
+as well as by path. Overrides use dotted keys and YAML values: ``optimizer.lr=0.01``,
+``schedule.milestones=[1000,2000]``, ``amp=bf16``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "OptimizerConfig",
+    "ScheduleConfig",
+    "TrainConfig",
+    "available_recipes",
+    "load_recipe",
+    "apply_overrides",
+    "apply_values",
+    "parse_override",
+]
+
+AMP_MODES = ("none", "auto", "bf16", "fp16")
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class OptimizerConfig:
+    """How parameters are updated.
+
+    Attributes:
+        name: "sgd" (the paper) or "adamw".
+        lr: base learning rate, for the TOTAL batch (`TrainConfig.batch_size`) over all processes.
+        momentum: SGD momentum (adamw: beta1).
+        weight_decay: L2 penalty on weights (SGD) or decoupled decay (AdamW).
+        nesterov: Nesterov momentum (SGD).
+        bias_lr_factor: learning-rate multiplier for biases; the paper's Caffe SSD used 2.
+        bias_weight_decay: decay for biases; None = ``weight_decay`` (what the PyTorch ports
+            do), 0 = none (the paper's Caffe SSD).
+        norm_weight_decay: decay for BatchNorm weights/biases and the L2Norm scale;
+            None = ``weight_decay``.
+    """
+
+    name: str = "sgd"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    nesterov: bool = False
+    bias_lr_factor: float = 1.0
+    bias_weight_decay: float | None = None
+    norm_weight_decay: float | None = None
+
+    def validate(self) -> None:
+        if self.name not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer.name must be 'sgd' or 'adamw', got {self.name!r}")
+        if self.lr <= 0:
+            raise ValueError(f"optimizer.lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0 or self.bias_lr_factor <= 0:
+            raise ValueError("optimizer.weight_decay must be >= 0 and optimizer.bias_lr_factor > 0")
+
+
+@dataclass
+class ScheduleConfig:
+    """Learning-rate schedule, as a factor of `OptimizerConfig.lr` per iteration.
+
+    Attributes:
+        name: "multistep" (x ``gamma`` at each milestone), "cosine" (from 1 down to
+            ``min_factor`` at the last iteration) or "constant".
+        milestones: iterations where multistep multiplies by ``gamma``.
+        gamma: multistep factor.
+        min_factor: cosine's final factor.
+        warmup_iterations: linear warmup length (0 = none), applied on top of the schedule.
+        warmup_factor: factor at iteration 0 of the warmup, rising linearly to 1.
+    """
+
+    name: str = "multistep"
+    milestones: list[int] = field(default_factory=list)
+    gamma: float = 0.1
+    min_factor: float = 0.0
+    warmup_iterations: int = 0
+    warmup_factor: float = 0.001
+
+    def validate(self) -> None:
+        if self.name not in ("multistep", "cosine", "constant"):
+            raise ValueError(f"schedule.name must be multistep, cosine or constant, got {self.name!r}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"schedule.milestones must be increasing, got {self.milestones}")
+        if self.warmup_iterations < 0 or not 0 < self.warmup_factor <= 1:
+            raise ValueError("schedule.warmup_iterations must be >= 0 and warmup_factor in (0, 1]")
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on (saved in every checkpoint).
+
+    Attributes:
+        model: preset name (`singleshot.available_models()`).
+        data: dataset root (VOC folder, COCO root or YOLO root), or a list of roots whose
+            training splits are concatenated (VOC07+12: ``[VOC2007, VOC2012]``); None when
+            datasets are passed to `train` directly.
+        val_data: root of the evaluation split; None = the first of ``data``.
+        format: "voc", "coco", "yolo" or None (detected).
+        train_split / val_split: split names; val_split None disables evaluation.
+        use_difficult: train on objects flagged difficult (Caffe SSD did; ssd.pytorch drops them).
+        cache_images: keep decoded training images in memory (small datasets only; per
+            loader process).
+        out: run folder (checkpoints, log.jsonl, TensorBoard events).
+        seed: seeds the model initialisation, the data order and the augmentations.
+        batch_size: images per iteration over ALL processes; each of N processes takes
+            batch_size / N.
+        iterations: length of the run.
+        max_minutes: wall-clock budget; the run stops cleanly (checkpoint, evaluation) when it
+            is spent. None = no budget.
+        workers: DataLoader worker processes per training process (0 = load in the loop);
+            None = auto: 0 when training on the CPU (a worker takes cores from the compute
+            threads: measured slower on 2 cores), else up to 8, sharing the machine's cores
+            among the processes of this node.
+        device: "auto" (CUDA when available, the local rank's GPU under torchrun), "cpu", "cuda".
+        amp: "none", "auto" (bf16 where the GPU supports it, else fp16; none on CPU),
+            "bf16" or "fp16" (with a gradient scaler). Autocast is used on CUDA only.
+        clip_grad_norm: clip the gradients' global L2 norm to this (None = no clipping).
+        on_nonfinite: "stop" raises on a NaN/inf loss (naming iteration, loss terms and the
+            batch's image ids; the last checkpoint is left intact); "skip" drops that step
+            and counts it.
+        sync_bn: convert BatchNorm layers to SyncBatchNorm under multi-GPU DDP.
+        freeze_bn: keep BatchNorm layers in eval mode (running statistics, no update).
+        channels_last: use the channels-last memory format.
+        log_every / checkpoint_every / eval_every: in iterations (eval_every 0 = only at the end).
+        eval_metric: "voc07", "voc12" or "coco"; the best checkpoint is chosen by its mAP.
+        eval_batch_size: images per evaluation batch.
+        backbone_weights: ImageNet VGG16 backbone (ssd.pytorch ``vgg16_reducedfc.pth`` or a
+            torchvision VGG16 state dict) loaded before training.
+        init_from: a singleshot checkpoint to fine-tune from; heads are re-initialised when
+            the class count differs, everything else is kept.
+        prior_clip: see `singleshot.build_model`.
+        augment: keyword arguments for `singleshot.data.SSDAugmentation` besides size/mean.
+    """
+
+    model: str = "ssd300_voc"
+    data: str | list[str] | None = None
+    val_data: str | None = None
+    format: str | None = None
+    train_split: str = "trainval"
+    val_split: str | None = "test"
+    use_difficult: bool = True
+    cache_images: bool = False
+    out: str = "runs/train"
+    seed: int = 0
+    batch_size: int = 32
+    iterations: int = 120_000
+    max_minutes: float | None = None
+    workers: int | None = None
+    device: str = "auto"
+    amp: str = "auto"
+    clip_grad_norm: float | None = None
+    on_nonfinite: str = "stop"
+    sync_bn: bool = False
+    freeze_bn: bool = False
+    channels_last: bool = False
+    log_every: int = 20
+    checkpoint_every: int = 5000
+    eval_every: int = 0
+    eval_metric: str = "voc07"
+    eval_batch_size: int = 8
+    backbone_weights: str | None = None
+    init_from: str | None = None
+    prior_clip: str | None = None
+    augment: dict[str, Any] = field(default_factory=dict)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first inconsistent field."""
+        if self.batch_size < 1 or self.iterations < 1:
+            raise ValueError("batch_size and iterations must be >= 1")
+        if self.amp not in AMP_MODES:
+            raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
+        if self.workers is not None and self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 0:
+            raise ValueError("log_every and checkpoint_every must be >= 1, eval_every >= 0")
+        if self.eval_metric not in ("voc07", "voc12", "coco"):
+            raise ValueError(f"eval_metric must be voc07, voc12 or coco, got {self.eval_metric!r}")
+        if self.clip_grad_norm is not None and self.clip_grad_norm <= 0:
+            raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        self.optimizer.validate()
+        self.schedule.validate()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested dict (YAML- and checkpoint-safe)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> TrainConfig:
+        """Build from a nested dict; unknown keys raise ValueError naming ``source``."""
+        return _build(cls, data, source)
+
+
+def _build(cls, data: Any, where: str):
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
+    kwargs = {}
+    for name, value in data.items():
+        kind = fields[name].type
+        if name == "optimizer":
+            value = _build(OptimizerConfig, value, f"{where}: optimizer")
+        elif name == "schedule":
+            value = _build(ScheduleConfig, value, f"{where}: schedule")
+        else:
+            value = _coerce(value, kind, f"{where}: {name}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, kind: str, where: str) -> Any:
+    """Check a YAML value against a field's annotation (a string, with postponed evaluation)."""
+    if value is None:
+        if "None" in kind:
+            return None
+        raise ValueError(f"{where}: may not be null")
+    base = kind.replace(" | None", "")
+    if base in ("int", "float") and isinstance(value, str):
+        try:  # PyYAML reads 1e-3 and 1.2e5 (no dot or no sign) as strings
+            value = float(value)
+        except ValueError:
+            raise ValueError(f"{where}: expected {kind}, got {value!r}") from None
+    if base == "float" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if base == "int" and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if base == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)  # YAML reads 1.2e5 as a float
+    if base == "bool" and isinstance(value, bool):
+        return value
+    if base == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    if base == "list[int]" and isinstance(value, (list, tuple)):
+        return [_coerce(v, "int", where) for v in value]
+    if base == "str | list[str]":
+        if isinstance(value, (list, tuple)) and value:
+            return [_coerce(v, "str", where) for v in value]
+        return _coerce(value, "str", where)
+    if base.startswith("dict") and isinstance(value, dict):
+        return dict(value)
+    raise ValueError(f"{where}: expected {kind}, got {value!r}")
+
+
+def available_recipes() -> list[str]:
+    """Names of the recipes shipped in ``singleshot/recipes``."""
+    folder = resources.files("singleshot") / "recipes"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def recipe_path(name_or_path: str | os.PathLike) -> Path:
+    """A recipe file: an existing path, or the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = Path(str(resources.files("singleshot") / "recipes" / f"{path.name.removesuffix('.yaml')}.yaml"))
+    if shipped.is_file():
+        return shipped
+    shipped_names = ", ".join(available_recipes())
+    raise ValueError(f"{name_or_path}: no such recipe file or shipped recipe ({shipped_names})")
+
+
+def load_recipe(name_or_path: str | os.PathLike, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML recipe (a path or a shipped name) into a `TrainConfig`, then apply overrides."""
+    path = recipe_path(name_or_path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path}: not valid YAML: {error}") from None
+    config = TrainConfig.from_dict(data, source=str(path))
+    return apply_overrides(config, overrides or [])
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``"optimizer.lr=0.01"`` -> (("optimizer", "lr"), 0.01); the value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ValueError(f"override {text!r}: expected KEY=VALUE, e.g. optimizer.lr=0.01")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ValueError(f"override {text!r}: value is not valid YAML: {error}") from None
+    return tuple(key.strip().split(".")), value
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """A copy of ``config`` with each ``KEY=VALUE`` override applied (dotted keys for sections)."""
+    return apply_values(config, dict(parse_override(text) for text in overrides))
+
+
+def apply_values(config: TrainConfig, values: dict[str | tuple[str, ...], Any]) -> TrainConfig:
+    """A copy of ``config`` with values set by dotted key (``{"optimizer.lr": 0.01}``) or key tuple.
+
+    Values are used as given (no YAML parsing) and checked against the field types.
+    """
+    data = config.to_dict()
+    for key, value in values.items():
+        keys = key.split(".") if isinstance(key, str) else list(key)
+        dotted = ".".join(keys)
+        node = data
+        for part in keys[:-1]:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"override {dotted!r}: {part!r} is not a section")
+            node = node[part]
+        if keys[-1] not in node and not (len(keys) > 1 and keys[0] == "augment"):
+            raise ValueError(f"override {dotted!r}: unknown key")
+        node[keys[-1]] = value
+    return TrainConfig.from_dict(data, source="overrides")

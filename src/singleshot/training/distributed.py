@@ -1,0 +1,88 @@
+"""Data-parallel set-up for runs launched by ``torchrun`` (PyTorch DDP, nothing home-made).
+
+``torchrun --nproc_per_node=G [--nnodes=N --node_rank=K --rdzv_endpoint=HOST:PORT] -m
+singleshot.cli train ...`` starts one process per GPU with ``RANK``, ``LOCAL_RANK`` and
+``WORLD_SIZE`` in the environment; `init_distributed` reads them and joins the process
+group (NCCL on GPUs, gloo on CPUs). A plain ``singleshot train`` is a world of one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["DistInfo", "init_distributed", "select_device", "all_agree", "barrier", "cleanup"]
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """This process's place among the data-parallel processes."""
+
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0 logs, evaluates and writes checkpoints."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def select_device(preference: str, local_rank: int = 0) -> torch.device:
+    """ "auto" -> the local rank's GPU when CUDA is available, else the CPU; "cpu"; "cuda[:i]"."""
+    if preference == "auto":
+        preference = "cuda" if torch.cuda.is_available() else "cpu"
+    if preference.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        device = torch.device(preference)
+        if device.index is None:
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
+    if preference != "cpu":
+        raise ValueError(f"device must be auto, cpu or cuda[:i], got {preference!r}")
+    return torch.device("cpu")
+
+
+def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes (if any) and pick this process's device."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    info = DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
+    device = select_device(device_preference, local_rank)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        kwargs = {"device_id": device} if device.type == "cuda" else {}
+        dist.init_process_group(backend=backend, **kwargs)
+    if dist.is_initialized():
+        info = DistInfo(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size())
+    return info, device
+
+
+def all_agree(flags: list[bool], device: torch.device) -> list[bool]:
+    """Logical OR of each flag over all processes (one all-reduce); identity when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(flags)
+    tensor = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return [bool(v) for v in tensor.tolist()]
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def cleanup() -> None:
+    """Leave the process group (if this process joined one)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

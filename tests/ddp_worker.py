@@ -1,0 +1,31 @@
+"""Launched by test_ddp.py under ``torchrun --nproc_per_node=2``: a few DDP iterations on CPU (gloo).
+
+Each rank writes its final parameters and buffers to ``OUT/rank<r>.pt``. BatchNorm layers
+are frozen (eval mode, ``freeze_bn``): SyncBatchNorm needs GPUs, and per-rank batch
+statistics would make DDP differ by design from one process on the combined batch.
+"""
+
+import sys
+from pathlib import Path
+
+import torch
+
+from singleshot.training import distributed, train
+from train_fixtures import ShapesDataset, resize_flip, tiny_config
+
+
+def main(out: str) -> None:
+    torch.set_num_threads(1)
+    config = tiny_config(Path(out) / "run", iterations=3, freeze_bn=True)
+    config.optimizer.lr = 1e-3  # BatchNorm frozen at its initial statistics: keep the steps small
+    result = train(config, ShapesDataset(12), transform=resize_flip, progress=False)
+    rank = torch.distributed.get_rank()
+    state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+    state["_world_size"] = torch.tensor(torch.distributed.get_world_size())
+    state["_iterations"] = torch.tensor(result.iteration)
+    torch.save(state, Path(out) / f"rank{rank}.pt")
+    distributed.cleanup()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
