@@ -92,3 +92,34 @@ def test_grouped_nms_equals_batched_nms():
     expected = batched_nms(boxes, scores, groups, 0.45)
     assert torch.equal(grouped_nms(boxes, scores, groups, 0.45), expected)
     assert grouped_nms(boxes[:0], scores[:0], groups[:0], 0.45).numel() == 0
+
+
+@pytest.mark.parametrize("cap", [1, 4, 10, 1000])
+def test_capped_grouped_nms_equals_full_nms_then_cap(cap):
+    """Boxes crowded around a few centres, so NMS removes most of them and the prefix
+    has to grow; scores rounded to produce ties within and across classes."""
+    from singleshot.postprocess import capped_grouped_nms, grouped_nms, rank_in_runs
+
+    g = torch.Generator().manual_seed(cap)
+    n = 3000
+    images = torch.randint(0, 3, (n,), generator=g)
+    classes = torch.randint(0, 2, (n,), generator=g)
+    groups = images * 2 + classes
+    centres = torch.tensor([[0.3, 0.3], [0.7, 0.6], [0.5, 0.5]])[torch.randint(0, 3, (n,), generator=g)]
+    jitter = 0.02 * torch.randn(n, 2, generator=g)
+    boxes = cxcywh_to_xyxy(torch.cat([centres + jitter, torch.full((n, 2), 0.2)], 1))
+    scores = (torch.rand(n, generator=g) * 20).round() / 20
+    order = torch.argsort(groups, stable=True)
+    boxes, scores, groups, images = boxes[order], scores[order], groups[order], images[order]
+
+    full = grouped_nms(boxes, scores, groups, 0.45)
+    full = full[torch.argsort(images[full], stable=True)]
+    expected = full[rank_in_runs(images[full]) < cap]
+    got = capped_grouped_nms(boxes, scores, groups, images, 0.45, cap)
+    assert torch.equal(got, expected)
+    # Some kept box lies beyond an image's first 2 x cap candidates: the prefix had to grow.
+    by_score = torch.argsort(scores, descending=True, stable=True)
+    by_score = by_score[torch.argsort(images[by_score], stable=True)]
+    rank = torch.empty_like(by_score)
+    rank[by_score] = rank_in_runs(images[by_score])
+    assert int(rank[expected].max()) >= 2 * cap or cap in (1, 1000)

@@ -26,13 +26,17 @@ __all__ = ["MultiBoxLoss", "mine_hard_negatives", "background_nll"]
 def background_nll(conf: Tensor) -> Tensor:
     """-log softmax(conf)[..., 0] per row: (B, P, C) logits -> (B, P), without autograd.
 
-    Logits within +-80 cannot overflow or underflow exp in float32, so the row-wise
-    max shift of log-softmax is skipped there (about twice as fast); otherwise the
-    shifted form is used. Either way each row is normalised on its own.
+    Each row is normalised on its own. The row-wise max shift of log-softmax is skipped
+    (about twice as fast): ``log(sum(exp(conf)))`` is exact in float32 unless a logit
+    overflows exp (the sum is inf) or a whole row underflows towards denormals (the sum
+    is tiny); both are seen in the sums, and then the shifted form is used.
     """
-    low, high = torch.aminmax(conf)
-    if float(low) > -80.0 and float(high) < 80.0:
-        return conf.exp().sum(-1).log() - conf[..., 0]
+    # The class sum as a matrix-vector product: faster than a reduction over a last
+    # dimension of only C elements.
+    total = conf.exp() @ conf.new_ones(conf.shape[-1])
+    low, high = torch.aminmax(total)
+    if float(low) > 1e-30 and float(high) < float("inf"):
+        return total.log_() - conf[..., 0]
     return -F.log_softmax(conf, dim=-1)[..., 0]
 
 

@@ -4,7 +4,8 @@ per-class NMS, and a cap across classes.
 The selection work is vectorised over images and classes at once: the candidates of
 every (image, class) pair are gathered in one flat list, the per-class top-k is a pair of
 sorts and the cap across classes a rank within each image. Only the greedy NMS itself
-runs group by group (see `grouped_nms`).
+runs group by group (see `grouped_nms`), and with a cap per image only on as many of an
+image's best candidates as the cap needs (see `capped_grouped_nms`).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from torchvision.ops import batched_nms, nms
 
 from .boxes import decode
 
-__all__ = ["detect", "grouped_nms", "select_top_k_per_group", "rank_in_runs"]
+__all__ = ["detect", "grouped_nms", "capped_grouped_nms", "select_top_k_per_group", "rank_in_runs"]
 
 
 def rank_in_runs(groups: Tensor) -> Tensor:
@@ -73,6 +74,46 @@ def grouped_nms(boxes: Tensor, scores: Tensor, groups: Tensor, iou_threshold: fl
     return keep[scores[keep].argsort(descending=True, stable=True)]
 
 
+def capped_grouped_nms(
+    boxes: Tensor, scores: Tensor, groups: Tensor, images: Tensor, iou_threshold: float, cap: int
+) -> Tensor:
+    """`grouped_nms` followed by the best ``cap`` survivors of each image, computed on a prefix.
+
+    Args:
+        boxes: (N, 4) xyxy; scores: (N,); groups: (N,) int64 ids, equal ids adjacent;
+        images: (N,) int64 image of each entry (a group lies within one image).
+        cap: how many survivors to keep per image.
+
+    Returns:
+        (M,) int64 indices, ordered by image, then by descending score; at most ``cap``
+        per image. The same indices as `grouped_nms` then a per-image cap.
+
+    Whether a box survives NMS depends only on the better boxes of its own group, so an
+    image's best ``cap`` survivors are already decided by a prefix of its candidates
+    sorted by score. NMS runs on prefixes of growing length until each image has ``cap``
+    survivors or no candidates left: with a few thousand candidates per image and a cap
+    of 200, one round on 2 x cap candidates usually settles it.
+    """
+    if boxes.numel() == 0:
+        return torch.zeros(0, dtype=torch.int64, device=boxes.device)
+    num_images = int(images.max()) + 1
+    # Best first within each image; ties keep the input order, as `grouped_nms` does.
+    order = torch.argsort(scores, descending=True, stable=True)
+    order = order[torch.argsort(images[order], stable=True)]
+    rank = rank_in_runs(images[order])
+    available = torch.bincount(images, minlength=num_images)
+    length = 2 * cap
+    while True:
+        prefix = order[rank < length]
+        prefix = prefix[torch.argsort(groups[prefix], stable=True)]  # groups adjacent again
+        kept = prefix[grouped_nms(boxes[prefix], scores[prefix], groups[prefix], iou_threshold)]
+        kept = kept[torch.argsort(images[kept], stable=True)]
+        survivors = torch.bincount(images[kept], minlength=num_images)
+        if bool(((survivors >= cap) | (available <= length)).all()):
+            return kept[rank_in_runs(images[kept]) < cap]
+        length *= 4
+
+
 def detect(
     loc: Tensor,
     scores: Tensor,
@@ -101,25 +142,29 @@ def detect(
         ``labels`` int64 (N,) in 1..C-1, sorted by score, descending.
     """
     batch, num_priors, num_classes = scores.shape
-    boxes = decode(loc, priors, variances)  # (B, P, 4)
-    if clip:
-        boxes = boxes.clamp(0.0, 1.0)
-
-    foreground = scores[:, :, 1:]
-    image, prior, cls = (foreground > score_threshold).nonzero(as_tuple=True)
-    candidate_scores = foreground[image, prior, cls]
+    # (B, C-1, P): candidates come out grouped by (image, class), in prior order.
+    foreground = scores[:, :, 1:].transpose(1, 2)
+    image, cls, prior = (foreground > score_threshold).nonzero(as_tuple=True)
+    candidate_scores = foreground[image, cls, prior]
     groups = image * (num_classes - 1) + cls
-    keep = select_top_k_per_group(candidate_scores, groups, pre_nms_top_k)
-    image, prior, cls = image[keep], prior[keep], cls[keep]
-    candidate_scores, groups = candidate_scores[keep], groups[keep]
-    candidate_boxes = boxes[image, prior]
+    if groups.numel() and int(torch.bincount(groups).max()) > pre_nms_top_k:
+        keep = select_top_k_per_group(candidate_scores, groups, pre_nms_top_k)
+        image, cls, prior = image[keep], cls[keep], prior[keep]
+        candidate_scores, groups = candidate_scores[keep], groups[keep]
+    # Decoding only the candidates: a trained model passes a few percent of the priors.
+    candidate_boxes = decode(loc[image, prior], priors[prior], variances).float()
+    if clip:
+        candidate_boxes = candidate_boxes.clamp(0.0, 1.0)
+    candidate_scores = candidate_scores.float()
 
-    # NMS within each (image, class); the result is sorted by descending score.
-    keep = grouped_nms(candidate_boxes.float(), candidate_scores.float(), groups, nms_threshold)
-    # Regroup by image (stable, so each image's detections stay sorted by score).
-    keep = keep[torch.argsort(image[keep], stable=True)]
-    if max_detections is not None and keep.numel():
-        keep = keep[rank_in_runs(image[keep]) < max_detections]
+    if max_detections is None:
+        keep = grouped_nms(candidate_boxes, candidate_scores, groups, nms_threshold)
+        # Regroup by image (stable, so each image's detections stay sorted by score).
+        keep = keep[torch.argsort(image[keep], stable=True)]
+    else:
+        keep = capped_grouped_nms(
+            candidate_boxes, candidate_scores, groups, image, nms_threshold, max_detections
+        )
 
     counts = torch.bincount(image[keep], minlength=batch).tolist()
     out_boxes = candidate_boxes[keep].split(counts)
