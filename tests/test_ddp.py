@@ -41,7 +41,7 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path):
 
     # One process, batch 4 = the two ranks' batches of 2 concatenated, same seed and schedule.
     def single_process(name, **kwargs):
-        config = tiny_config(tmp_path / name, iterations=3, freeze_bn=True)
+        config = tiny_config(tmp_path / name, iterations=3, freeze_bn=True, channels_last=False)
         config.optimizer.lr = 1e-3
         return train(config, ShapesDataset(12), transform=resize_flip, progress=False, **kwargs).model
 
@@ -56,6 +56,8 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path):
         update, expected = tensor - initial[name], reference[name] - initial[name]
         scale = float(expected.abs().max())
         rounding = 4 * torch.finfo(torch.float32).eps * float(tensor.abs().max())  # a few ulps of the weights
-        torch.testing.assert_close(update, expected, rtol=1e-4, atol=1e-5 * scale + rounding, msg=name)
+        torch.testing.assert_close(
+            update, expected, rtol=1e-4, atol=1e-5 * scale + rounding, msg=lambda m, name=name: f"{name}: {m}"
+        )
         compared += scale > 1e-3
     assert compared > 20  # most tensors moved: the equality is about training, not initial values

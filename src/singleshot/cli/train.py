@@ -97,7 +97,12 @@ def register(subparsers) -> None:
     add("--on-nonfinite", choices=("stop", "skip"), help="on a NaN/inf loss: stop (default) or skip the step")
     add("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under multi-GPU DDP")
     add("--freeze-bn", action="store_true", default=None, help="keep BatchNorm layers in eval mode")
-    add("--channels-last", action="store_true", default=None, help="channels-last memory format")
+    add(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="channels-last memory format (default on: faster on oneDNN CPUs and tensor cores)",
+    )
     add("--paper-bias", action="store_true", help="Caffe SSD bias rules: 2x learning rate, no weight decay")
     add(
         "--backbone-weights",
@@ -122,9 +127,11 @@ def flag_values(args: argparse.Namespace) -> dict[str, object]:
         values["data"] = args.data[0] if len(args.data) == 1 else list(args.data)
     if args.val_split is not None:
         values["val_split"] = None if args.val_split.lower() == "none" else args.val_split
-    for flag in ("sync_bn", "freeze_bn", "channels_last"):
+    for flag in ("sync_bn", "freeze_bn"):
         if getattr(args, flag):
             values[flag] = True
+    if args.channels_last is not None:
+        values["channels_last"] = args.channels_last
     if args.paper_bias:
         values["optimizer.bias_lr_factor"] = 2.0
         values["optimizer.bias_weight_decay"] = 0.0

@@ -143,8 +143,8 @@ class Trainer:
 
     def _place(self, model: SSD) -> SSD:
         model = model.to(self.device)
-        # SSD.forward converts its input to channels-last unless told otherwise: faster for
-        # inference on oneDNN, but measured 11-45% slower for training on a 2-core CPU.
+        # SSD.forward converts its input to channels-last when model.channels_last is set;
+        # the run's setting applies while training, the model's own during evaluation.
         self.inference_channels_last = getattr(model, "channels_last", False)
         model.channels_last = self.config.channels_last
         if self.config.channels_last:
