@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -10,8 +13,19 @@ from ..models.ssd import SSD
 from ..presets import build_model
 from ..priors import PriorConfig
 from .config import TrainConfig
+from .data import Transform
 
-__all__ = ["build_training_model", "init_from_detector", "freeze_batch_norm"]
+__all__ = [
+    "build_training_model",
+    "init_from_detector",
+    "freeze_batch_norm",
+    "resolve_amp",
+    "default_transform",
+    "default_evaluator",
+    "Evaluator",
+]
+
+Evaluator = Callable[..., dict[str, Any]]
 
 
 def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
@@ -74,3 +88,25 @@ def freeze_batch_norm(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
             module.eval()
+
+
+def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or mode == "none":
+        return None
+    if mode == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if mode == "bf16" else torch.float16
+
+
+def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
+    from ..data import SSDAugmentation
+
+    return SSDAugmentation(model.image_size, model.image_mean, **options)
+
+
+def default_evaluator(model, dataset, metric, batch_size, device, progress) -> dict[str, Any]:
+    from ..evaluation.run import evaluate_model
+
+    return evaluate_model(
+        model, dataset, metric=metric, batch_size=batch_size, device=device, progress=progress
+    )

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,34 +34,17 @@ from .logging import RunLogger
 from .optim import build_optimizer
 from .results import NonFiniteLossError, StepWindow, TrainResult
 from .schedule import LRSchedule
-from .setup import build_training_model, freeze_batch_norm
+from .setup import (
+    Evaluator,
+    build_training_model,
+    default_evaluator,
+    default_transform,
+    freeze_batch_norm,
+    resolve_amp,
+)
 from .state import capture_rng_state, restore_rng_state
 
 __all__ = ["train", "Trainer", "TrainResult", "NonFiniteLossError"]
-
-Evaluator = Callable[..., dict[str, Any]]
-
-
-def _resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda" or mode == "none":
-        return None
-    if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if mode == "bf16" else torch.float16
-
-
-def _default_transform(model: SSD, options: dict[str, Any]) -> Transform:
-    from ..data import SSDAugmentation
-
-    return SSDAugmentation(model.image_size, model.image_mean, **options)
-
-
-def _default_evaluator(model, dataset, metric, batch_size, device, progress) -> dict[str, Any]:
-    from ..evaluation.run import evaluate_model
-
-    return evaluate_model(
-        model, dataset, metric=metric, batch_size=batch_size, device=device, progress=progress
-    )
 
 
 class Trainer:
@@ -89,7 +71,7 @@ class Trainer:
             )
         self.local_batch = config.batch_size // self.dist.world_size
         self.train_dataset, self.val_dataset = self._datasets(train_dataset, val_dataset)
-        self.evaluator = evaluator or _default_evaluator
+        self.evaluator = evaluator or default_evaluator
         self.progress = progress
 
         checkpoint = load_checkpoint(resume) if resume else None
@@ -105,11 +87,11 @@ class Trainer:
                 f"{len(self.train_dataset.classes)} ({', '.join(self.train_dataset.classes)})"
             )
         self.model = self._place(model)
-        self.transform = transform or _default_transform(self.model, config.augment)
+        self.transform = transform or default_transform(self.model, config.augment)
         self.criterion = MultiBoxLoss(model.num_classes, sync_positives=self.dist.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.schedule = LRSchedule(self.optimizer, config.schedule, config.iterations)
-        self.amp_dtype = _resolve_amp(config.amp, self.device)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.iteration = 0
         self.position = 0
