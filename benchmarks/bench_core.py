@@ -26,18 +26,13 @@ import statistics
 import time
 
 import torch
-from torchvision.models.detection import ssd300_vgg16
 from torchvision.ops import box_iou
 
-import singleshot
+from peers import NUM_CLASSES, build_models, random_targets
 from singleshot.boxes import cxcywh_to_xyxy
 from singleshot.loss import MultiBoxLoss
 from singleshot.postprocess import detect
 from singleshot.runtime import tune_malloc
-from singleshot.weights import convert
-
-NUM_CLASSES = 21
-BACKGROUND_BIAS = 7.0
 
 
 def compare(ours, theirs, repeats: int) -> tuple[float, float]:
@@ -51,28 +46,6 @@ def compare(ours, theirs, repeats: int) -> tuple[float, float]:
             fn()
             times.append(time.perf_counter() - start)
     return statistics.median(times_ours), statistics.median(times_theirs)
-
-
-def build_models():
-    torch.manual_seed(0)
-    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
-    with torch.no_grad():
-        for conv in tv.head.classification_head.module_list:
-            conv.bias.view(-1, NUM_CLASSES)[:, 0] += BACKGROUND_BIAS
-    ours = singleshot.build_model("ssd300_coco", num_classes=NUM_CLASSES, prior_clip="size").eval()
-    ours.load_state_dict(convert(tv.state_dict(), "torchvision"), strict=True)
-    return tv, ours
-
-
-def random_targets(batch: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    targets = []
-    for _ in range(batch):
-        n = int(torch.randint(1, 7, (1,), generator=generator))
-        centre = 0.2 + 0.6 * torch.rand(n, 2, generator=generator)
-        size = 0.05 + 0.5 * torch.rand(n, 2, generator=generator)
-        boxes = cxcywh_to_xyxy(torch.cat([centre, size], 1)).clamp(0, 1)
-        targets.append({"boxes": boxes, "labels": torch.randint(1, NUM_CLASSES, (n,), generator=generator)})
-    return targets
 
 
 def trained_like_logits(batch: int, num_priors: int, generator: torch.Generator) -> torch.Tensor:

@@ -47,27 +47,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from torchvision.models.detection import ssd300_vgg16
 
-import singleshot
+from peers import build_models
 from singleshot.inference import preprocess
 from singleshot.postprocess import detect
 from singleshot.runtime import tune_malloc
-from singleshot.weights import convert
-
-NUM_CLASSES = 21
-BACKGROUND_BIAS = 7.0
-
-
-def build_models():
-    torch.manual_seed(0)
-    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=NUM_CLASSES).eval()
-    with torch.no_grad():
-        for conv in tv.head.classification_head.module_list:
-            conv.bias.view(-1, NUM_CLASSES)[:, 0] += BACKGROUND_BIAS
-    ours = singleshot.build_model("ssd300_coco", num_classes=NUM_CLASSES, prior_clip="size").eval()
-    ours.load_state_dict(convert(tv.state_dict(), "torchvision"), strict=True)
-    return tv, ours
 
 
 def make_images(count: int = 8) -> list[torch.Tensor]:

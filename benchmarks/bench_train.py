@@ -44,17 +44,11 @@ def make_batch(batch_size: int, num_classes: int, seed: int = 0):
     """(images float (B, 3, 300, 300) in [0, 1], targets with boxes xyxy as fractions)."""
     import torch
 
-    from singleshot.boxes import cxcywh_to_xyxy
+    from peers import random_targets
 
     g = torch.Generator().manual_seed(seed)
     images = torch.rand(batch_size, 3, 300, 300, generator=g)
-    targets = []
-    for _ in range(batch_size):
-        n = int(torch.randint(1, 7, (1,), generator=g))
-        centre = 0.2 + 0.6 * torch.rand(n, 2, generator=g)
-        size = 0.05 + 0.5 * torch.rand(n, 2, generator=g)
-        boxes = cxcywh_to_xyxy(torch.cat([centre, size], 1)).clamp(0, 1)
-        targets.append({"boxes": boxes, "labels": torch.randint(1, num_classes, (n,), generator=g)})
+    targets = random_targets(batch_size, g, num_classes)
     return images, targets
 
 
