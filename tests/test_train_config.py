@@ -91,6 +91,19 @@ def test_cosine_factors_by_hand():
     assert lr_factor(config, 100, 100) == pytest.approx(0.2)
 
 
+def test_cosine_following_a_time_budget_takes_the_further_progress():
+    config = ScheduleConfig(name="cosine", min_factor=0.2, follow_time_budget=True)
+    # iterations 10% done, budget 50% spent: the cosine stands at 50%
+    assert lr_factor(config, 10, 100, time_progress=0.5) == pytest.approx(0.6)
+    # iterations ahead of the clock: the iteration term leads, as without the option
+    assert lr_factor(config, 50, 100, time_progress=0.1) == pytest.approx(0.6)
+    assert lr_factor(config, 10, 100, time_progress=1.0) == pytest.approx(0.2)
+    plain = ScheduleConfig(name="cosine", min_factor=0.2)
+    assert lr_factor(plain, 10, 100, time_progress=0.5) == pytest.approx(lr_factor(plain, 10, 100))
+    with pytest.raises(ValueError, match="follow_time_budget needs the cosine schedule"):
+        ScheduleConfig(name="multistep", follow_time_budget=True).validate()
+
+
 def test_schedule_sets_each_group_from_its_own_base_rate():
     model = singleshot.build_model("ssd160_compact", num_classes=3)
     config = TrainConfig().optimizer

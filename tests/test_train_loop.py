@@ -130,6 +130,19 @@ def test_time_budget_stops_cleanly_and_still_evaluates(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["training"]["iteration"] == 1
 
 
+@pytest.mark.parametrize("follow", [False, True])
+def test_a_schedule_following_the_budget_ends_annealed_when_the_budget_stops_the_run(tmp_path, follow):
+    config = tiny_config(tmp_path, iterations=50, max_minutes=1e-6)  # cosine, warmup 2, lr 0.02
+    config.schedule.warmup_iterations = 0
+    config.schedule.min_factor = 0.1
+    config.schedule.follow_time_budget = follow
+    result = run(config, ShapesDataset(8))
+    assert result.stopped_by_budget and result.iteration == 1
+    # the one update ran at the start of the cosine, or at its end when it follows the budget
+    expected = 0.02 * (0.1 if follow else 1.0)
+    assert result.history[-1]["lr"] == pytest.approx(expected)
+
+
 def test_init_from_keeps_everything_but_the_class_heads(tmp_path):
     source = singleshot.build_model("ssd160_compact", class_names=ShapesDataset.classes)
     with torch.no_grad():

@@ -87,6 +87,12 @@ class ScheduleConfig:
         min_factor: cosine's final factor.
         warmup_iterations: linear warmup length (0 = none), applied on top of the schedule.
         warmup_factor: factor at iteration 0 of the warmup, rising linearly to 1.
+        follow_time_budget: cosine only, with `TrainConfig.max_minutes`: the cosine's
+            progress is the larger of (iterations done / iterations) and (minutes spent /
+            max_minutes), so that a run the time budget stops early still ends annealed
+            instead of at a high rate. A machine fast enough for the planned iterations
+            never sees the difference (the iteration term leads throughout); on a slower
+            one the rates depend on the timing, so the run is not bit-reproducible.
     """
 
     name: str = "multistep"
@@ -95,6 +101,7 @@ class ScheduleConfig:
     min_factor: float = 0.0
     warmup_iterations: int = 0
     warmup_factor: float = 0.001
+    follow_time_budget: bool = False
 
     def validate(self) -> None:
         if self.name not in ("multistep", "cosine", "constant"):
@@ -103,6 +110,8 @@ class ScheduleConfig:
             raise ValueError(f"schedule.milestones must be increasing, got {self.milestones}")
         if self.warmup_iterations < 0 or not 0 < self.warmup_factor <= 1:
             raise ValueError("schedule.warmup_iterations must be >= 0 and warmup_factor in (0, 1]")
+        if self.follow_time_budget and self.name != "cosine":
+            raise ValueError(f"schedule.follow_time_budget needs the cosine schedule, not {self.name!r}")
 
 
 @dataclass

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "select_device", "all_agree", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "select_device", "all_max", "all_agree", "barrier", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,18 @@ def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.d
     return info, device
 
 
+def all_max(values: list[float], device: torch.device) -> list[float]:
+    """The maximum of each value over all processes (one all-reduce); identity when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return [float(v) for v in values]
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor.tolist()
+
+
 def all_agree(flags: list[bool], device: torch.device) -> list[bool]:
     """Logical OR of each flag over all processes (one all-reduce); identity when not distributed."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return list(flags)
-    tensor = torch.tensor([float(f) for f in flags], device=device)
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return [bool(v) for v in tensor.tolist()]
+    return [bool(v) for v in all_max([float(f) for f in flags], device)]
 
 
 def barrier() -> None:

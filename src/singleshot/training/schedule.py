@@ -3,7 +3,9 @@
 The learning rate at iteration ``t`` (0-based, the update about to be made) is
 ``base_lr * group_factor * warmup(t) * schedule(t)``. Being a function of ``t`` alone,
 the schedule needs no state of its own beyond the iteration: resuming at ``t`` gives
-the same rates as never stopping.
+the same rates as never stopping. (The one exception is opt-in: a cosine that follows
+a time budget, `ScheduleConfig.follow_time_budget`, also takes the share of the budget
+spent.)
 """
 
 from __future__ import annotations
@@ -18,12 +20,16 @@ from .config import ScheduleConfig
 __all__ = ["lr_factor", "LRSchedule"]
 
 
-def lr_factor(config: ScheduleConfig, iteration: int, total_iterations: int) -> float:
+def lr_factor(
+    config: ScheduleConfig, iteration: int, total_iterations: int, time_progress: float = 0.0
+) -> float:
     """Factor of the base learning rate for the update at ``iteration`` (0-based).
 
     - multistep: ``gamma ** (number of milestones <= iteration)`` (ssd.pytorch's rule:
       the rate drops for the update AT the milestone).
-    - cosine: ``min + (1 - min) * (1 + cos(pi * t / T)) / 2`` with ``T = total_iterations``.
+    - cosine: ``min + (1 - min) * (1 + cos(pi * p)) / 2`` with ``p = t / total_iterations``,
+      or ``max(t / total_iterations, time_progress)`` when ``config.follow_time_budget``
+      (``time_progress``: share of the time budget spent, in [0, 1]).
     - constant: 1.
     - warmup: times ``warmup_factor + (1 - warmup_factor) * t / warmup_iterations`` while
       ``t < warmup_iterations``.
@@ -31,7 +37,10 @@ def lr_factor(config: ScheduleConfig, iteration: int, total_iterations: int) -> 
     if config.name == "multistep":
         factor = config.gamma ** bisect.bisect_right(config.milestones, iteration)
     elif config.name == "cosine":
-        progress = min(iteration / max(total_iterations, 1), 1.0)
+        progress = iteration / max(total_iterations, 1)
+        if config.follow_time_budget:
+            progress = max(progress, time_progress)
+        progress = min(progress, 1.0)
         factor = config.min_factor + (1 - config.min_factor) * 0.5 * (1 + math.cos(math.pi * progress))
     elif config.name == "constant":
         factor = 1.0
@@ -56,16 +65,18 @@ class LRSchedule:
         self.config = config
         self.total_iterations = total_iterations
         self.iteration = 0
+        self.time_progress = 0.0
         for group in optimizer.param_groups:
             group.setdefault("initial_lr", group["lr"])
 
     def factor(self, iteration: int | None = None) -> float:
         iteration = self.iteration if iteration is None else iteration
-        return lr_factor(self.config, iteration, self.total_iterations)
+        return lr_factor(self.config, iteration, self.total_iterations, self.time_progress)
 
-    def set_iteration(self, iteration: int) -> None:
-        """Apply the rates of the update at ``iteration``."""
+    def set_iteration(self, iteration: int, time_progress: float = 0.0) -> None:
+        """Apply the rates of the update at ``iteration`` (``time_progress``: see `lr_factor`)."""
         self.iteration = iteration
+        self.time_progress = time_progress
         factor = self.factor()
         for group in self.optimizer.param_groups:
             group["lr"] = group["initial_lr"] * factor

@@ -232,15 +232,16 @@ class Trainer:
                 x, targets = next(batches)
                 x, targets = self._batch_to_device(x, targets)
                 window.data_s += time.perf_counter() - tick
-                self.schedule.set_iteration(self.iteration)
                 # A skipped step must not leave its forward's BatchNorm statistics behind.
                 saved_buffers = self._buffer_snapshot() if config.on_nonfinite == "skip" else None
                 loss_loc, loss_conf = self._forward_loss(x, targets)
                 loss = loss_loc + loss_conf
-                over_budget = time.perf_counter() - start >= budget_s
-                nonfinite, over_budget = distributed.all_agree(
-                    [not bool(torch.isfinite(loss)), over_budget], self.device
+                # One all-reduce: any process's non-finite loss, and the most time spent.
+                nonfinite, time_spent = distributed.all_max(
+                    [not bool(torch.isfinite(loss)), (time.perf_counter() - start) / budget_s], self.device
                 )
+                nonfinite, over_budget = nonfinite > 0, time_spent >= 1.0
+                self.schedule.set_iteration(self.iteration, min(time_spent, 1.0))
                 if nonfinite:
                     self._handle_nonfinite(loss_loc, loss_conf, targets, logger, saved_buffers)
                 else:
