@@ -14,13 +14,10 @@ def matlab_colon(a, d, b):
 
 
 def devkit_reference(detections, ground_truths, threshold, use_07):
-    """VOCevaldet.m written out as loops, on the devkit's inclusive pixel boxes.
-
-    Our continuous 0-based boxes (x1, y1, x2, y2) are the devkit's (x1 + 1, y1 + 1, x2, y2).
-    """
+    """VOCevaldet.m written out as loops, on the devkit's inclusive pixel boxes as given."""
 
     def inclusive(box):
-        return [box[0] + 1, box[1] + 1, box[2], box[3]]
+        return list(box)
 
     labels = set()
     for gt in ground_truths:
@@ -221,27 +218,24 @@ def test_classes_without_non_difficult_ground_truth_are_left_out():
 
 
 def test_threshold_is_inclusive_and_box_convention_is_the_devkits():
-    # VOC XML (1, 1, 10, 10) is singleshot's continuous (0, 0, 10, 10): 10 x 10 pixels.
-    truth = [gt([[0.0, 0.0, 10.0, 10.0]], [1])]
-    exactly_half = [det([[0.0, 0.0, 10.0, 5.0]], [0.9], [1])]  # 50 / 100
-    below = [det([[0.0, 0.0, 10.0, 4.8]], [0.9], [1])]  # 48 / 100; a +1 on these boxes would give 0.527
-    assert evaluate_voc(exactly_half, truth)["ap"][1] == 1.0  # IoU >= threshold, as VOCevaldet.m
-    assert evaluate_voc(below, truth)["ap"][1] == 0.0
-    # The same boxes as the devkit's inclusive XML numbers give the same verdicts.
+    # Default: the devkit's inclusive pixel boxes; XML (1, 1, 10, 10) covers 10 x 10 pixels.
     truth_xml = [gt([[1.0, 1.0, 10.0, 10.0]], [1])]
-    assert (
-        evaluate_voc([det([[1.0, 1.0, 10.0, 5.0]], [0.9], [1])], truth_xml, inclusive_boxes=True)["ap"][1]
-        == 1
-    )
-    assert (
-        evaluate_voc([det([[1.0, 1.0, 10.0, 4.8]], [0.9], [1])], truth_xml, inclusive_boxes=True)["ap"][1]
-        == 0
-    )
-    # One shared pixel column in inclusive terms is an overlap of width 1 here.
-    touching = evaluate_voc(
-        [det([[9.0, 0.0, 19.0, 10.0]], [0.9], [1])], truth, iou_threshold=1 / 19 - 1e-12
-    )  # inter 10, union 190
-    assert touching["ap"][1] == 1.0
+    # 10 x 5 pixels: 50 / 100 (without the devkit's +1 it would be 36 / 81, below 0.5)
+    exactly_half = [det([[1.0, 1.0, 10.0, 5.0]], [0.9], [1])]
+    below = [det([[1.0, 1.0, 10.0, 4.8]], [0.9], [1])]  # 48 / 100
+    assert evaluate_voc(exactly_half, truth_xml)["ap"][1] == 1.0  # IoU >= threshold, as VOCevaldet.m
+    assert evaluate_voc(below, truth_xml)["ap"][1] == 0.0
+    # One shared pixel column: an intersection of width 1 (inter 10, union 100 + 100 - 10).
+    touching = [det([[10.0, 1.0, 19.0, 10.0]], [0.9], [1])]
+    assert evaluate_voc(touching, truth_xml, iou_threshold=1 / 19 - 1e-12)["ap"][1] == 1.0
+    assert evaluate_voc(touching, truth_xml, iou_threshold=1 / 19 + 1e-9)["ap"][1] == 0.0
+    # singleshot's continuous boxes (the readers' x1 - 1, y1 - 1) give the same verdicts.
+    truth = [gt([[0.0, 0.0, 10.0, 10.0]], [1])]
+    continuous = {"inclusive_boxes": False}
+    assert evaluate_voc([det([[0.0, 0.0, 10.0, 5.0]], [0.9], [1])], truth, **continuous)["ap"][1] == 1.0
+    assert evaluate_voc([det([[0.0, 0.0, 10.0, 4.8]], [0.9], [1])], truth, **continuous)["ap"][1] == 0.0
+    touching = [det([[9.0, 0.0, 19.0, 10.0]], [0.9], [1])]
+    assert evaluate_voc(touching, truth, iou_threshold=1 / 19 - 1e-12, **continuous)["ap"][1] == 1.0
 
 
 def random_case(seed, num_images=30, num_classes=4):
@@ -278,6 +272,14 @@ def test_matches_devkit_loop_on_random_cases(seed, use_07, threshold):
     for label, ap in expected.items():
         assert result["ap"][label] == pytest.approx(ap, abs=1e-12)
     assert result["map"] == pytest.approx(np.mean(list(expected.values())), abs=1e-12)
+    # The same boxes in singleshot's continuous form (x1 - 1, y1 - 1, x2, y2) give the same APs.
+    shift = np.array([1.0, 1.0, 0.0, 0.0])
+    continuous_dets = [dict(d, boxes=np.asarray(d["boxes"]).reshape(-1, 4) - shift) for d in dets]
+    continuous_gts = [dict(g, boxes=np.asarray(g["boxes"]).reshape(-1, 4) - shift) for g in gts]
+    again = evaluate_voc(
+        continuous_dets, continuous_gts, iou_threshold=threshold, use_07_metric=use_07, inclusive_boxes=False
+    )
+    assert again["ap"] == pytest.approx(result["ap"], abs=1e-12)
 
 
 def test_tensor_and_list_inputs_agree():

@@ -43,7 +43,9 @@ def evaluate_detections(
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if metric != "coco":
-        return evaluate_voc(detections, targets, iou_threshold=0.5, use_07_metric=metric == "voc07")
+        return evaluate_voc(
+            detections, targets, iou_threshold=0.5, use_07_metric=metric == "voc07", inclusive_boxes=False
+        )
     annotation_file = getattr(dataset, "annotation_file", None)
     label_to_category_id = getattr(dataset, "label_to_category_id", None)
     image_ids = [target.get("image_id") for target in targets]

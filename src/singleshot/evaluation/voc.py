@@ -174,7 +174,7 @@ def evaluate_voc(
     iou_threshold: float = 0.5,
     use_07_metric: bool = True,
     *,
-    inclusive_boxes: bool = False,
+    inclusive_boxes: bool = True,
 ) -> dict[str, Any]:
     """PASCAL VOC average precision per class and its mean, by the devkit's rules.
 
@@ -187,18 +187,20 @@ def evaluate_voc(
             truth is >= this (the devkit's ``ovmax>=VOCopts.minoverlap``).
         use_07_metric: True: VOC2007's 11-point AP; False: VOC2010+'s area under the
             monotone precision envelope (see `voc_ap`).
-        inclusive_boxes: boxes are given as the devkit's inclusive pixel indices (the
-            numbers in the VOC XML files) rather than singleshot's continuous form.
+        inclusive_boxes: True (the default, the devkit's convention): boxes are
+            inclusive pixel indices, as the numbers in VOC's XML files, measured with the
+            devkit's +1 (width ``x2 - x1 + 1``). False: boxes are continuous corners, the
+            form singleshot's readers and `predict` give; `evaluate_model` passes False.
 
     Box forms. singleshot's readers turn VOC's 1-based inclusive pixel indices
     (x1, y1, x2, y2) into continuous 0-based corners (x1 - 1, y1 - 1, x2, y2). The devkit
     measures inclusive boxes with a +1: width x2 - x1 + 1, intersection
     min(x2) - max(x1) + 1. On continuous corners those are exactly x2 - (x1 - 1) and
-    min(x2) - max(x1 - 1): the +1 is already in the conversion. So on singleshot's boxes
-    the evaluator uses plain continuous IoU (no +1), which gives, number for number, what
-    the devkit gives on the XML's values, and a detection (a, b, c, d) is the devkit's
-    (a + 1, b + 1, c, d). With ``inclusive_boxes=True`` the inputs are first converted that
-    way (x1 - 1, y1 - 1), i.e. the devkit's +1 is applied.
+    min(x2) - max(x1 - 1): the +1 is already in the conversion. So inclusive inputs are
+    first converted that way (x1 - 1, y1 - 1) and plain continuous IoU follows; with
+    ``inclusive_boxes=False`` the conversion is skipped. Either way the IoU of a
+    ground truth read from the XML and a detection equals, number for number, the
+    devkit's on the XML's values.
 
     Rules (``VOCevaldet.m``): per class, detections of all images are taken in
     descending score order (ties keep the input order: image, then position). Each is
