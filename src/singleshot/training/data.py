@@ -6,13 +6,13 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..data.collate import collate
 from .sampler import EndlessSampler, sample_generator
 
-__all__ = ["TrainSamples", "collate_batch", "make_train_loader", "open_training_set", "default_workers"]
+__all__ = ["TrainSamples", "make_train_loader", "open_training_set", "default_workers"]
 
 # transform(image uint8 (3,H,W), target, generator=...) -> (x float (3,S,S), target with boxes in [0,1])
 Transform = Callable[..., tuple[Tensor, dict[str, Any]]]
@@ -76,12 +76,6 @@ class TrainSamples(Dataset):
         }
 
 
-def collate_batch(batch: list[tuple[Tensor, dict[str, Any]]]) -> tuple[Tensor, list[dict[str, Any]]]:
-    """List of (x (3, S, S), target) -> (x (B, 3, S, S), list of B targets)."""
-    images, targets = zip(*batch)
-    return torch.stack(images), list(targets)
-
-
 def make_train_loader(
     dataset: Any,
     transform: Transform,
@@ -104,7 +98,7 @@ def make_train_loader(
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_batch,
+        collate_fn=collate,
         pin_memory=pin_memory,
         persistent_workers=False,
         prefetch_factor=2 if workers > 0 else None,

@@ -26,7 +26,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..runtime import tune_malloc
 from .config import apply_overrides, apply_values, load_recipe
@@ -110,6 +109,7 @@ def _clear_previous_outputs(out: Path) -> None:
 
 def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
     """Draw the detections (score >= 0.5) of the first ``count`` images of ``dataset`` into ``out``."""
+    from ..inference import resize_bilinear
     from ..visualize import draw_detections, save_image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -118,8 +118,7 @@ def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
         image, target = dataset[index]
         detection = model.predict(image, score_threshold=0.3)[0]
         height, width = image.shape[-2:]
-        big_size = (height * PICTURE_SCALE, width * PICTURE_SCALE)
-        big = F.interpolate(image[None].float(), size=big_size, mode="bilinear", align_corners=False)[0]
+        big = resize_bilinear(image, height * PICTURE_SCALE, width * PICTURE_SCALE)
         big = big.round().clamp(0, 255).to(torch.uint8)
         detection = {**detection, "boxes": detection["boxes"] * PICTURE_SCALE}
         drawn = draw_detections(big, detection, model.class_names, score_threshold=0.5)

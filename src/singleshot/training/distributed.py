@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "select_device", "all_max", "all_agree", "barrier", "cleanup"]
+__all__ = ["DistInfo", "init_distributed", "select_device", "all_max", "barrier", "cleanup"]
 
 
 @dataclass(frozen=True)
@@ -75,11 +75,6 @@ def all_max(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
-
-
-def all_agree(flags: list[bool], device: torch.device) -> list[bool]:
-    """Logical OR of each flag over all processes (one all-reduce); identity when not distributed."""
-    return [bool(v) for v in all_max([float(f) for f in flags], device)]
 
 
 def barrier() -> None:
