@@ -16,9 +16,6 @@ scaling to the image's pixels):
 - ONNX Runtime: the whole detector exported with `singleshot.export.export_onnx(...,
   with_postprocess=True)` (decoding and NMS inside the graph), all graph optimisations on;
 - torch.compile (``--compile``): inductor with freezing; its compile time is printed apart;
-- Winograd (with ``--compile``): `singleshot.winograd.use_winograd` on a copy of the model:
-  conv3_2 ... conv5_3 by F(4x4, 3x3) / F(2x2, 3x3) through one compiled function, the
-  other layers eager; its compile time is printed apart;
 - int8 (``--int8``): the network statically quantised by ONNX Runtime (per-channel weights,
   VNNI kernels). Its detections are NOT equivalent to the float model's (see "agree"), so
   it is shown for information only.
@@ -127,28 +124,11 @@ def compiled_network(model):
 
     inductor_config.freezing = True
     compiled = torch.compile(model)
-    return compiled, warm_up(compiled, model.image_size)
-
-
-def winograd_network(model):
-    """A copy of the model with conv3_2 ... conv5_3 by compiled Winograd (`use_winograd`),
-    the other layers eager."""
-    import copy
-
-    from singleshot.winograd import use_winograd
-
-    network = copy.deepcopy(model)
-    replaced = use_winograd(network, torch.zeros(1, 3, model.image_size, model.image_size))
-    return network, replaced, warm_up(network, model.image_size)
-
-
-def warm_up(network, size: int) -> float:
-    """Seconds spent on the first calls at batches 1 and 8 (compilation)."""
     start = time.perf_counter()
     with torch.no_grad():
         for batch in (1, 8):
-            network(torch.zeros(batch, 3, size, size))
-    return time.perf_counter() - start
+            compiled(torch.zeros(batch, 3, model.image_size, model.image_size))
+    return compiled, time.perf_counter() - start
 
 
 def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
@@ -164,9 +144,6 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
         compiled, seconds = compiled_network(ours)
         print(f"torch.compile (inductor, freezing): {seconds:.1f} s to compile for batches 1 and 8")
         paths["torch.compile (inductor, freezing)"] = network_then_detect(compiled, ours)
-        winograd, replaced, seconds = winograd_network(ours)
-        print(f"Winograd ({len(replaced)} layers, compiled): {seconds:.1f} s to compile for batches 1 and 8")
-        paths["Winograd conv3_2-conv5_3 (compiled), rest eager"] = network_then_detect(winograd, ours)
     if not args.skip_onnx:
         from singleshot.export import OnnxDetector, export_onnx
 
