@@ -1,7 +1,8 @@
 """End-to-end inference speed: uint8 images in, final detections in pixels out.
 
     .venv/bin/python benchmarks/bench_infer.py [--repeats 5] [--threads 2] [--batches 1 8]
-                                               [--compile] [--skip-onnx] [--gpu-only]
+                                               [--compile] [--skip-onnx] [--skip-winograd]
+                                               [--gpu-only]
 
 All paths run in one process on the same SSD300 weights and the same eight 500x375
 images, each timed end to end (resize + mean subtraction, network, decoding, NMS,
@@ -16,6 +17,9 @@ scaling to the image's pixels):
 - ONNX Runtime: the whole detector exported with `singleshot.export.export_onnx(...,
   with_postprocess=True)` (decoding and NMS inside the graph), all graph optimisations on;
 - torch.compile (``--compile``): inductor with freezing; its compile time is printed apart;
+- Winograd: `singleshot.winograd.use_winograd` on a copy of the model (conv2_2 ... conv5_3
+  by F(4x4, 3x3) with C tile transforms, the other layers eager, channels-last), then
+  `detect`: what `singleshot detect --winograd` runs;
 - int8 (``--int8``): the network statically quantised by ONNX Runtime (per-channel weights,
   VNNI kernels). Its detections are NOT equivalent to the float model's (see "agree"), so
   it is shown for information only.
@@ -131,6 +135,19 @@ def compiled_network(model):
     return compiled, time.perf_counter() - start
 
 
+def winograd_network(model):
+    import copy
+
+    from singleshot.winograd import use_winograd
+
+    start = time.perf_counter()
+    network = copy.deepcopy(model)
+    replaced = use_winograd(network)
+    seconds = time.perf_counter() - start
+    print(f"Winograd: {len(replaced)} layers, {seconds:.1f} s to convert (kernels built or cached)")
+    return network
+
+
 def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
     paths: dict[str, Callable] = {}
     paths["torchvision ssd300_vgg16"] = lambda images: tv([image.float() / 255 for image in images])
@@ -140,6 +157,9 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
     paths["TorchScript frozen + optimize_for_inference"] = network_then_detect(
         torchscript_network(ours), ours
     )
+    if not args.skip_winograd:
+        fast = winograd_network(ours)
+        paths["predict, Winograd conv2_2-conv5_3 (C kernels)"] = network_then_detect(fast, ours)
     if args.compile:
         compiled, seconds = compiled_network(ours)
         print(f"torch.compile (inductor, freezing): {seconds:.1f} s to compile for batches 1 and 8")
@@ -275,6 +295,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
     parser.add_argument("--compile", action="store_true", help="also time torch.compile (slow to compile)")
+    parser.add_argument("--skip-winograd", action="store_true", help="skip the Winograd path")
     parser.add_argument("--skip-onnx", action="store_true", help="skip the ONNX export and ONNX Runtime")
     parser.add_argument(
         "--int8",

@@ -132,3 +132,38 @@ def test_save_image_round_trip(tmp_path):
     path = save_image(image, tmp_path / "deep" / "x.png")
     assert torch.equal(read_image(path), image)
     assert class_color(1) != class_color(2) and class_color(5) == class_color(5)
+
+
+def test_detect_winograd_choices(checkpoint, tmp_path, capsys, monkeypatch):
+    from singleshot.winograd import build as kernel_build
+
+    images = tmp_path / "images"
+    write_images(images, ["a.png", "b.png"])
+
+    def detections(*flags):
+        out = tmp_path / ("out" + "".join(flags))
+        code = main(["detect", "--checkpoint", str(checkpoint), str(images), "--out", str(out),
+                     "--threshold", "0.3", "--no-draw", "--no-progress", *flags])  # fmt: skip
+        assert code == 0
+        return json.loads((out / "detections.json").read_text())
+
+    direct = detections("--no-winograd")
+    if kernel_build.find_compiler() is not None:
+        fast = detections("--winograd")  # the compact model's 192-channel conv runs by Winograd
+        assert [r["category_id"] for r in fast] == [r["category_id"] for r in direct]
+        for a, b in zip(fast, direct):
+            assert a["score"] == pytest.approx(b["score"], abs=1e-4)
+            assert a["bbox"] == pytest.approx(b["bbox"], abs=1e-2)
+    capsys.readouterr()
+
+    # no compiler: the default falls back with a note, --winograd is an error
+    monkeypatch.setattr(kernel_build, "_loaded", None)
+    monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    assert detections() == direct
+    assert "note: direct convolutions" in capsys.readouterr().err
+    code = main(
+        ["detect", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "x"), "--winograd"]
+    )
+    assert code == 1
+    assert "--winograd: Winograd convolutions need a C compiler" in capsys.readouterr().err

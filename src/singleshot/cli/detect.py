@@ -9,6 +9,8 @@ from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .fastconv import add_winograd_option
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 
 
@@ -40,6 +42,7 @@ def register(subparsers) -> None:
     add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
+    add_winograd_option(parser)
     add("--no-draw", action="store_true", help="only write detections.json, no pictures")
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -128,6 +131,7 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluation import write_coco_results
     from ..inference import predict
     from ..visualize import draw_detections, save_image
+    from .fastconv import apply_winograd
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
@@ -139,6 +143,8 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.checkpoint, map_location=args.device)
     if args.half:
         model = model.half()
+    else:
+        apply_winograd(model, args.winograd, args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = dict(zip(paths, output_names(paths)))

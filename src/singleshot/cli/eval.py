@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .fastconv import add_winograd_option
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -43,6 +45,7 @@ def register(subparsers) -> None:
         help="keep detections scoring above this before NMS (default 0.01, as the paper; higher is "
              "faster but lowers AP)")  # fmt: skip
     add("--workers", type=int, default=2, help="processes reading and decoding images (default 2; 0 = none)")
+    add_winograd_option(parser)
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..data import open_dataset
     from ..evaluation import evaluate_model, format_table, plot_pr_curves
+    from .fastconv import apply_winograd
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
@@ -93,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--device {args.device}: no CUDA device is available")
 
     model = load(args.checkpoint, map_location=device)
+    apply_winograd(model, args.winograd, device)
     dataset = open_dataset(args.data, format=args.format, split=args.split)
     if len(dataset) == 0:
         raise ValueError(f"{args.data}: split {args.split!r} has no images")

@@ -1,0 +1,238 @@
+"""Winograd F(4x4, 3x3) convolutions: against float64 direct convolution, hand values, the
+chunking and threading of the tiles, the model conversion, and the kernel build's errors."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from singleshot import build_model
+from singleshot.winograd import (
+    KernelBuildError,
+    WinogradConv2d,
+    is_winograd_eligible,
+    transform_weight,
+    use_winograd,
+    winograd_conv3x3,
+)
+from singleshot.winograd import build as kernel_build
+from singleshot.winograd import conv as winograd_module
+
+pytestmark = pytest.mark.skipif(kernel_build.find_compiler() is None, reason="no C compiler for the kernels")
+
+
+def direct(x, weight, bias=None, relu=False):
+    """The reference: float64 direct convolution."""
+    out = F.conv2d(x.double(), weight.double(), None if bias is None else bias.double(), padding=1)
+    return out.relu() if relu else out
+
+
+def relative_error(got, reference):
+    return float((got.double() - reference).abs().max() / reference.abs().max().clamp_min(1e-3))
+
+
+def test_filter_transform_of_a_centre_tap_is_the_outer_product_of_gs_middle_column():
+    # g = 1 at the centre only: U = G[:, 1] G[:, 1]^T, G's middle column (0, -1/6, 1/6, 1/12, -1/12, 0).
+    weight = torch.zeros(1, 1, 3, 3)
+    weight[0, 0, 1, 1] = 1.0
+    column = torch.tensor([0, -1 / 6, 1 / 6, 1 / 12, -1 / 12, 0], dtype=torch.float64)
+    u = transform_weight(weight)
+    assert u.shape == (36, 1, 1) and u.dtype == torch.float32
+    torch.testing.assert_close(u[:, 0, 0].double(), torch.outer(column, column).flatten(), rtol=0, atol=1e-7)
+
+
+def test_filter_transform_layout_is_position_input_output():
+    weight = torch.randn(5, 3, 3, 3)
+    u = transform_weight(weight)
+    assert u.shape == (36, 3, 5)
+    # position (0, 0) only sees g[0, 0] / 16 (G's first row is (1/4, 0, 0))
+    torch.testing.assert_close(u[0], weight[:, :, 0, 0].t() / 16)
+    # position (5, 5) only sees g[2, 2]
+    torch.testing.assert_close(u[35], weight[:, :, 2, 2].t())
+
+
+def test_box_filter_on_ones_counts_the_neighbours_inside_the_map():
+    x = torch.ones(1, 1, 5, 6)
+    weight = torch.ones(1, 1, 3, 3)
+    y = winograd_conv3x3(x, transform_weight(weight))
+    expected = torch.full((5, 6), 9.0)
+    expected[[0, -1], :] = 6.0
+    expected[:, [0, -1]] = 6.0
+    expected[[0, 0, -1, -1], [0, -1, 0, -1]] = 4.0
+    torch.testing.assert_close(y[0, 0], expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "batch, channels, out_channels, height, width",
+    [
+        (1, 1, 1, 1, 1),  # a single pixel: every other tap is padding
+        (2, 3, 5, 7, 9),  # map sizes not multiples of the tile
+        (1, 70, 130, 19, 19),  # channel counts not multiples of the 64-channel block
+        (3, 64, 64, 8, 4),  # exact tiles, several images
+        (1, 128, 16, 38, 38),
+    ],
+)
+@pytest.mark.parametrize("relu", [False, True])
+def test_equals_direct_convolution(batch, channels, out_channels, height, width, relu):
+    torch.manual_seed(batch * 1000 + channels + height)
+    x = torch.randn(batch, channels, height, width)
+    weight = torch.randn(out_channels, channels, 3, 3)
+    bias = torch.randn(out_channels)
+    got = winograd_conv3x3(x, transform_weight(weight), bias, relu=relu)
+    assert got.shape == (batch, out_channels, height, width)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert relative_error(got, direct(x, weight, bias, relu)) < 2e-5
+    if relu:
+        assert (got >= 0).all()
+
+
+def test_without_bias_and_from_a_non_contiguous_input():
+    torch.manual_seed(1)
+    x = torch.randn(2, 9, 11, 6).permute(0, 3, 1, 2)  # (2, 6, 9, 11), strided
+    weight = torch.randn(4, 6, 3, 3)
+    assert relative_error(winograd_conv3x3(x, transform_weight(weight)), direct(x, weight)) < 2e-5
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_chunks_and_threads_do_not_change_the_result(monkeypatch, threads):
+    # 100 tiles per 40x40 image; chunks of 2048 // 32 = 64 tiles cross image borders
+    # and are cut unevenly between the threads.
+    torch.manual_seed(2)
+    x = torch.randn(3, 32, 40, 40)
+    weight = torch.randn(32, 32, 3, 3)
+    bias = torch.randn(32)
+    u = transform_weight(weight)
+    whole = winograd_conv3x3(x, u, bias, relu=True)
+    monkeypatch.setattr(winograd_module, "CHUNK_ELEMENTS", 2048)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        chunked = winograd_conv3x3(x, u, bias, relu=True)
+    finally:
+        torch.set_num_threads(previous)
+    assert relative_error(chunked, whole.double()) < 1e-6
+    assert relative_error(chunked, direct(x, weight, bias, relu=True)) < 2e-5
+
+
+def test_rejects_bad_inputs():
+    u = transform_weight(torch.randn(4, 3, 3, 3))
+    with pytest.raises(ValueError, match="float32 CPU"):
+        winograd_conv3x3(torch.randn(1, 3, 5, 5, dtype=torch.float64), u)
+    with pytest.raises(ValueError, match="3 channels|do not fit"):
+        winograd_conv3x3(torch.randn(1, 5, 5, 5), u)
+    with pytest.raises(ValueError, match=r"\(K, C, 3, 3\)"):
+        transform_weight(torch.randn(4, 3, 5, 5))
+
+
+def test_eligibility():
+    assert is_winograd_eligible(nn.Conv2d(8, 8, 3, padding=1))
+    for conv in [
+        nn.Conv2d(8, 8, 3, padding=1, stride=2),
+        nn.Conv2d(8, 8, 3, padding=6, dilation=6),
+        nn.Conv2d(8, 8, 3, padding=0),
+        nn.Conv2d(8, 8, 1),
+        nn.Conv2d(8, 8, 3, padding=1, groups=2),
+        nn.Conv2d(8, 8, 3, padding=1, padding_mode="reflect"),
+        nn.Linear(8, 8),
+    ]:
+        assert not is_winograd_eligible(conv)
+    with pytest.raises(ValueError, match="Winograd needs"):
+        WinogradConv2d(nn.Conv2d(8, 8, 3, padding=0))
+
+
+def test_module_matches_conv_and_relu_and_refuses_training():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(16, 24, 3, padding=1)
+    module = WinogradConv2d(conv, relu=True)
+    x = torch.randn(2, 16, 10, 13)
+    with torch.no_grad():
+        assert relative_error(module(x), direct(x, conv.weight, conv.bias, relu=True)) < 2e-5
+    with pytest.raises(RuntimeError, match="inference"):
+        module(x.requires_grad_())
+
+
+def test_use_winograd_on_ssd300_replaces_conv2_2_to_conv5_3_and_keeps_the_outputs():
+    torch.manual_seed(4)
+    model = build_model("ssd300_voc").eval()
+    fast = build_model("ssd300_voc").eval()
+    fast.load_state_dict(model.state_dict())
+    replaced = use_winograd(fast)
+    expected = ["conv2_2", "conv3_1", "conv3_2", "conv3_3", "conv4_1", "conv4_2", "conv4_3"]
+    assert replaced == [f"backbone.to_conv4_3.{n}" for n in expected] + [
+        f"backbone.to_conv7.conv5_{i}" for i in (1, 2, 3)
+    ]
+    backbone = fast.backbone.to_conv4_3
+    assert isinstance(backbone.conv3_2, WinogradConv2d) and backbone.conv3_2.relu
+    assert isinstance(backbone.relu3_2, nn.Identity)
+    assert isinstance(backbone.conv1_2, nn.Conv2d)  # 64 channels: below min_channels
+    x = torch.randn(2, 3, 300, 300) * 50
+    with torch.no_grad():
+        loc, conf = model(x)
+        fast_loc, fast_conf = fast(x)
+    assert relative_error(fast_loc, loc.double()) < 1e-4
+    assert relative_error(fast_conf, conf.double()) < 1e-4
+    image = (x[0] + 120).clamp(0, 255).to(torch.uint8)
+    (a,), (b,) = model.predict(image), fast.predict(image)
+    assert len(a["scores"]) > 0
+    torch.testing.assert_close(b["scores"], a["scores"], rtol=0, atol=1e-4)
+    # random weights give near-equal scores: the order may swap between ties near the 200 cap
+    torch.testing.assert_close(b["labels"][:150], a["labels"][:150])
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A build into an empty cache, forgetting the library this process loaded."""
+    monkeypatch.setattr(kernel_build, "_loaded", None)
+    monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path))
+    return tmp_path
+
+
+def test_kernels_build_once_into_the_cache(fresh_build, monkeypatch):
+    kernel_build.load_kernels()
+    built = list(fresh_build.glob("winograd-*.so"))
+    assert len(built) == 1
+    monkeypatch.setattr(kernel_build, "_loaded", None)
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("rebuilt although cached")
+
+    monkeypatch.setattr(kernel_build, "_compile", no_compiling)
+    kernel_build.load_kernels()
+    assert list(fresh_build.glob("winograd-*.so")) == built
+
+
+def test_missing_compiler_is_a_clear_error(fresh_build, monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler-here")
+    with pytest.raises(KernelBuildError, match="need a C compiler.*no-such-compiler-here"):
+        kernel_build.load_kernels()
+    model = nn.Sequential(nn.Conv2d(128, 128, 3, padding=1), nn.ReLU())
+    with pytest.raises(KernelBuildError):
+        use_winograd(model)
+    assert isinstance(model[0], nn.Conv2d)  # nothing converted
+
+
+def test_failing_compiler_is_a_clear_error(fresh_build, monkeypatch, tmp_path_factory):
+    script = tmp_path_factory.mktemp("cc") / "broken-cc"
+    script.write_text("#!/bin/sh\necho 'kernels.c: fatal error: out of paper' >&2\nexit 1\n")
+    script.chmod(0o755)
+    monkeypatch.setenv("CC", str(script))
+    with pytest.raises(KernelBuildError, match="failed:\n.*out of paper"):
+        kernel_build.load_kernels()
+    assert not list(fresh_build.glob("winograd-*.so"))
+
+
+def test_a_converted_model_is_neither_saved_nor_traced(tmp_path):
+    from singleshot.checkpoint import save_checkpoint
+
+    model = build_model("ssd160_compact").eval()
+    assert use_winograd(model) == ["backbone.to_stride16.1.conv"]  # the only 3x3 conv with 128+ channels
+    with pytest.raises(ValueError, match="use_winograd"):
+        save_checkpoint(tmp_path / "converted.pt", model)
+    assert not (tmp_path / "converted.pt").exists()
+    with pytest.raises(RuntimeError, match="cannot be traced"), torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation note
+        torch.jit.trace(model, torch.zeros(1, 3, 160, 160), check_trace=False)
