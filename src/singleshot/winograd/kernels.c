@@ -51,36 +51,70 @@ static inline void output_rows(const float *restrict m0, const float *restrict m
     }
 }
 
+/* One tile's block of n channels: gather the 6x6 window (zeros outside the map), then
+ * v = B^T d B, written to the 36 planes of the chunk. Always inlined, and called with the
+ * constant BLOCK for full blocks, so that the copies and loops have a fixed length. */
+static inline __attribute__((always_inline)) void input_block(
+    const float *restrict x, float *restrict out, long plane, long image, long y0, long x0, long c0,
+    long height, long width, long channels, int n) {
+    float d[6][6][BLOCK], t[6][6][BLOCK], v[6][6][BLOCK];
+    for (int i = 0; i < 6; i++) {
+        const long y = y0 + i;
+        for (int j = 0; j < 6; j++) {
+            const long xx = x0 + j;
+            if (y >= 0 && y < height && xx >= 0 && xx < width)
+                memcpy(d[i][j], x + ((image * height + y) * width + xx) * channels + c0, n * sizeof(float));
+            else
+                memset(d[i][j], 0, n * sizeof(float));
+        }
+    }
+    for (int j = 0; j < 6; j++) /* columns: t[:, j] = B^T d[:, j] */
+        input_rows(d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j],
+                   t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j], n);
+    for (int i = 0; i < 6; i++) /* rows: v[i, :] = t[i, :] B */
+        input_rows(t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5],
+                   v[i][0], v[i][1], v[i][2], v[i][3], v[i][4], v[i][5], n);
+    for (int p = 0; p < 36; p++)
+        memcpy(out + p * plane, v[p / 6][p % 6], n * sizeof(float));
+}
+
 /* x (images, height, width, channels) -> chunk (36, count, channels): V = B^T d B per tile. */
 void winograd_input_transform(const float *restrict x, float *restrict chunk, long height, long width,
                               long channels, long tiles_h, long tiles_w, long first, long last,
                               long base, long count) {
     const long plane = count * channels, per_image = tiles_h * tiles_w;
-    float d[6][6][BLOCK], t[6][6][BLOCK], v[6][6][BLOCK];
     for (long tile = first; tile < last; tile++) {
         const long image = tile / per_image, rest = tile % per_image;
         const long y0 = (rest / tiles_w) * 4 - 1, x0 = (rest % tiles_w) * 4 - 1;
-        for (long c0 = 0; c0 < channels; c0 += BLOCK) {
-            const int n = (int)(channels - c0 < BLOCK ? channels - c0 : BLOCK);
-            for (int i = 0; i < 6; i++) {
-                const long y = y0 + i;
-                for (int j = 0; j < 6; j++) {
-                    const long xx = x0 + j;
-                    if (y >= 0 && y < height && xx >= 0 && xx < width)
-                        memcpy(d[i][j], x + ((image * height + y) * width + xx) * channels + c0, n * sizeof(float));
-                    else
-                        memset(d[i][j], 0, n * sizeof(float));
-                }
-            }
-            for (int j = 0; j < 6; j++) /* columns: t[:, j] = B^T d[:, j] */
-                input_rows(d[0][j], d[1][j], d[2][j], d[3][j], d[4][j], d[5][j],
-                           t[0][j], t[1][j], t[2][j], t[3][j], t[4][j], t[5][j], n);
-            for (int i = 0; i < 6; i++) /* rows: v[i, :] = t[i, :] B */
-                input_rows(t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5],
-                           v[i][0], v[i][1], v[i][2], v[i][3], v[i][4], v[i][5], n);
-            float *out = chunk + (tile - base) * channels + c0;
-            for (int p = 0; p < 36; p++)
-                memcpy(out + p * plane, v[p / 6][p % 6], n * sizeof(float));
+        float *out = chunk + (tile - base) * channels;
+        long c0 = 0;
+        for (; c0 + BLOCK <= channels; c0 += BLOCK)
+            input_block(x, out + c0, plane, image, y0, x0, c0, height, width, channels, BLOCK);
+        if (c0 < channels)
+            input_block(x, out + c0, plane, image, y0, x0, c0, height, width, channels, (int)(channels - c0));
+    }
+}
+
+/* One tile's block of n channels: Y = A^T M A, plus bias, then ReLU, stored where inside the map. */
+static inline __attribute__((always_inline)) void output_block(
+    const float *restrict in, float *restrict y, const float *restrict bias, int relu, long plane,
+    long image, long y0, long x0, long c0, long height, long width, long channels, int n) {
+    float m[6][6][BLOCK], t[4][6][BLOCK], o[4][4][BLOCK];
+    for (int p = 0; p < 36; p++)
+        memcpy(m[p / 6][p % 6], in + p * plane, n * sizeof(float));
+    for (int j = 0; j < 6; j++)
+        output_rows(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], t[0][j], t[1][j], t[2][j], t[3][j], n);
+    for (int i = 0; i < 4; i++)
+        output_rows(t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5], o[i][0], o[i][1], o[i][2], o[i][3], n);
+    for (int i = 0; i < 4 && y0 + i < height; i++) {
+        for (int j = 0; j < 4 && x0 + j < width; j++) {
+            float *out = y + ((image * height + y0 + i) * width + x0 + j) * channels + c0;
+            float *value = o[i][j];
+            if (bias)
+                for (int k = 0; k < n; k++) value[k] += bias[c0 + k];
+            if (relu)
+                for (int k = 0; k < n; k++) value[k] = value[k] > 0.0f ? value[k] : 0.0f;
+            memcpy(out, value, n * sizeof(float));
         }
     }
 }
@@ -92,35 +126,15 @@ void winograd_output_transform(const float *restrict chunk, float *restrict y, c
                                int relu, long height, long width, long channels, long tiles_h,
                                long tiles_w, long first, long last, long base, long count) {
     const long plane = count * channels, per_image = tiles_h * tiles_w;
-    float m[6][6][BLOCK], t[4][6][BLOCK], o[4][4][BLOCK];
     for (long tile = first; tile < last; tile++) {
         const long image = tile / per_image, rest = tile % per_image;
         const long y0 = (rest / tiles_w) * 4, x0 = (rest % tiles_w) * 4;
-        for (long c0 = 0; c0 < channels; c0 += BLOCK) {
-            const int n = (int)(channels - c0 < BLOCK ? channels - c0 : BLOCK);
-            const float *in = chunk + (tile - base) * channels + c0;
-            for (int p = 0; p < 36; p++)
-                memcpy(m[p / 6][p % 6], in + p * plane, n * sizeof(float));
-            for (int j = 0; j < 6; j++)
-                output_rows(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j],
-                            t[0][j], t[1][j], t[2][j], t[3][j], n);
-            for (int i = 0; i < 4; i++)
-                output_rows(t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5],
-                            o[i][0], o[i][1], o[i][2], o[i][3], n);
-            for (int i = 0; i < 4 && y0 + i < height; i++) {
-                for (int j = 0; j < 4 && x0 + j < width; j++) {
-                    float *out = y + ((image * height + y0 + i) * width + x0 + j) * channels + c0;
-                    const float *value = o[i][j];
-                    if (bias) {
-                        const float *b = bias + c0;
-                        for (int k = 0; k < n; k++) out[k] = value[k] + b[k];
-                    } else {
-                        memcpy(out, value, n * sizeof(float));
-                    }
-                    if (relu)
-                        for (int k = 0; k < n; k++) out[k] = out[k] > 0.0f ? out[k] : 0.0f;
-                }
-            }
-        }
+        const float *in = chunk + (tile - base) * channels;
+        long c0 = 0;
+        for (; c0 + BLOCK <= channels; c0 += BLOCK)
+            output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels, BLOCK);
+        if (c0 < channels)
+            output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels,
+                         (int)(channels - c0));
     }
 }
