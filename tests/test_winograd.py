@@ -122,8 +122,10 @@ def test_rejects_bad_inputs():
     u = transform_weight(torch.randn(4, 3, 3, 3))
     with pytest.raises(ValueError, match="float32 CPU"):
         winograd_conv3x3(torch.randn(1, 3, 5, 5, dtype=torch.float64), u)
-    with pytest.raises(ValueError, match="3 channels|do not fit"):
+    with pytest.raises(ValueError, match=r"not float32 \(36, 5, K\)"):
         winograd_conv3x3(torch.randn(1, 5, 5, 5), u)
+    with pytest.raises(ValueError, match="not float32"):
+        winograd_conv3x3(torch.randn(1, 3, 5, 5), u.double())
     with pytest.raises(ValueError, match=r"\(K, C, 3, 3\)"):
         transform_weight(torch.randn(4, 3, 5, 5))
 

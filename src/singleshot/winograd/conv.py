@@ -10,9 +10,9 @@ small enough for the transformed values to stay in cache between the three steps
 
 Results equal the direct convolution's to float32 rounding (relative error ~1e-5; the
 filters are transformed in float64). On this project's 2-core AVX-512 machine, batch 8,
-the layers of VGG16 with 128 channels or more ran 1.2x (conv2_2) to 2.5x (conv4_x) as
-fast as oneDNN's direct convolution; with 64 channels the transforms cost more than they
-save, hence `use_winograd`'s ``min_channels``.
+the layers of VGG16 with 128 channels or more ran 1.24x (conv2_2) to 2.7x (conv4_2) as
+fast as oneDNN's direct convolution, those with 64 channels 0.87-1.02x (the transforms
+cost what they save), hence `use_winograd`'s ``min_channels`` (benchmarks/bench_winograd.py).
 """
 
 from __future__ import annotations
@@ -82,8 +82,10 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, relu: boo
         raise ValueError(
             f"expected a float32 CPU (B, C, H, W) input, got {x.dtype} {tuple(x.shape)} on {x.device}"
         )
-    if u.dim() != 3 or u.shape[0] != 36 or u.shape[1] != x.shape[1]:
-        raise ValueError(f"filters {tuple(u.shape)} do not fit an input with {x.shape[1]} channels")
+    if u.dtype != torch.float32 or u.dim() != 3 or u.shape[0] != 36 or u.shape[1] != x.shape[1]:
+        raise ValueError(
+            f"filters {u.dtype} {tuple(u.shape)} are not float32 (36, {x.shape[1]}, K) from transform_weight"
+        )
     kernels = load_kernels()
     images, channels, height, width = x.shape
     out_channels = u.shape[2]
@@ -205,7 +207,7 @@ def use_winograd(model: nn.Module, min_channels: int = 128) -> list[str]:
 
     Returns:
         The replaced modules' names: for SSD300/SSD512's VGG16 with the default,
-        conv2_2 ... conv5_3 (11 layers, about 80% of SSD300's multiplies).
+        conv2_2 ... conv5_3 (10 layers, about 72% of SSD300's multiply-adds).
     """
     load_kernels()
     if any(p.device.type != "cpu" for p in model.parameters()):
