@@ -56,6 +56,13 @@ def _workers(threads: int) -> ThreadPoolExecutor:
     return _pool
 
 
+def _on_workers(pool: ThreadPoolExecutor, kernel, parts, base: int, count: int, *leading) -> None:
+    """Run ``kernel(*leading, first, last, base, count)`` for every (first, last) tile range of
+    ``parts`` at once on ``pool``, and wait for all of them."""
+    for job in [pool.submit(kernel, *leading, first, last, base, count) for first, last in parts]:
+        job.result()
+
+
 def transform_weight(weight: Tensor) -> Tensor:
     """(K, C, 3, 3) filters -> float32 (36, C, K): ``G g G^T`` per filter, computed in float64
     and laid out for ``bmm`` with the transformed input tiles (36, tiles, C)."""
@@ -104,47 +111,12 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, relu: boo
         count = min(chunk, total - base)
         parts = [(base + count * i // threads, base + count * (i + 1) // threads) for i in range(threads)]
         transformed = torch.empty(36, count, channels)
-        v_ptr = transformed.data_ptr()
-        for job in [
-            pool.submit(
-                kernels.winograd_input_transform,
-                x_ptr,
-                v_ptr,
-                height,
-                width,
-                channels,
-                tiles_h,
-                tiles_w,
-                first,
-                last,
-                base,
-                count,
-            )  # fmt: skip
-            for first, last in parts
-        ]:
-            job.result()
+        _on_workers(pool, kernels.winograd_input_transform, parts, base, count,
+                    x_ptr, transformed.data_ptr(), height, width, channels, tiles_h, tiles_w)  # fmt: skip
         products = torch.bmm(transformed, u)
-        m_ptr = products.data_ptr()
-        for job in [
-            pool.submit(
-                kernels.winograd_output_transform,
-                m_ptr,
-                y_ptr,
-                bias_ptr,
-                int(relu),
-                height,
-                width,
-                out_channels,
-                tiles_h,
-                tiles_w,
-                first,
-                last,
-                base,
-                count,
-            )  # fmt: skip
-            for first, last in parts
-        ]:
-            job.result()
+        _on_workers(pool, kernels.winograd_output_transform, parts, base, count,
+                    products.data_ptr(), y_ptr, bias_ptr, int(relu), height, width, out_channels,
+                    tiles_h, tiles_w)  # fmt: skip
     return y
 
 
