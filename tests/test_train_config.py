@@ -104,6 +104,33 @@ def test_cosine_following_a_time_budget_takes_the_further_progress():
         ScheduleConfig(name="multistep", follow_time_budget=True).validate()
 
 
+def test_a_schedule_following_the_budget_consults_the_clock_only_once_behind_its_pace():
+    model = singleshot.build_model("ssd160_compact", num_classes=3)
+    config = ScheduleConfig(name="cosine", min_factor=0.2, follow_time_budget=True)
+    schedule = LRSchedule(build_optimizer(model, TrainConfig().optimizer), config, total_iterations=100)
+    cosine = lambda p: 0.2 + 0.8 * (1 + math.cos(math.pi * p)) / 2  # noqa: E731
+    # the first update: start-up time far behind an iteration share of 0, but under PACE_SHARE
+    assert not schedule.set_iteration(0, time_progress=0.04) and schedule.factor() == 1.0
+    # ahead of the pace (budget 30% spent, iterations 40% done): iterations alone
+    assert not schedule.set_iteration(40, time_progress=0.3)
+    assert schedule.factor() == pytest.approx(cosine(0.4))
+    assert schedule.follows_clock_from is None
+    # behind it (60% spent at 50% done): from here on the clock counts, and stays counted
+    assert schedule.set_iteration(50, time_progress=0.6)
+    assert schedule.follows_clock_from == 50 and schedule.factor() == pytest.approx(cosine(0.6))
+    assert not schedule.set_iteration(80, time_progress=0.7)  # turned once, the iterations lead again
+    assert schedule.factor() == pytest.approx(cosine(0.8))
+    assert schedule.set_iteration(81, time_progress=0.9) is False
+    assert schedule.factor() == pytest.approx(cosine(0.9))
+    restored = LRSchedule(build_optimizer(model, TrainConfig().optimizer), config, total_iterations=100)
+    restored.load_state_dict(schedule.state_dict())
+    assert restored.follows_clock_from == 50
+    # without the option the clock never counts
+    plain = LRSchedule(build_optimizer(model, TrainConfig().optimizer), ScheduleConfig(name="cosine"), 100)
+    assert not plain.set_iteration(10, time_progress=0.9) and plain.follows_clock_from is None
+    assert plain.factor() == pytest.approx((1 + math.cos(math.pi * 0.1)) / 2)
+
+
 def test_schedule_sets_each_group_from_its_own_base_rate():
     model = singleshot.build_model("ssd160_compact", num_classes=3)
     config = TrainConfig().optimizer

@@ -35,26 +35,44 @@ def test_training_reduces_the_loss(tmp_path):
     assert load_checkpoint(tmp_path / "last.pt")["training"]["iteration"] == 24
 
 
+def noisy_resize_flip(image, target, generator=None):
+    """`resize_flip` plus noise from the GLOBAL generator: resume must restore that state too."""
+    x, target = resize_flip(image, target, generator)
+    return x + torch.rand(x.shape), target
+
+
 def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     dataset = ShapesDataset(10)  # 10 images, batch 4: batches straddle the passes over the data
-    whole = run(tiny_config(tmp_path / "whole"), dataset)
-    first = run(tiny_config(tmp_path / "split"), dataset, stop_at=5)
+    torch.manual_seed(1)
+    whole = train(tiny_config(tmp_path / "whole"), dataset, transform=noisy_resize_flip, progress=False)
+    torch.manual_seed(1)
+    first = train(
+        tiny_config(tmp_path / "split"), dataset, transform=noisy_resize_flip, progress=False, stop_at=5
+    )
     assert first.iteration == 5 and whole.iteration == 8
     state = load_checkpoint(tmp_path / "split" / "last.pt")["training"]
     assert state["iteration"] == 5 and state["sampler"]["position"] == 20
-    resumed = run(tiny_config(tmp_path / "split"), dataset, resume=tmp_path / "split" / "last.pt")
+    torch.manual_seed(123)  # the global generator's state comes from the checkpoint, not from here
+    resumed = train(
+        tiny_config(tmp_path / "split"),
+        dataset,
+        transform=noisy_resize_flip,
+        progress=False,
+        resume=tmp_path / "split" / "last.pt",
+    )
     assert resumed.iteration == 8
 
     a = load_checkpoint(tmp_path / "whole" / "last.pt")
     b = load_checkpoint(tmp_path / "split" / "last.pt")
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for name, tensor in a["state_dict"].items():  # weights and BatchNorm running statistics
-        torch.testing.assert_close(b["state_dict"][name], tensor, rtol=1e-5, atol=1e-6, msg=name)
+        assert torch.equal(b["state_dict"][name], tensor), name  # bit for bit: the same arithmetic
     momentum_a = a["training"]["optimizer"]["state"]
     momentum_b = b["training"]["optimizer"]["state"]
     for key in momentum_a:
-        torch.testing.assert_close(momentum_b[key]["momentum_buffer"], momentum_a[key]["momentum_buffer"])
-    assert a["training"]["scheduler"] == b["training"]["scheduler"] == {"iteration": 7}
+        assert torch.equal(momentum_b[key]["momentum_buffer"], momentum_a[key]["momentum_buffer"]), key
+    expected = {"iteration": 7, "follows_clock_from": None}
+    assert a["training"]["scheduler"] == b["training"]["scheduler"] == expected
     # the resumed run appended to the same log: iterations 2, 4 (+5 at the stop), then 6, 8
     records = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in records] == [2, 4, 5, 6, 8]
@@ -141,6 +159,11 @@ def test_a_schedule_following_the_budget_ends_annealed_when_the_budget_stops_the
     # the one update ran at the start of the cosine, or at its end when it follows the budget
     expected = 0.02 * (0.1 if follow else 1.0)
     assert result.history[-1]["lr"] == pytest.approx(expected)
+    # a run whose budget bound its rates says so, in its result and its log
+    notes = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    notes = [r for r in notes if r["kind"] == "schedule"]
+    assert result.follows_clock_from == (0 if follow else None)
+    assert [(r["iteration"], r["follows_clock"]) for r in notes] == ([(0, True)] if follow else [])
 
 
 def test_init_from_keeps_everything_but_the_class_heads(tmp_path):

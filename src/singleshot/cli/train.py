@@ -184,6 +184,9 @@ def run(args: argparse.Namespace) -> int:
     if result.last_checkpoint is not None:
         print(f"trained {result.iteration} iterations in {result.elapsed_s / 60:.1f} min", end="")
         print(f", {result.skipped_steps} skipped" if result.skipped_steps else "")
+        if result.follows_clock_from is not None:
+            print(f"the time budget bound: the learning rate followed the clock from iteration "
+                  f"{result.follows_clock_from} (not bit-reproducible)")  # fmt: skip
         print(f"last checkpoint: {result.last_checkpoint}")
         if result.best_checkpoint is not None:
             print(

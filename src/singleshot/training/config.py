@@ -87,12 +87,13 @@ class ScheduleConfig:
         min_factor: cosine's final factor.
         warmup_iterations: linear warmup length (0 = none), applied on top of the schedule.
         warmup_factor: factor at iteration 0 of the warmup, rising linearly to 1.
-        follow_time_budget: cosine only, with `TrainConfig.max_minutes`: the cosine's
-            progress is the larger of (iterations done / iterations) and (minutes spent /
-            max_minutes), so that a run the time budget stops early still ends annealed
-            instead of at a high rate. A machine fast enough for the planned iterations
-            never sees the difference (the iteration term leads throughout); on a slower
-            one the rates depend on the timing, so the run is not bit-reproducible.
+        follow_time_budget: cosine only, with `TrainConfig.max_minutes`: once the run
+            falls behind the budget's pace (see `singleshot.training.schedule.LRSchedule`),
+            the cosine's progress is the larger of (iterations done / iterations) and
+            (minutes spent / max_minutes), so that a run the time budget stops early still
+            ends annealed instead of at a high rate. A run that keeps ahead of the pace
+            never consults the clock and is bit-reproducible; one whose budget binds depends
+            on the timing, and its log says from which iteration.
     """
 
     name: str = "multistep"
@@ -134,8 +135,8 @@ class TrainConfig:
         batch_size: images per iteration over ALL processes; each of N processes takes
             batch_size / N.
         iterations: length of the run.
-        max_minutes: wall-clock budget; the run stops cleanly (checkpoint, evaluation) when it
-            is spent. None = no budget.
+        max_minutes: wall-clock budget of the training, counted across resumes; the run stops
+            cleanly (checkpoint, evaluation) when it is spent. None = no budget.
         workers: DataLoader worker processes per training process (0 = load in the loop);
             None = auto: 0 when training on the CPU (a worker takes cores from the compute
             threads: measured slower on 2 cores), else up to 8, sharing the machine's cores

@@ -69,6 +69,7 @@ class DemoSummary:
     total_seconds: float
     stopped_by_budget: bool
     files: dict[str, Path]
+    follows_clock_from: int | None = None
 
     def text(self) -> str:
         verdict = "reached" if self.map >= MAP_TARGET else "NOT reached"
@@ -80,6 +81,9 @@ class DemoSummary:
             + f"; whole demo {format_duration(self.total_seconds)}",
             "  AP per class: " + ", ".join(f"{name} {ap:.3f}" for name, ap in self.ap.items()),
         ]
+        if self.follows_clock_from is not None:
+            lines.insert(2, f"  the time budget bound: from iteration {self.follows_clock_from} the learning "
+                         "rate followed the clock (this run depends on the machine's speed)")  # fmt: skip
         lines += [f"  {name:<12s} {path}" for name, path in self.files.items()]
         return "\n".join(lines)
 
@@ -183,6 +187,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         total_seconds=time.perf_counter() - start,
         stopped_by_budget=result.stopped_by_budget,
         files=files,
+        follows_clock_from=result.follows_clock_from,
     )
     last = result.history[-1] if result.history else {}
     record = {
@@ -195,6 +200,7 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         "iterations": result.iteration,
         "train_seconds": result.elapsed_s,
         "stopped_by_budget": result.stopped_by_budget,
+        "follows_clock_from": result.follows_clock_from,
         "final_loss": last.get("loss"),
         "threads": torch.get_num_threads(),
         "config": config.to_dict(),

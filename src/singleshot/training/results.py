@@ -29,7 +29,9 @@ class TrainResult:
     """What a run produced.
 
     ``model`` is the trained SSD (unwrapped from DDP); ``metrics`` the last evaluation's
-    result (None if none ran); ``history`` the logged training records.
+    result (None if none ran); ``history`` the logged training records; ``elapsed_s`` the
+    run's training time, across resumes; ``follows_clock_from``: the iteration from which
+    a time budget bound the learning rate (None: the run did not depend on the clock).
     """
 
     out: Path
@@ -40,6 +42,7 @@ class TrainResult:
     skipped_steps: int
     elapsed_s: float
     stopped_by_budget: bool
+    follows_clock_from: int | None = None
     metrics: dict[str, Any] | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None

@@ -99,6 +99,8 @@ class Trainer:
         self.best_map: float | None = None
         self.best_iteration: int | None = None
         self.rng_state = None
+        self.elapsed_before = 0.0  # training time of the run's earlier processes (resume)
+        self.clock_start = time.perf_counter()
         if checkpoint is not None:
             self._restore(checkpoint["training"])
         self.ddp_model: nn.Module = self.model
@@ -153,6 +155,7 @@ class Trainer:
         self.best_map = state.get("best_map")
         self.best_iteration = state.get("best_iteration")
         self.rng_state = state.get("rng")
+        self.elapsed_before = float(state.get("elapsed_s", 0.0))
 
     def training_state(self) -> dict[str, Any]:
         """Everything `--resume` needs, as plain data (see `singleshot.checkpoint`)."""
@@ -168,6 +171,7 @@ class Trainer:
             "best_map": self.best_map,
             "best_iteration": self.best_iteration,
             "world_size": self.dist.world_size,
+            "elapsed_s": time.perf_counter() - self.clock_start,
         }
 
     # -- the loop -------------------------------------------------------------------------
@@ -224,7 +228,8 @@ class Trainer:
         last_path = best_path = None
         stopped_by_budget = False
         window = StepWindow()
-        start = time.perf_counter()
+        # The budget counts the run's training time across resumes.
+        start = self.clock_start = time.perf_counter() - self.elapsed_before
         self._train_mode()
         try:
             while self.iteration < end:
@@ -241,7 +246,8 @@ class Trainer:
                     [not bool(torch.isfinite(loss)), (time.perf_counter() - start) / budget_s], self.device
                 )
                 nonfinite, over_budget = nonfinite > 0, time_spent >= 1.0
-                self.schedule.set_iteration(self.iteration, min(time_spent, 1.0))
+                if self.schedule.set_iteration(self.iteration, min(time_spent, 1.0)):
+                    self._note_clock(logger, time_spent)
                 if nonfinite:
                     self._handle_nonfinite(loss_loc, loss_conf, targets, logger, saved_buffers)
                 else:
@@ -283,9 +289,20 @@ class Trainer:
             skipped_steps=self.skipped,
             elapsed_s=time.perf_counter() - start,
             stopped_by_budget=stopped_by_budget,
+            follows_clock_from=self.schedule.follows_clock_from,
             metrics=metrics,
             history=history,
             model=self.model,
+        )
+
+    def _note_clock(self, logger: RunLogger, time_spent: float) -> None:
+        share = self.iteration / max(self.config.iterations, 1)
+        logger.write({"kind": "schedule", "iteration": self.iteration, "follows_clock": True,
+                      "budget_share": time_spent, "iteration_share": share})  # fmt: skip
+        logger.message(
+            f"the time budget binds: {100 * time_spent:.1f}% of it spent at {100 * share:.1f}% of the "
+            f"iterations; from iteration {self.iteration} the learning rate follows the clock, so this "
+            "run depends on the machine's timing and is not bit-reproducible"
         )
 
     def _step(self, loss: Tensor) -> None:
