@@ -27,7 +27,7 @@ What each layout is, and where it was checked (the tools' documentation or sourc
 - Label Studio "COCO" (``convert_to_coco``): ``result.json`` whose ``file_name`` entries
   are ``images/<name>``, relative to the export folder, with ``images/``.
 - Ultralytics ``data.yaml`` (or ``dataset.yaml``) with ``train``/``val``/``test`` keys:
-  see `read_data_yaml`. Roboflow's YOLO export is this form (``train: ../train/images``,
+  see `singleshot.data.yolo.read_data_yaml`. Roboflow's YOLO export is this form (``train: ../train/images``,
   ``names`` a list, ``nc``; a ``roboflow:`` section); it is named "Roboflow YOLO" when the
   yaml has that section or a ``../`` split path.
 - CVAT "YOLO 1.1" (docs.cvat.ai, format-yolo): ``obj.names`` (one class per line),
@@ -50,12 +50,11 @@ from typing import Any, NamedTuple
 from .coco import COCODataset
 from .common import DetectionDataset, read_class_names
 from .voc import VOC_CLASSES, VOCDataset
-from .yolo import YOLODataset
+from .yolo import YAML_SPLITS, YOLODataset, load_yaml, read_data_yaml
 
-__all__ = ["Layout", "Detected", "LAYOUTS", "ALL_SPLIT", "detect_layout", "read_data_yaml", "unknown_layout"]
+__all__ = ["Layout", "Detected", "LAYOUTS", "ALL_SPLIT", "detect_layout", "unknown_layout"]
 
 ALL_SPLIT = "all"  # the one split of a layout without splits
-YAML_SPLITS = ("train", "val", "test")
 
 
 @dataclass(frozen=True)
@@ -214,90 +213,13 @@ def _open_label_studio_coco(root: Path, split: str, **options: Any) -> Detection
 
 
 # -- YOLO -----------------------------------------------------------------------------------
-class DataYaml(NamedTuple):
-    """An Ultralytics dataset yaml, resolved: ``root`` (the ``path``), the split sources."""
-
-    file: Path
-    root: Path
-    sources: dict[str, list[Path]]
-    names: list[str]
-    roboflow: bool
-
-
-def _load_yaml(path: Path) -> dict:
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read the dataset yaml ({error})") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping with train/val/test and names")
-    return data
-
-
-def _yaml_names(data: dict, path: Path) -> list[str]:
-    names = data.get("names")
-    if isinstance(names, dict):
-        try:
-            names = [names[k] for k in sorted(names, key=int)]
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: 'names' keys must be class indices 0..K-1") from None
-    if names is None and isinstance(data.get("nc"), int):
-        names = [f"class_{k}" for k in range(data["nc"])]  # Ultralytics' names when only nc is given
-    if not isinstance(names, list) or not names:
-        raise ValueError(f"{path}: no 'names' list or dict of classes")
-    if isinstance(data.get("nc"), int) and data["nc"] != len(names):
-        raise ValueError(f"{path}: nc is {data['nc']} but 'names' has {len(names)} classes")
-    return [str(name) for name in names]
-
-
-def _resolve(base: Path, entry: str) -> Path:
-    """``base / entry``; an entry starting ``../`` that does not exist there is tried without it."""
-    path = base / entry
-    if not path.exists() and entry.startswith("../"):
-        path = base / entry[3:]
-    return path
-
-
-def read_data_yaml(path: str | os.PathLike) -> DataYaml:
-    """Read an Ultralytics dataset yaml::
-
-        path: ../datasets/coco8      # dataset root: absolute, or relative to the yaml's folder
-        train: images/train          # relative to path: an image folder, a .txt list of
-        val: [images/val, more/val]  #   image paths, or a list of those
-        names: {0: person, 1: bicycle}   # or a list; without names, nc gives class_0 ...
-
-    Without ``path`` the root is the yaml's folder. A split path is ``root / entry``; when
-    that does not exist and the entry starts with ``../`` (Roboflow writes ``train:
-    ../train/images`` next to ``train/``), ``root / entry[3:]`` is used, the fallback
-    Ultralytics applies itself (``check_det_dataset``): so Roboflow's paths resolve inside
-    the dataset folder. Labels follow `singleshot.data.yolo.ultralytics_label_path`.
-    """
-    path = Path(path)
-    data = _load_yaml(path)
-    root = path.parent
-    if data.get("path"):
-        root = Path(str(data["path"]))
-        root = root if root.is_absolute() else path.parent / root
-    sources, dotted = {}, False
-    for split in YAML_SPLITS:
-        entries = data.get(split)
-        if not entries:
-            continue
-        entries = [entries] if isinstance(entries, str) else list(entries)
-        dotted = dotted or any(str(e).startswith("../") for e in entries)
-        sources[split] = [_resolve(root, str(entry)) for entry in entries]
-    return DataYaml(path, root, sources, _yaml_names(data, path), "roboflow" in data or dotted)
-
-
 def _data_yaml(root: Path) -> Path | None:
     """The folder's ``data.yaml`` or ``dataset.yaml`` when it names splits (or cannot be read)."""
     for name in ("data.yaml", "dataset.yaml"):
         path = root / name
         if path.is_file():
             try:
-                data = _load_yaml(path)
+                data = load_yaml(path)
             except ValueError:
                 return path  # reported when the splits are read
             if any(data.get(split) for split in YAML_SPLITS):

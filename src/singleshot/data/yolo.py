@@ -23,6 +23,7 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -36,6 +37,8 @@ __all__ = [
     "parse_yolo_labels",
     "list_images",
     "ultralytics_label_path",
+    "read_data_yaml",
+    "DataYaml",
 ]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
@@ -48,21 +51,92 @@ def read_yolo_classes(path: Path) -> list[str]:
     """Class names from a text file (one per line) or a YAML file with ``names`` (list or dict)."""
     if path.suffix.lower() not in (".yaml", ".yml"):
         return read_class_names(path)
+    return yaml_class_names(load_yaml(path), path)
+
+
+YAML_SPLITS = ("train", "val", "test")
+
+
+class DataYaml(NamedTuple):
+    """An Ultralytics dataset yaml, resolved: ``root`` (the ``path``), the split sources."""
+
+    file: Path
+    root: Path
+    sources: dict[str, list[Path]]
+    names: list[str]
+    roboflow: bool
+
+
+def load_yaml(path: Path) -> dict:
+    """A YAML file's top-level mapping (ValueError naming the file when it is not one)."""
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read the class names ({error})") from None
-    names = data.get("names") if isinstance(data, dict) else None
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
+        raise ValueError(f"{path}: cannot read the dataset yaml ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping with train/val/test and names")
+    return data
+
+
+def yaml_class_names(data: dict, path: Path) -> list[str]:
+    """The classes of a dataset yaml: ``names`` as a list or a dict {index: name}; without it,
+    ``nc`` gives ``class_0 ...`` as in Ultralytics."""
+    names = data.get("names")
     if isinstance(names, dict):
         try:
             names = [names[k] for k in sorted(names, key=int)]
         except (TypeError, ValueError):
             raise ValueError(f"{path}: 'names' keys must be class indices 0..K-1") from None
+    if names is None and isinstance(data.get("nc"), int):
+        names = [f"class_{k}" for k in range(data["nc"])]  # Ultralytics' names when only nc is given
     if not isinstance(names, list) or not names:
-        raise ValueError(f"{path}: no 'names' list of classes")
+        raise ValueError(f"{path}: no 'names' list or dict of classes")
+    if isinstance(data.get("nc"), int) and data["nc"] != len(names):
+        raise ValueError(f"{path}: nc is {data['nc']} but 'names' has {len(names)} classes")
     return [str(name) for name in names]
+
+
+def _resolve(base: Path, entry: str) -> Path:
+    """``base / entry``; an entry starting ``../`` that does not exist there is tried without it."""
+    path = base / entry
+    if not path.exists() and entry.startswith("../"):
+        path = base / entry[3:]
+    return path
+
+
+def read_data_yaml(path: str | os.PathLike) -> DataYaml:
+    """Read an Ultralytics dataset yaml (Roboflow's YOLO export is one)::
+
+        path: ../datasets/coco8      # dataset root: absolute, or relative to the yaml's folder
+        train: images/train          # relative to path: an image folder, a .txt list of
+        val: [images/val, more/val]  #   image paths, or a list of those
+        names: {0: person, 1: bicycle}   # or a list; without names, nc gives class_0 ...
+
+    Without ``path`` the root is the yaml's folder (Ultralytics itself resolves a relative
+    ``path`` against its ``datasets_dir`` setting; here it is the yaml's folder, so that a
+    dataset folder reads the same anywhere). A split path is ``root / entry``; when
+    that does not exist and the entry starts with ``../`` (Roboflow writes ``train:
+    ../train/images`` next to ``train/``), ``root / entry[3:]`` is used, the fallback
+    Ultralytics applies itself (``check_det_dataset``): so Roboflow's paths resolve inside
+    the dataset folder. Labels follow `ultralytics_label_path`.
+    """
+    path = Path(path)
+    data = load_yaml(path)
+    root = path.parent
+    if data.get("path"):
+        root = Path(str(data["path"]))
+        root = root if root.is_absolute() else path.parent / root
+    sources, dotted = {}, False
+    for split in YAML_SPLITS:
+        entries = data.get(split)
+        if not entries:
+            continue
+        entries = [entries] if isinstance(entries, str) else list(entries)
+        dotted = dotted or any(str(e).startswith("../") for e in entries)
+        sources[split] = [_resolve(root, str(entry)) for entry in entries]
+    return DataYaml(path, root, sources, yaml_class_names(data, path), "roboflow" in data or dotted)
 
 
 def _default_classes_file(root: Path) -> Path:
