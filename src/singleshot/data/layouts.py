@@ -17,9 +17,10 @@ What each layout is, and where it was checked (the tools' documentation or sourc
   ``Annotations/<stem>.xml`` + ``images/``, no ImageSets and no class list; ``<filename>``
   is the image's stem. The classes are ``classes.txt`` if present, else every object name
   in the XML files, sorted.
-- COCO / singleshot / CVAT "COCO 1.0" (CVAT exports through Datumaro's COCO format):
+- COCO / singleshot / CVAT "COCO 1.0" (CVAT's docs point to Datumaro's COCO format:
+  ``annotations/instances_<subset>.json``, images in ``images/<subset>/``):
   ``annotations/instances_<split>.json`` with images in ``images/<split>/``, ``<split>/``
-  or ``images/``.
+  (COCO's own) or, also accepted, one ``images/`` folder.
 - Roboflow COCO: ``<split>/_annotations.coco.json`` with the images beside it (splits
   ``train``, ``valid``, ``test``); the root category Roboflow puts first (id 0,
   supercategory "none", named as every class's supercategory, no annotations; see
@@ -27,9 +28,10 @@ What each layout is, and where it was checked (the tools' documentation or sourc
 - Label Studio "COCO" (``convert_to_coco``): ``result.json`` whose ``file_name`` entries
   are ``images/<name>``, relative to the export folder, with ``images/``.
 - Ultralytics ``data.yaml`` (or ``dataset.yaml``) with ``train``/``val``/``test`` keys:
-  see `singleshot.data.yolo.read_data_yaml`. Roboflow's YOLO export is this form (``train: ../train/images``,
-  ``names`` a list, ``nc``; a ``roboflow:`` section); it is named "Roboflow YOLO" when the
-  yaml has that section or a ``../`` split path.
+  see `singleshot.data.yolo.read_data_yaml` (labels: Ultralytics' ``img2label_paths``
+  rule). Roboflow's YOLO export is this form (``train: ../train/images``, ``names`` a
+  list, ``nc``; a ``roboflow:`` section); it is named "Roboflow YOLO" when the yaml has
+  that section or a ``../`` split path.
 - CVAT "YOLO 1.1" (docs.cvat.ai, format-yolo): ``obj.names`` (one class per line),
   ``obj.data``, ``obj_<subset>_data/`` with each image and its ``.txt`` side by side,
   ``<subset>.txt`` lists. The images are read from the folder, not the lists.
