@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import warnings
+from pathlib import Path
 
 FORMAT_HELP = "dataset format: voc, coco or yolo (default: detected from the folder layout)"
 
@@ -70,7 +71,12 @@ def _register_check(actions) -> None:
             "Exit status 1 when anything is invalid."
         ),
     )
-    parser.add_argument("path", help="dataset folder (VOC20XX, COCO or YOLO layout, or one written by synth)")
+    parser.add_argument(
+        "path", nargs="?",
+        help="dataset folder (VOC20XX, COCO or YOLO layout, one written by synth, or an export of Roboflow, "
+             "Ultralytics, CVAT or Label Studio); leave out with --images/--annotations",
+    )  # fmt: skip
+    add_coco_files_options(parser)
     parser.add_argument("--format", choices=("voc", "coco", "yolo"), default=None, help=FORMAT_HELP)
     parser.add_argument(
         "--split", action="append", default=None,
@@ -84,6 +90,24 @@ def _register_check(actions) -> None:
         "--max-listed", type=int, default=50, help="invalid files listed per split (default: 50)"
     )
     parser.set_defaults(func=run_check)
+
+
+def add_coco_files_options(parser, prefix: str = "") -> None:
+    """``--images DIR --annotations FILE``: a COCO dataset given by its files, in no layout."""
+    parser.add_argument(
+        f"--{prefix}images", metavar="DIR",
+        help="COCO image folder (the JSON's file_name entries are relative to it); with --annotations",
+    )  # fmt: skip
+    parser.add_argument(f"--{prefix}annotations", metavar="FILE", help="COCO instances JSON; with --images")
+
+
+def coco_files(images: str | None, annotations: str | None, folder: str | None = None) -> bool:
+    """Whether ``--images``/``--annotations`` are used; both or neither, and not with a folder."""
+    if (images is None) != (annotations is None):
+        raise ValueError("--images and --annotations go together (a COCO image folder and its JSON)")
+    if images is not None and folder is not None:
+        raise ValueError(f"give a dataset folder ({folder}) or --images/--annotations, not both")
+    return images is not None
 
 
 def _register_show(actions) -> None:
@@ -164,17 +188,24 @@ def run_synth(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_split(path: str, format: str | None, split: str, verify: str, max_listed: int) -> tuple[str, int]:
-    """The report of one split and its number of invalid items (a split that cannot be opened counts 1)."""
-    from ..data import open_dataset
+def check_split(
+    path: str | None, format: str | None, split: str, verify: str, max_listed: int, coco: tuple | None = None
+) -> tuple[str, int]:
+    """The report of one split and its number of invalid items (a split that cannot be opened counts 1).
+
+    ``coco``: (image folder, annotation file) instead of a dataset folder.
+    """
+    from ..data import open_coco, open_dataset
     from ..data.stats import dataset_stats, format_stats
 
+    options = dict(skip_invalid=True, verify_images=verify, progress=None)
     try:
         with warnings.catch_warnings():  # the report lists the fixed-up problems itself
             warnings.simplefilter("ignore", UserWarning)
-            dataset = open_dataset(
-                path, format=format, split=split, skip_invalid=True, verify_images=verify, progress=None
-            )
+            if coco is not None:
+                dataset = open_coco(*coco, **options)
+            else:
+                dataset = open_dataset(path, format=format, split=split, **options)
     except ValueError as error:
         return f"== {split}: cannot be read\n  {error}", 1
     crowd = "crowd" if type(dataset).__name__ == "COCODataset" else "difficult"
@@ -193,16 +224,25 @@ def check_split(path: str, format: str | None, split: str, verify: str, max_list
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from ..data.registry import detect_format, list_splits
+    from ..data.registry import describe_layout, detect_format, list_splits
 
-    format = args.format or detect_format(args.path)
-    splits = args.split or list_splits(args.path, format)
-    if not splits:
-        raise ValueError(f"{args.path}: no splits found")
-    print(f"{args.path}: {format} dataset, splits: {', '.join(splits)}")
+    coco = None
+    if coco_files(args.images, args.annotations, args.path):
+        coco, format, splits = (args.images, args.annotations), "coco", [Path(args.annotations).stem]
+        print(f"{args.annotations}: coco dataset, images in {args.images}")
+        print("layout: COCO files (--images, --annotations)")
+    elif args.path is None:
+        raise ValueError("give a dataset folder, or --images DIR --annotations FILE")
+    else:
+        format = args.format or detect_format(args.path)
+        splits = args.split or list_splits(args.path, format)
+        if not splits:
+            raise ValueError(f"{args.path}: no splits found")
+        print(f"{args.path}: {format} dataset, splits: {', '.join(splits)}")
+        print(f"layout: {describe_layout(args.path, format)}")
     invalid = 0
     for split in splits:
-        report, count = check_split(args.path, format, split, args.verify, args.max_listed)
+        report, count = check_split(args.path, format, split, args.verify, args.max_listed, coco)
         print(report)
         invalid += count
     print(f"{'INVALID' if invalid else 'OK'}: {invalid} invalid item(s)")
@@ -211,7 +251,6 @@ def run_check(args: argparse.Namespace) -> int:
 
 def run_show(args: argparse.Namespace) -> int:
     import random
-    from pathlib import Path
 
     import torch
 

@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .data import add_coco_files_options, coco_files
 from .fastconv import add_winograd_option
 
 
@@ -27,7 +28,9 @@ def register(subparsers) -> None:
     )
     add = parser.add_argument
     add("--checkpoint", required=True, help="singleshot checkpoint to evaluate")
-    add("--data", required=True, help="dataset root (a VOC20XX folder, a COCO or YOLO dataset folder)")
+    add("--data", help="dataset root (a VOC20XX folder, a COCO or YOLO dataset folder, or an export of "
+        "Roboflow, Ultralytics, CVAT or Label Studio); or --images/--annotations")  # fmt: skip
+    add_coco_files_options(parser)
     add("--format", choices=("voc", "coco", "yolo"), default=None,
         help="dataset format (default: detected from the folder's layout)")  # fmt: skip
     add("--split", default="test", help="which split to evaluate, e.g. test, val, val2017 (default test)")
@@ -77,11 +80,21 @@ def metrics_document(result: Mapping[str, Any], class_names: Sequence[str] | Non
     return _json_safe(document)
 
 
+def open_eval_data(args: argparse.Namespace) -> tuple[Any, str, str | None]:
+    """(dataset, its source for messages, split or None) from ``--data`` or ``--images/--annotations``."""
+    from ..data import open_coco, open_dataset
+
+    if coco_files(args.images, args.annotations, args.data):
+        return open_coco(args.images, args.annotations), args.annotations, None
+    if args.data is None:
+        raise ValueError("give --data PATH, or --images DIR --annotations FILE")
+    return open_dataset(args.data, format=args.format, split=args.split), args.data, args.split
+
+
 def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..checkpoint import load
-    from ..data import open_dataset
     from ..evaluation import evaluate_model, format_table, plot_pr_curves
     from .fastconv import apply_winograd
 
@@ -98,13 +111,13 @@ def run(args: argparse.Namespace) -> int:
 
     model = load(args.checkpoint, map_location=device)
     apply_winograd(model, args.winograd, device)
-    dataset = open_dataset(args.data, format=args.format, split=args.split)
+    dataset, source, split = open_eval_data(args)
     if len(dataset) == 0:
-        raise ValueError(f"{args.data}: split {args.split!r} has no images")
+        raise ValueError(f"{source}: {f'split {split!r} ' if split else ''}has no images")
     data_names = list(dataset.classes)
     if len(data_names) != model.num_classes:
         raise ValueError(
-            f"{args.checkpoint} predicts {model.num_classes - 1} classes but {args.data} has "
+            f"{args.checkpoint} predicts {model.num_classes - 1} classes but {source} has "
             f"{len(data_names) - 1}: {', '.join(data_names[1:])}"
         )
     if model.class_names is not None and list(model.class_names) != data_names:
@@ -132,12 +145,13 @@ def run(args: argparse.Namespace) -> int:
         result,
         data_names,
         checkpoint=str(args.checkpoint),
-        data=str(args.data),
-        split=args.split,
+        data=str(source),
+        split=split,
         score_threshold=args.score_threshold,
     )
     (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
-    title = f"{Path(args.checkpoint).name} on {Path(args.data).name}/{args.split} ({args.metric})"
+    on = f"{Path(source).name}/{split}" if split else Path(source).name
+    title = f"{Path(args.checkpoint).name} on {on} ({args.metric})"
     plot_pr_curves(result["curves"], data_names, out / "pr_curves.png", title=title, ap=result["ap"])
     print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
     return 0

@@ -28,6 +28,10 @@ multi-GPU / multi-node (PyTorch DDP): launch the same command under torchrun, e.
 FLAG_KEYS = {
     "model": "model",
     "val_data": "val_data",
+    "images": "images",
+    "annotations": "annotations",
+    "val_images": "val_images",
+    "val_annotations": "val_annotations",
     "format": "format",
     "out": "out",
     "train_split": "train_split",
@@ -73,6 +77,15 @@ def register(subparsers) -> None:
         help="dataset root (VOC folder, COCO or YOLO root); several roots concatenate their training splits",
     )
     add("--val-data", metavar="PATH", help="root of the evaluation split (default: the first --data)")
+    add(
+        "--images",
+        metavar="DIR",
+        help="COCO training images given by files, instead of --data; with --annotations",
+    )
+    add("--annotations", metavar="FILE", help="COCO instances JSON of --images")
+    add("--val-images", metavar="DIR", help="COCO evaluation images (with --val-annotations); "
+        "with --images and no --val-data/--val-images, no evaluation")  # fmt: skip
+    add("--val-annotations", metavar="FILE", help="COCO instances JSON of --val-images")
     add("--format", choices=("voc", "coco", "yolo"), help="dataset format (default: detected)")
     add("--out", metavar="RUN_DIR", help="run folder for checkpoints and logs (default runs/train)")
     add("--train-split", help="training split (default trainval)")
@@ -172,8 +185,10 @@ def run(args: argparse.Namespace) -> int:
     from ..training import NonFiniteLossError, distributed, train
 
     config, resume = build_config(args)
-    if config.data is None:
-        raise ValueError("no dataset: give --data PATH (or data: in the recipe)")
+    if config.data is None and config.images is None:
+        raise ValueError(
+            "no dataset: give --data PATH or --images DIR --annotations FILE (or data: in the recipe)"
+        )
     try:
         result = train(config, resume=resume, progress=not args.no_progress)
     except NonFiniteLossError as error:

@@ -2,6 +2,7 @@
 
 >>> from singleshot.data import open_dataset
 >>> ds = open_dataset("data/synth", split="train")     # format detected from the layout
+>>> ds = open_coco("photos/", "instances.json")         # COCO files in no particular layout
 >>> image, target = ds[0]      # uint8 (3, H, W) RGB; target["boxes"] xyxy pixels, ["labels"] 1..C-1
 
 Every reader validates all annotations when it is opened (see `singleshot.data.validation`)
@@ -12,7 +13,8 @@ from .augment import EvalTransform, SSDAugmentation
 from .coco import COCODataset
 from .collate import collate
 from .common import BACKGROUND, DetectionConcat, DetectionDataset, read_class_names
-from .registry import FORMATS, detect_format, list_splits, open_dataset
+from .layouts import LAYOUTS, Layout, detect_layout
+from .registry import FORMATS, describe_layout, detect_format, list_splits, open_coco, open_dataset
 from .voc import VOC_CLASSES, VOCDataset, voc_trainval_07_12
 from .yolo import YOLODataset
 
@@ -23,13 +25,18 @@ __all__ = [
     "DetectionDataset",
     "EvalTransform",
     "FORMATS",
+    "LAYOUTS",
+    "Layout",
     "SSDAugmentation",
     "VOCDataset",
     "VOC_CLASSES",
     "YOLODataset",
     "collate",
+    "describe_layout",
     "detect_format",
+    "detect_layout",
     "list_splits",
+    "open_coco",
     "open_dataset",
     "read_class_names",
     "voc_trainval_07_12",

@@ -20,7 +20,7 @@ import numpy as np
 from .common import DetectionDataset, Record, Transforms, make_record
 from .validation import SIZE_MISMATCH, InvalidItem, Problems, check_image, progress_bar
 
-__all__ = ["COCODataset", "load_coco_json"]
+__all__ = ["COCODataset", "load_coco_json", "grouping_category_ids"]
 
 
 def load_coco_json(annotation_file: Path) -> dict[str, Any]:
@@ -49,14 +49,30 @@ def load_coco_json(annotation_file: Path) -> dict[str, Any]:
     return data
 
 
-def _categories(data: dict[str, Any], path: Path) -> tuple[list[str], dict[int, int]]:
+def grouping_category_ids(data: dict[str, Any]) -> set[int]:
+    """Ids of the categories that only group others: named as another category's
+    ``supercategory`` and used by no annotation. Roboflow's COCO exports put one first
+    (id 0, the project's name, supercategory "none"; the classes name it as their
+    supercategory), which is not a class."""
+    categories = [c for c in data["categories"] if isinstance(c, dict)]
+    parents = {c.get("supercategory") for c in categories}
+    used = {a.get("category_id") for a in data.get("annotations", []) if isinstance(a, dict)}
+    return {
+        c["id"]
+        for c in categories
+        if isinstance(c.get("id"), int) and c["id"] not in used and c.get("name") in parents
+    }
+
+
+def _categories(data: dict[str, Any], path: Path, drop: set[int]) -> tuple[list[str], dict[int, int]]:
     by_id: dict[int, str] = {}
     for k, category in enumerate(data["categories"]):
         if not isinstance(category, dict) or not isinstance(category.get("id"), int):
             raise ValueError(f"{path}: category {k} has no integer 'id'")
         if category["id"] in by_id:
             raise ValueError(f"{path}: category id {category['id']} appears twice")
-        by_id[category["id"]] = str(category.get("name", category["id"]))
+        if category["id"] not in drop:
+            by_id[category["id"]] = str(category.get("name", category["id"]))
     if not by_id:
         raise ValueError(f"{path}: no categories")
     ids = sorted(by_id)
@@ -98,6 +114,8 @@ class COCODataset(DetectionDataset):
         verify_images: "quick", "full" or "none" (trust the JSON's width and height);
             see `singleshot.data.validation.check_image`.
         progress: progress bar while parsing; None = only for 1000 images or more.
+        drop_grouping_categories: leave out the categories that only group others
+            (`grouping_category_ids`, Roboflow's root category) instead of making them classes.
 
     Attributes:
         label_to_category_id: {label 1..K: COCO category id}.
@@ -114,12 +132,14 @@ class COCODataset(DetectionDataset):
         skip_invalid: bool = False,
         verify_images: str = "quick",
         progress: bool | None = None,
+        drop_grouping_categories: bool = False,
     ) -> None:
         self.image_dir = Path(image_dir)
         self.annotation_file = Path(annotation_file)
         path = self.annotation_file
         data = load_coco_json(path)
-        names, self.category_id_to_label = _categories(data, path)
+        drop = grouping_category_ids(data) if drop_grouping_categories else set()
+        names, self.category_id_to_label = _categories(data, path, drop)
         self.label_to_category_id = {label: cid for cid, label in self.category_id_to_label.items()}
         problems = Problems(skip_invalid)
         images = self._images(data, problems)

@@ -1,4 +1,8 @@
-"""Opening a dataset folder by its layout: `open_dataset`, `detect_format`, `list_splits`."""
+"""Opening a dataset: `open_dataset` (a folder, its layout detected), `open_coco` (explicit files).
+
+The layouts themselves (VOC, COCO, YOLO and the exports of Roboflow, Ultralytics, CVAT and
+Label Studio) are described in `singleshot.data.layouts`.
+"""
 
 from __future__ import annotations
 
@@ -7,52 +11,54 @@ from pathlib import Path
 from typing import Any
 
 from .coco import COCODataset
-from .common import DetectionDataset, Transforms, read_class_names
-from .voc import VOC_CLASSES, VOCDataset
-from .yolo import YOLODataset
+from .common import DetectionDataset, Transforms
+from .layouts import DEFAULT_LAYOUTS, Detected, Layout, coco_paths, detect_layout
 
-__all__ = ["FORMATS", "open_dataset", "detect_format", "list_splits", "coco_paths"]
+__all__ = [
+    "FORMATS",
+    "open_dataset",
+    "open_coco",
+    "detect_format",
+    "describe_layout",
+    "list_splits",
+    "coco_paths",
+]
 
 FORMATS = ("voc", "coco", "yolo")
 
 
-def _is_voc(path: Path) -> bool:
-    return (path / "Annotations").is_dir() and (path / "ImageSets" / "Main").is_dir()
-
-
-def _is_coco(path: Path) -> bool:
-    return any((path / "annotations").glob("instances_*.json"))
-
-
-def _is_yolo(path: Path) -> bool:
-    return (path / "images").is_dir() and (path / "labels").is_dir()
-
-
 def detect_format(path: str | os.PathLike) -> str:
-    """The format of a dataset folder, from its layout, checked in this order:
-
-    - "voc": ``Annotations/`` and ``ImageSets/Main/`` (a VOC20XX folder);
-    - "coco": ``annotations/instances_*.json``;
-    - "yolo": ``images/`` and ``labels/``.
+    """The reader format ("voc", "coco" or "yolo") of a dataset folder, from its layout
+    (`singleshot.data.layouts.detect_layout`; singleshot's own layouts are found as before:
+    ``Annotations/`` + ``ImageSets/Main/``, then ``annotations/instances_*.json``, then
+    ``images/`` + ``labels/``).
 
     Raises:
-        ValueError: the folder matches none of them (names the folder).
+        ValueError: not a folder, or an unknown layout (the message lists each layout's markers).
     """
-    path = Path(path)
+    return detect_layout(path).layout.format
+
+
+def describe_layout(path: str | os.PathLike, format: str | None = None) -> str:
+    """The layout found in a folder and its marker: ``"Roboflow COCO (train/_annotations.coco.json)"``."""
+    return _detect(Path(path), format).describe()
+
+
+def _detect(path: Path, format: str | None) -> Detected:
+    if format is not None and format not in FORMATS:
+        raise ValueError(f"unknown dataset format {format!r}; expected one of {FORMATS}")
+    if format is None:
+        return detect_layout(path)
     if not path.is_dir():
         raise ValueError(f"{path}: not a folder")
-    for name, test in (("voc", _is_voc), ("coco", _is_coco), ("yolo", _is_yolo)):
-        if test(path):
-            return name
-    raise ValueError(
-        f"{path}: unknown dataset layout (expected VOC: Annotations/ + ImageSets/Main/; "
-        "COCO: annotations/instances_<split>.json; YOLO: images/ + labels/)"
-    )
+    try:
+        return detect_layout(path, format)
+    except ValueError:  # a format given for a folder without its markers: singleshot's layout
+        return Detected(DEFAULT_LAYOUTS[format], "format given")
 
 
-def _voc_classes(path: Path) -> list[str]:
-    names = path / "classes.txt"
-    return read_class_names(names) if names.is_file() else list(VOC_CLASSES)
+def _layout(path: Path, format: str | None) -> Layout:
+    return _detect(path, format).layout
 
 
 def list_splits(path: str | os.PathLike, format: str | None = None) -> list[str]:
@@ -60,38 +66,11 @@ def list_splits(path: str | os.PathLike, format: str | None = None) -> list[str]
 
     VOC: the ImageSets/Main lists other than the per-class ``<class>_<split>.txt`` ones;
     COCO: the ``<split>`` of each ``annotations/instances_<split>.json``;
-    YOLO: the sub-folders of ``images/``.
+    YOLO: the sub-folders of ``images/``; other layouts: see `singleshot.data.layouts`
+    (``"all"`` for the exports without splits).
     """
     path = Path(path)
-    format = format or detect_format(path)
-    if format == "voc":
-        classes = set(_voc_classes(path))
-        splits = []
-        for file in (path / "ImageSets" / "Main").glob("*.txt"):
-            head, _, tail = file.stem.partition("_")
-            if not (tail and head in classes):
-                splits.append(file.stem)
-        return sorted(splits)
-    if format == "coco":
-        return sorted(
-            p.stem.removeprefix("instances_") for p in (path / "annotations").glob("instances_*.json")
-        )
-    if format == "yolo":
-        return sorted(p.name for p in (path / "images").iterdir() if p.is_dir())
-    raise ValueError(f"unknown dataset format {format!r}; expected one of {FORMATS}")
-
-
-def coco_paths(path: Path, split: str) -> tuple[Path, Path]:
-    """(image folder, annotation file) of a COCO split.
-
-    The annotation file is ``annotations/instances_<split>.json``; images are in
-    ``images/<split>/`` (singleshot's layout) or ``<split>/`` (COCO's own, e.g. train2017/).
-    """
-    annotation = path / "annotations" / f"instances_{split}.json"
-    for image_dir in (path / "images" / split, path / split):
-        if image_dir.is_dir():
-            return image_dir, annotation
-    return path / "images" / split, annotation
+    return _layout(path, format).splits(path)
 
 
 def open_dataset(
@@ -102,19 +81,19 @@ def open_dataset(
     skip_invalid: bool = False,
     **options: Any,
 ) -> DetectionDataset:
-    """Open a dataset folder written by ``singleshot data synth`` or in a standard layout.
+    """Open a dataset folder written by ``singleshot data synth`` or in a known layout.
 
     Args:
         path: the dataset folder: a VOC20XX folder (a ``classes.txt`` next to
             ``Annotations/`` gives the class names, one per line; otherwise the 20 VOC
             classes), a COCO folder (``annotations/instances_<split>.json`` with images in
-            ``images/<split>/`` or ``<split>/``), or a YOLO folder (``images/<split>/``,
-            ``labels/<split>/``, ``classes.txt``).
-        format: "voc", "coco", "yolo", or None to detect it from the layout (`detect_format`:
-            VOC if ``Annotations/`` and ``ImageSets/Main/`` exist, else COCO if an
-            ``annotations/instances_*.json`` exists, else YOLO if ``images/`` and ``labels/`` exist).
+            ``images/<split>/`` or ``<split>/``), a YOLO folder (``images/<split>/``,
+            ``labels/<split>/``, ``classes.txt``), or the export of Roboflow, Ultralytics
+            (``data.yaml``), CVAT or Label Studio (`singleshot.data.layouts`).
+        format: "voc", "coco", "yolo", or None to detect it from the layout (`detect_format`).
+            Given, only the layouts of that format are tried, then singleshot's own.
         split: VOC: the image set (ImageSets/Main/<split>.txt); COCO: instances_<split>.json;
-            YOLO: the images/<split> folder.
+            YOLO: the images/<split> folder; others: see `list_splits`.
         transforms: ``transforms(image, target) -> (image_or_x, target)``.
         skip_invalid: leave out invalid items (in ``ds.skipped``) instead of raising.
         options: passed on to the reader (e.g. ``verify_images``, ``progress``,
@@ -125,20 +104,39 @@ def open_dataset(
             lists the splits found).
     """
     path = Path(path)
-    format = format or detect_format(path)
-    if format not in FORMATS:
-        raise ValueError(f"unknown dataset format {format!r}; expected one of {FORMATS}")
-    if not path.is_dir():
-        raise ValueError(f"{path}: not a folder")
-    available = list_splits(path, format)
+    layout = _layout(path, format)
+    available = layout.splits(path)
     if split not in available:
         raise ValueError(
-            f"{path}: no split {split!r} in this {format} dataset (found: {', '.join(available)})"
+            f"{path}: no split {split!r} in this {layout.format} dataset (found: {', '.join(available)}) "
+            f"in the {layout.name} layout"
         )
-    common = dict(transforms=transforms, skip_invalid=skip_invalid, **options)
-    if format == "voc":
-        return VOCDataset(path, image_set=split, classes=_voc_classes(path), **common)
-    if format == "coco":
-        image_dir, annotation = coco_paths(path, split)
-        return COCODataset(image_dir, annotation, **common)
-    return YOLODataset(path, split=split, **common)
+    return layout.open(path, split, transforms=transforms, skip_invalid=skip_invalid, **options)
+
+
+def open_coco(
+    images: str | os.PathLike,
+    annotations: str | os.PathLike,
+    transforms: Transforms | None = None,
+    skip_invalid: bool = False,
+    **options: Any,
+) -> COCODataset:
+    """A COCO dataset given by its files, in no particular layout (``--images DIR
+    --annotations FILE`` on the command line)::
+
+        open_coco("photos/", "labels/instances.json")
+
+    Args:
+        images: the folder the JSON's ``file_name`` entries are relative to.
+        annotations: the COCO instances JSON.
+        Other arguments: as `open_dataset`.
+
+    Raises:
+        ValueError: the folder or the file does not exist (named), or the JSON is invalid.
+    """
+    images, annotations = Path(images), Path(annotations)
+    if not images.is_dir():
+        raise ValueError(f"{images}: no such image folder (--images)")
+    if not annotations.is_file():
+        raise ValueError(f"{annotations}: no such annotation file (--annotations)")
+    return COCODataset(images, annotations, transforms=transforms, skip_invalid=skip_invalid, **options)

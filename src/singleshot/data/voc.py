@@ -136,7 +136,9 @@ class VOCDataset(DetectionDataset):
 
     Layout: ``root/Annotations/<id>.xml``, ``root/JPEGImages/<id>.jpg`` (another image
     suffix, or the XML's ``<filename>``, is accepted when the .jpg is absent),
-    ``root/ImageSets/Main/<image_set>.txt`` listing the ids.
+    ``root/ImageSets/Main/<image_set>.txt`` listing the ids. Without ImageSets (Label
+    Studio's export: ``Annotations/`` + ``images/``), ``image_set=None`` takes every
+    ``Annotations/*.xml`` in name order and ``image_dir="images"`` names the image folder.
 
     Boxes are continuous 0-based xyxy pixels: (xmin - 1, ymin - 1, xmax, ymax) of the XML's
     1-based inclusive indices (see the module docstring); boxes reaching outside the image
@@ -146,7 +148,8 @@ class VOCDataset(DetectionDataset):
 
     Args:
         root: the VOC20XX folder.
-        image_set: name of the list in ImageSets/Main ("train", "val", "trainval", "test").
+        image_set: name of the list in ImageSets/Main ("train", "val", "trainval", "test");
+            None = every annotation file in Annotations/, sorted by name.
         classes: object class names without background, in label order (label k =
             classes[k - 1]); None = the 20 VOC classes in the standard order.
         keep_difficult: keep objects marked difficult (they are needed for evaluation,
@@ -155,6 +158,7 @@ class VOCDataset(DetectionDataset):
         skip_invalid: leave out invalid items (listed in ``skipped``) instead of raising.
         verify_images: "quick", "full" or "none" (see `singleshot.data.validation.check_image`).
         progress: progress bar while parsing; None = only for 1000 images or more.
+        image_dir: the image folder under ``root`` (default JPEGImages).
 
     Raises:
         ValueError: naming the file and the reason, for a missing image set, and (unless
@@ -165,28 +169,36 @@ class VOCDataset(DetectionDataset):
     def __init__(
         self,
         root: str | os.PathLike,
-        image_set: str = "trainval",
+        image_set: str | None = "trainval",
         classes: Sequence[str] | None = None,
         keep_difficult: bool = True,
         transforms: Transforms | None = None,
         skip_invalid: bool = False,
         verify_images: str = "quick",
         progress: bool | None = None,
+        image_dir: str = "JPEGImages",
     ) -> None:
         self.root = Path(root)
         self.image_set = image_set
         self.keep_difficult = keep_difficult
+        self.image_dir = self.root / image_dir
         names = list(VOC_CLASSES if classes is None else classes)
         if len(set(names)) != len(names):
             raise ValueError(f"classes contain duplicates: {names}")
-        set_file = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
-        if not set_file.is_file():
-            raise ValueError(f"{set_file}: image set {image_set!r} not found")
-        ids = read_image_set(set_file)
+        if image_set is None:
+            set_file = self.root / "Annotations"
+            ids = sorted(p.stem for p in set_file.glob("*.xml"))
+        else:
+            set_file = self.root / "ImageSets" / "Main" / f"{image_set}.txt"
+            if not set_file.is_file():
+                raise ValueError(f"{set_file}: image set {image_set!r} not found")
+            ids = read_image_set(set_file)
         problems = Problems(skip_invalid)
         class_to_label = {name: k + 1 for k, name in enumerate(names)}
         records = []
-        for image_id in progress_bar(ids, len(ids), f"reading {self.root.name}/{image_set}", progress):
+        for image_id in progress_bar(
+            ids, len(ids), f"reading {self.root.name}/{image_set or 'all'}", progress
+        ):
             try:
                 records.append(self._load(image_id, class_to_label, problems, verify_images))
             except InvalidItem as error:
@@ -197,7 +209,7 @@ class VOCDataset(DetectionDataset):
     def _load(self, image_id: str, class_to_label: dict[str, int], problems: Problems, verify: str) -> Record:
         xml_path = self.root / "Annotations" / f"{image_id}.xml"
         parsed = parse_voc_xml(xml_path, class_to_label)
-        image_path = _find_image(self.root / "JPEGImages", image_id, parsed["filename"])
+        image_path = _find_image(self.image_dir, image_id, parsed["filename"])
         stored = check_image(image_path, verify)
         if stored is None:
             if parsed["size"] is None:

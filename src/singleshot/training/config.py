@@ -125,6 +125,10 @@ class TrainConfig:
             training splits are concatenated (VOC07+12: ``[VOC2007, VOC2012]``); None when
             datasets are passed to `train` directly.
         val_data: root of the evaluation split; None = the first of ``data``.
+        images / annotations: a COCO training set given by its files instead of ``data``
+            (an image folder and its instances JSON, in no particular layout).
+        val_images / val_annotations: the same for the evaluation set; with ``images``
+            and neither these nor ``val_data``, there is no evaluation.
         format: "voc", "coco", "yolo" or None (detected).
         train_split / val_split: split names; val_split None disables evaluation.
         use_difficult: train on objects flagged difficult (Caffe SSD did; ssd.pytorch drops them).
@@ -167,6 +171,10 @@ class TrainConfig:
     model: str = "ssd300_voc"
     data: str | list[str] | None = None
     val_data: str | None = None
+    images: str | None = None
+    annotations: str | None = None
+    val_images: str | None = None
+    val_annotations: str | None = None
     format: str | None = None
     train_split: str = "trainval"
     val_split: str | None = "test"
@@ -215,6 +223,13 @@ class TrainConfig:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        for folder, json_file in (("images", "annotations"), ("val_images", "val_annotations")):
+            if (getattr(self, folder) is None) != (getattr(self, json_file) is None):
+                raise ValueError(f"{folder} and {json_file} go together (a COCO image folder and its JSON)")
+        if self.images is not None and self.data is not None:
+            raise ValueError(
+                "give the training set as data (a dataset folder) or images + annotations, not both"
+            )
         self.optimizer.validate()
         self.schedule.validate()
 

@@ -112,13 +112,17 @@ class Trainer:
     def _datasets(self, train_dataset, val_dataset):
         config = self.config
         roots = [config.data] if isinstance(config.data, str) else list(config.data or [])
-        if train_dataset is None:
+        from ..data import open_coco, open_dataset
+
+        if train_dataset is None and config.images is not None:
+            train_dataset = open_coco(config.images, config.annotations)
+        elif train_dataset is None:
             if not roots:
                 raise ValueError("no training data: give config.data (a dataset folder) or a dataset")
             train_dataset = open_training_set(roots, config.format, config.train_split)
-        if val_dataset is None and config.val_split and (config.val_data or roots):
-            from ..data import open_dataset
-
+        if val_dataset is None and config.val_split and config.val_images is not None:
+            val_dataset = open_coco(config.val_images, config.val_annotations)
+        elif val_dataset is None and config.val_split and (config.val_data or roots):
             root = config.val_data or roots[0]
             val_dataset = open_dataset(root, format=config.format, split=config.val_split)
         if len(train_dataset) == 0:
