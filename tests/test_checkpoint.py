@@ -1,5 +1,6 @@
 """Checkpoints: self-describing round trips, and clear refusals of anything else."""
 
+import copy
 import importlib.util
 import json
 import struct
@@ -40,9 +41,13 @@ def test_round_trip_restores_model_and_description(compact, tmp_path):
         and loaded.prior_config.clip == "none"
     )
     assert torch.equal(loaded.priors, compact.priors)
+    # the loaded weights are channels-last, the layout forward gives the input: the same
+    # arithmetic as the saved model in that layout
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in loaded.parameters() if p.ndim == 4)
+    reference = copy.deepcopy(compact).to(memory_format=torch.channels_last)
     x = torch.randn(2, 3, 160, 160, generator=torch.Generator().manual_seed(1)) * 50
     with torch.no_grad():
-        for a, b in zip(loaded(x), compact(x)):
+        for a, b in zip(loaded(x), reference(x)):
             assert torch.equal(a, b)
     assert load_checkpoint(path)["training"] == {"iteration": 7}
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind

@@ -216,6 +216,14 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = 
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSD:
-    """A ready model (in eval mode, with ``class_names``) from a singleshot checkpoint."""
-    checkpoint = load_checkpoint(path, map_location=map_location)
-    return model_from_checkpoint(checkpoint, path).eval()
+    """A ready model (in eval mode, with ``class_names``) from a singleshot checkpoint.
+
+    ``map_location``: the device the model lands on ("cpu", "cuda", "cuda:1", ...). Its
+    weights take the memory layout its forward feeds them (channels-last unless
+    ``model.channels_last`` is off), so that no convolution converts them on every call.
+    """
+    checkpoint = load_checkpoint(path, map_location="cpu")
+    model = model_from_checkpoint(checkpoint, path).to(map_location)
+    if model.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model.eval()

@@ -32,7 +32,8 @@ class SSD(nn.Module):
 
     Attributes:
         priors: (P, 4) float32 cxcywh default boxes as fractions of the image (a buffer
-            that moves with the model but is not saved: it is derived from ``prior_config``).
+            that moves with the model but is not saved: it is derived from ``prior_config``;
+            it stays float32 when the model is cast to another dtype).
 
     forward: x float (B, 3, S, S), RGB 0-255 minus ``image_mean`` -> ``loc`` (B, P, 4)
     encoded offsets and ``conf`` (B, P, num_classes) logits, in train and eval mode alike.
@@ -78,6 +79,15 @@ class SSD(nn.Module):
         self.class_names = list(class_names) if class_names is not None else None
         self.channels_last = True
         self.register_buffer("priors", generate_priors(prior_config), persistent=False)
+
+    def _apply(self, fn, recurse=True):
+        # The priors stay float32 under .half()/.to(dtype): rounded to float16 they would
+        # move by up to 2.4e-4 of the image. Device moves apply as usual.
+        priors = self.priors
+        super()._apply(fn, recurse)
+        if self.priors.dtype != priors.dtype:
+            self.priors = priors.to(self.priors.device)
+        return self
 
     def sources(self, x: Tensor) -> list[Tensor]:
         """The feature maps the heads read: (B, C_k, H_k, W_k) for each level k."""

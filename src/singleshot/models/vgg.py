@@ -33,7 +33,9 @@ VGG16_LAYERS: tuple = (
 class L2Norm(nn.Module):
     """Per-position L2 normalisation over channels with a learnable per-channel scale.
 
-    (B, C, H, W) -> (B, C, H, W): ``weight[c] * x[:, c] / max(||x[:, :, h, w]||, eps)``.
+    (B, C, H, W) -> (B, C, H, W): ``weight[c] * x[:, c] / max(||x[:, :, h, w]||, eps)``,
+    computed in float32 whatever the input's dtype (in float16, eps = 1e-10 rounds to 0 and
+    an all-zero position would give 0 / 0), and returned in the input's dtype.
     """
 
     def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10) -> None:
@@ -46,7 +48,10 @@ class L2Norm(nn.Module):
         nn.init.constant_(self.weight, self.scale)
 
     def forward(self, x: Tensor) -> Tensor:
-        return F.normalize(x, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)
+        if x.dtype == torch.float32:
+            return F.normalize(x, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)
+        y = F.normalize(x.float(), dim=1, eps=self.eps) * self.weight.float().view(1, -1, 1, 1)
+        return y.to(x.dtype)
 
 
 def _vgg_sequence(layers) -> list[tuple[str, nn.Module]]:

@@ -91,10 +91,17 @@ def freeze_batch_norm(model: nn.Module) -> None:
 
 
 def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``mode`` ("none", "auto", "bf16", "fp16") on ``device``.
+
+    "auto": bf16 where the GPU computes it natively (Ampere and later), else fp16 (with the
+    GradScaler). Pre-Ampere GPUs (V100, T4) only emulate bf16, slowly, so they get fp16;
+    `torch.cuda.is_bf16_supported` counts emulation unless told not to.
+    """
     if device.type != "cuda" or mode == "none":
         return None
     if mode == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        native = torch.cuda.is_bf16_supported(including_emulation=False)
+        return torch.bfloat16 if native else torch.float16
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 

@@ -1,0 +1,61 @@
+"""What the CUDA paths depend on, tested where no GPU is: device placement, the AMP choice,
+float16 arithmetic of the model (float16 runs on the CPU too, slowly)."""
+
+import pytest
+import torch
+
+import singleshot
+from singleshot.checkpoint import save_checkpoint
+from singleshot.models.vgg import L2Norm
+from singleshot.training.setup import resolve_amp
+
+
+def test_load_puts_the_model_on_the_device_asked_for(tmp_path):
+    path = save_checkpoint(tmp_path / "m.pt", singleshot.build_model("ssd160_compact", num_classes=3))
+    model = singleshot.load(path, map_location="meta")  # a device as foreign to the CPU as CUDA is
+    assert {p.device.type for p in model.parameters()} == {"meta"}
+    assert {b.device.type for b in model.buffers()} == {"meta"}  # the priors and BatchNorm statistics
+    assert not model.training
+
+
+@pytest.mark.parametrize(
+    ("mode", "native_bf16", "expected"),
+    [
+        ("auto", True, torch.bfloat16),  # Ampere and later
+        ("auto", False, torch.float16),  # V100, T4: bf16 only emulated -> fp16 with the GradScaler
+        ("bf16", False, torch.bfloat16),  # asked for explicitly
+        ("fp16", True, torch.float16),
+        ("none", True, None),
+    ],
+)
+def test_amp_auto_takes_bf16_only_where_the_gpu_computes_it_natively(
+    monkeypatch, mode, native_bf16, expected
+):
+    def is_bf16_supported(including_emulation=True):
+        return native_bf16 or including_emulation  # every CUDA GPU can emulate bf16
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", is_bf16_supported)
+    assert resolve_amp(mode, torch.device("cuda")) == expected
+    assert resolve_amp(mode, torch.device("cpu")) is None
+
+
+def test_l2norm_in_float16_keeps_all_zero_positions_finite():
+    norm = L2Norm(8, scale=20.0)
+    x = torch.randn(2, 8, 5, 5, generator=torch.Generator().manual_seed(0)) * 30
+    x[0, :, 2, 3] = 0  # an all-zero conv4_3 position: 0 / max(0, eps); eps = 1e-10 is 0 in float16
+    y = norm(x.half())
+    assert y.dtype == torch.float16 and torch.isfinite(y).all()
+    assert torch.equal(y[0, :, 2, 3], torch.zeros(8, dtype=torch.float16))
+    # the float32 computation rounded once to float16
+    assert torch.equal(y, norm(x.half().float()).half())
+
+
+def test_priors_stay_float32_when_the_model_changes_dtype():
+    model = singleshot.build_model("ssd160_compact", num_classes=3)
+    priors = model.priors.clone()
+    for dtype in (torch.float16, torch.bfloat16, torch.float64):
+        converted = singleshot.build_model("ssd160_compact", num_classes=3).to(dtype)
+        assert converted.priors.dtype == torch.float32 and torch.equal(converted.priors, priors)
+        assert next(converted.parameters()).dtype == dtype
+    assert singleshot.build_model("ssd160_compact", num_classes=3).half().float().priors.equal(priors)
+    assert model.to("meta").priors.device.type == "meta"  # device moves still apply
