@@ -102,3 +102,20 @@ def test_class_map_files_in_yaml_and_json(tmp_path):
         read_class_map(tmp_path / "numbers.yaml")
     with pytest.raises(ValueError, match="missing.yaml: cannot read the class map"):
         read_class_map(tmp_path / "missing.yaml")
+
+
+def test_init_from_reorders_class_heads_by_name_and_resets_them_for_other_names():
+    import singleshot
+    from singleshot.training.setup import init_from_detector
+
+    torch.manual_seed(0)
+    source = singleshot.build_model("ssd160_compact", class_names=MODEL).eval()
+    x = torch.randn(1, 3, 160, 160)
+    reordered = singleshot.build_model("ssd160_compact", class_names=[BG, "bird", "cat", "dog"]).eval()
+    assert init_from_detector(reordered, source.state_dict(), names=MODEL) == []
+    with torch.no_grad():
+        (_, conf_a), (_, conf_b) = source(x), reordered(x)
+    torch.testing.assert_close(conf_b, conf_a[..., [0, 3, 1, 2]])  # bird, cat, dog by name
+    other = singleshot.build_model("ssd160_compact", class_names=[BG, "cat", "dog", "horse"])
+    kept = init_from_detector(other, source.state_dict(), names=MODEL)
+    assert kept and all(name.startswith("head.conf.") for name in kept)
