@@ -14,6 +14,7 @@ from singleshot.imageio import read_image
 from singleshot.visualize import class_color, draw_detections, save_image
 
 NAMES = ["__background__", "cat", "dog", "bird"]
+CATEGORY_IDS = [0, 17, 18, 40]  # as if trained on a custom COCO set with these category ids
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +27,7 @@ def checkpoint(tmp_path_factory):
             conv.bias.view(-1, 4)[:, 0] += 4.0
         for conv in model.head.loc:
             conv.weight.mul_(0.05)
+    model.category_ids = CATEGORY_IDS
     return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "model.pt", model)
 
 
@@ -63,7 +65,7 @@ def test_detect_folder_with_a_corrupt_image(checkpoint, tmp_path, capsys):
             x1, y1, x2, y2 = box.tolist()
             assert r["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1], abs=1e-3)
             assert r["score"] == pytest.approx(float(score), abs=1e-5) and r["score"] > threshold
-            assert r["category_id"] == int(label)
+            assert r["category_id"] == CATEGORY_IDS[int(label)]  # the training set's own id
         drawn = read_image(out / name)
         original = read_image(images / name)
         assert drawn.shape == original.shape
@@ -167,3 +169,64 @@ def test_detect_winograd_choices(checkpoint, tmp_path, capsys, monkeypatch):
     )
     assert code == 1
     assert "--winograd: Winograd convolutions need a C compiler" in capsys.readouterr().err
+
+
+def detect_category_ids(checkpoint, images, out, *extra):
+    code = main(["detect", "--checkpoint", str(checkpoint), str(images), "--out", str(out), "--threshold",
+                 "0.2", "--no-draw", "--no-progress", *extra])  # fmt: skip
+    assert code == 0
+    results = json.loads((out / "detections.json").read_text())
+    assert results
+    return results
+
+
+def test_detect_writes_the_category_ids_of_a_coco_file_by_name(checkpoint, tmp_path, capsys):
+    images = tmp_path / "images"
+    write_images(images, ["1.png", "2.png"], seed=3)
+    trained = detect_category_ids(checkpoint, images, tmp_path / "plain")
+    assert {r["category_id"] for r in trained} <= {17, 18, 40}
+    # Another COCO set naming the classes in another order, with its own ids: these win.
+    categories = [{"id": 8, "name": "dog"}, {"id": 7, "name": "cat"}, {"id": 5, "name": "bird"}]
+    annotations = tmp_path / "instances_val.json"
+    annotations.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    got = detect_category_ids(checkpoint, images, tmp_path / "custom", "--categories", str(annotations))
+    ids = {"cat": 7, "dog": 8, "bird": 5}
+    assert len(got) == len(trained)
+    assert [r["category_id"] for r in got] == [
+        ids[NAMES[CATEGORY_IDS.index(r["category_id"])]] for r in trained
+    ]
+    assert len({r["category_id"] for r in got}) > 1
+
+    categories[2]["name"] = "horse"
+    annotations.write_text(json.dumps({"images": [], "annotations": [], "categories": categories}))
+    code = main(["detect", "--checkpoint", str(checkpoint), str(images), "--out", str(tmp_path / "x"),
+                 "--categories", str(annotations)])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert (
+        "in the dataset but not the model: horse" in err and "in the model but not the dataset: bird" in err
+    )
+
+
+def test_detect_with_coco_classes_writes_coco_ids(tmp_path):
+    from singleshot.weights.names import coco_names_81, coco_names_91
+
+    # the 80 COCO classes in another order (names as a labelling tool may list them)
+    names = ["__background__", *reversed(coco_names_81()[1:])]
+    torch.manual_seed(0)
+    model = singleshot.build_model("ssd160_compact", class_names=names).eval()
+    with torch.no_grad():
+        for conv in model.head.conf:  # a few confident classes: labels 1, 5, 40, 80
+            conv.weight.mul_(0.1)
+            conv.bias.view(-1, 81)[:, [1, 5, 40, 80]] += 6.0
+    checkpoint = save_checkpoint(tmp_path / "coco.pt", model)
+    images = tmp_path / "images"
+    write_images(images, ["5.png"], seed=4)
+    got = detect_category_ids(checkpoint, images, tmp_path / "out")
+    expected = model.predict(images / "5.png", score_threshold=0.2)[0]["labels"].tolist()
+    coco = coco_names_91()  # index = COCO category id
+    assert sorted(coco[r["category_id"]] for r in got) == sorted(names[label] for label in expected)
+    # COCO's ids of toothbrush, vase, wine glass, person (labels 1, 5, 40, 80 here)
+    assert [names[label] for label in (1, 5, 40, 80)] == ["toothbrush", "vase", "wine glass", "person"]
+    found = {r["category_id"] for r in got}
+    assert found <= {90, 86, 46, 1} and len(found) >= 3

@@ -121,10 +121,106 @@ def test_eval_reports_bad_inputs(tmp_path, checkpoint, capsys):
     (data / "classes.txt").write_text("cat\ndog\nbird\n")
     code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "o")])
     assert code == 1
-    assert "predicts 2 classes but" in capsys.readouterr().err
+    assert "in the dataset but not the model: bird; in the model but not the dataset: none" in (
+        capsys.readouterr().err
+    )
     code = main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(data)])
     assert code == 1
     assert "missing.pt" in capsys.readouterr().err
     code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--batch-size", "0"])
     assert code == 1
     assert "--batch-size" in capsys.readouterr().err
+
+
+def model_made_coco(root, checkpoint, categories, rename=None):
+    """A COCO set whose ground truth is the checkpoint's own two best detections of each class
+    per image (AP well above 0, below 1: scores interleave across images); ``categories``
+    [{"id", "name"}] in file order, ``rename`` {model class: its name in the file}."""
+    model = singleshot.load(checkpoint)
+    rng = np.random.default_rng(2)
+    (root / "annotations").mkdir(parents=True)
+    (root / "images" / "val").mkdir(parents=True)
+    ids = {c["name"]: c["id"] for c in categories}
+    images, annotations = [], []
+    for k, (h, w) in enumerate([(64, 80), (70, 50), (60, 60), (90, 72)]):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            root / "images/val" / f"{k}.png"
+        )
+        images.append({"id": 500 + k, "file_name": f"{k}.png", "height": h, "width": w})
+        det = model.predict(root / "images/val" / f"{k}.png", score_threshold=0.01)[0]
+        for label, name in ((1, "cat"), (2, "dog")):
+            for x1, y1, x2, y2 in det["boxes"][det["labels"] == label][0:2].tolist():
+                category = ids[(rename or {}).get(name, name)]
+                annotations.append({"id": len(annotations) + 1, "image_id": 500 + k, "iscrowd": 0,
+                                    "category_id": category, "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                    "area": (x2 - x1) * (y2 - y1)})  # fmt: skip
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(data))
+    return root
+
+
+def eval_metrics(checkpoint, data, out, metric, *extra):
+    code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "val", "--metric",
+                 metric, "--out", str(out), "--workers", "0", "--no-progress", *extra])  # fmt: skip
+    assert code == 0
+    return json.loads((out / "metrics.json").read_text())
+
+
+@pytest.mark.parametrize("metric", ["voc07", "coco"])
+def test_categories_in_another_order_and_with_other_ids_give_the_same_ap(
+    tmp_path, checkpoint, capsys, metric
+):
+    same = model_made_coco(tmp_path / "a", checkpoint, [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}])
+    # As a labelling tool re-exports it: dog first, other ids; labels (by id order) now dog = 1, cat = 2.
+    other = model_made_coco(tmp_path / "b", checkpoint, [{"id": 3, "name": "dog"}, {"id": 7, "name": "cat"}])
+    expected = eval_metrics(checkpoint, same, tmp_path / "out_a", metric)
+    assert "note:" not in capsys.readouterr().err
+    got = eval_metrics(checkpoint, other, tmp_path / "out_b", metric)
+    err = capsys.readouterr().err
+    assert len([line for line in err.splitlines() if "classes matched by name" in line]) == 1
+    assert got["map"] == expected["map"] and got["ap"] == expected["ap"]
+    assert expected["map"] > 0.4 and expected["ap"]["cat"] != expected["ap"]["dog"]  # a swap would show
+    if metric == "coco":
+        assert {n: r["category_id"] for n, r in expected["per_class"].items()} == {"cat": 17, "dog": 18}
+        assert {n: r["category_id"] for n, r in got["per_class"].items()} == {"cat": 7, "dog": 3}
+        assert got["stats"] == expected["stats"]
+    else:  # independently: the model's detections against the ground truth written, by name
+        from singleshot.data import open_dataset
+        from singleshot.evaluation import evaluate_voc
+
+        model, dataset = singleshot.load(checkpoint), open_dataset(same, split="val")
+        detections = [model.predict(dataset.image_path(i))[0] for i in range(len(dataset))]
+        targets = [dataset.annotation(i) for i in range(len(dataset))]
+        result = evaluate_voc(detections, targets, use_07_metric=True, inclusive_boxes=False)
+        assert got["ap"] == pytest.approx({"cat": result["ap"][1], "dog": result["ap"][2]}, abs=1e-9)
+
+
+def test_other_class_names_are_an_error_unless_mapped(tmp_path, checkpoint, capsys):
+    same = model_made_coco(tmp_path / "a", checkpoint, [{"id": 1, "name": "cat"}, {"id": 2, "name": "dog"}])
+    renamed = model_made_coco(
+        tmp_path / "b",
+        checkpoint,
+        [{"id": 4, "name": "puppy"}, {"id": 9, "name": "kitty"}],
+        {"cat": "kitty", "dog": "puppy"},
+    )
+    out = tmp_path / "out"
+    code = main(
+        ["eval", "--checkpoint", str(checkpoint), "--data", str(renamed), "--split", "val", "--out", str(out)]
+    )
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "in the dataset but not the model: puppy, kitty" in err
+    assert "in the model but not the dataset: cat, dog" in err
+    assert not (out / "metrics.json").exists()
+
+    (tmp_path / "map.yaml").write_text("kitty: cat\npuppy: dog\n")
+    expected = eval_metrics(checkpoint, same, tmp_path / "out_a", "coco")
+    got = eval_metrics(checkpoint, renamed, out, "coco", "--class-map", str(tmp_path / "map.yaml"))
+    assert "classes matched by name through the class map" in capsys.readouterr().err
+    assert got["class_map"] == str(tmp_path / "map.yaml")
+    assert got["stats"] == expected["stats"] and expected["AP"] > 0.3
+    assert {n: r["AP"] for n, r in got["per_class"].items()} == {
+        "kitty": expected["per_class"]["cat"]["AP"],
+        "puppy": expected["per_class"]["dog"]["AP"],
+    }
+    assert {n: r["category_id"] for n, r in got["per_class"].items()} == {"kitty": 9, "puppy": 4}

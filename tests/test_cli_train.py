@@ -4,9 +4,10 @@ import argparse
 import json
 
 import pytest
+import torch
 
 import singleshot
-from singleshot.checkpoint import load_checkpoint
+from singleshot.checkpoint import load_checkpoint, save_checkpoint
 from singleshot.cli import build_parser, main
 from singleshot.cli.train import build_config
 from singleshot.data.synthetic import SYNTH_CLASSES, write_dataset
@@ -108,3 +109,70 @@ def test_help_explains_every_option(capsys):
         for action in subparsers.choices[name]._actions:
             if action.option_strings and action.help != argparse.SUPPRESS:
                 assert action.option_strings[-1] in text
+
+
+def model_made_val(coco, checkpoint, target, order):
+    """A COCO folder over ``coco``'s test images whose ground truth is the checkpoint's two best
+    detections of each class per image; categories listed in ``order`` with ids 11, 12, ...
+    (labels follow the ids, so the order of ``order`` is the labels' order)."""
+    model = singleshot.load(checkpoint)
+    source = json.loads((coco / "annotations" / "instances_test.json").read_text())
+    ids = {name: 11 + k for k, name in enumerate(order)}
+    annotations = []
+    for image in source["images"]:
+        det = model.predict(coco / "images" / "test" / image["file_name"])[0]
+        sides = det["boxes"][:, 2:] - det["boxes"][:, :2]
+        labels = det["labels"].masked_fill((sides < 2).any(1), 0)  # no slivers cut by the image border
+        for label, name in enumerate(model.class_names[1:], start=1):
+            for x1, y1, x2, y2 in det["boxes"][labels == label][:2].tolist():
+                annotations.append({"id": len(annotations) + 1, "image_id": image["id"], "iscrowd": 0,
+                                    "category_id": ids[name], "bbox": [x1, y1, x2 - x1, y2 - y1],
+                                    "area": (x2 - x1) * (y2 - y1)})  # fmt: skip
+    categories = [{"id": ids[name], "name": name} for name in order]
+    (target / "annotations").mkdir(parents=True)
+    (target / "images").mkdir()
+    (target / "images" / "test").symlink_to(coco / "images" / "test")
+    data = {"images": source["images"], "annotations": annotations, "categories": categories}
+    (target / "annotations" / "instances_test.json").write_text(json.dumps(data))
+    return target
+
+
+@pytest.fixture(scope="module")
+def coco(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("coco"), "coco", num_train=8, num_test=6, size=64, seed=1)
+
+
+def test_train_and_val_files_with_categories_in_another_order(coco, tmp_path, capsys):
+    torch.manual_seed(0)
+    names = ["__background__", *SYNTH_CLASSES]
+    start = singleshot.build_model("ssd160_compact", class_names=names)
+    with torch.no_grad():  # confident, with other scores per class
+        for conv in start.head.conf:
+            conv.bias.view(-1, len(names))[:, 1:] += torch.linspace(1.0, 3.0, len(names) - 1)
+    init = save_checkpoint(tmp_path / "init.pt", start)
+    # The val file lists the categories in reverse order (bar = label 1 ... circle = label 6).
+    val = model_made_val(coco, init, tmp_path / "val", list(reversed(SYNTH_CLASSES)))
+    same_order = model_made_val(coco, init, tmp_path / "val_same", list(SYNTH_CLASSES))
+    run = tmp_path / "run"
+    args = base_args(coco, run, "--iterations", "1", "--val-data", str(val), "--val-split", "test",
+                     "--init-from", str(init), "--lr", "1e-6", "--freeze-bn")  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert len([line for line in out.splitlines() if "classes matched by name" in line]) == 1
+    logged = log_records(run, "eval")[-1]
+    logged_ap = {list(reversed(SYNTH_CLASSES))[int(label) - 1]: ap for label, ap in logged["ap"].items()}
+
+    # The same checkpoint evaluated by `singleshot eval` on the val split in the training order.
+    assert main(["eval", "--checkpoint", str(run / "last.pt"), "--data", str(same_order), "--split", "test",
+                 "--out", str(tmp_path / "eval"), "--workers", "0", "--no-progress"]) == 0  # fmt: skip
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert logged["map"] == metrics["map"] and metrics["map"] > 0.3
+    assert logged_ap == metrics["ap"]
+    assert len(set(metrics["ap"].values())) > 2  # per-class APs differ: a label mix-up would show
+
+    # detect writes the training file's own category ids (1..6 in write_dataset's file)
+    images = coco / "images" / "test"
+    assert main(["detect", "--checkpoint", str(run / "last.pt"), str(images), "--out", str(tmp_path / "det"),
+                 "--threshold", "0.05", "--no-draw", "--no-progress"]) == 0  # fmt: skip
+    results = json.loads((tmp_path / "det" / "detections.json").read_text())
+    assert results and {r["category_id"] for r in results} <= set(range(1, 7))

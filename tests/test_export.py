@@ -262,3 +262,15 @@ def test_export_cli_torchscript_verify(tmp_path, capsys):
     assert boxes.shape == (1, 50, 4)
     assert main(["export", "--checkpoint", str(tmp_path / "nope.pt"), "--format", "onnx", str(out)]) == 1
     assert "nope.pt: no such checkpoint file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("format", ["torchscript", "onnx"])
+def test_export_metadata_carries_class_names_and_category_ids(tmp_path, format):
+    model = make_compact()
+    model.category_ids = [0] + [100 + 3 * k for k in range(20)]  # as trained on a COCO set with these ids
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model)
+    out = tmp_path / ("net.pt" if format == "torchscript" else "net.onnx")
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", format, str(out)]) == 0
+    runner = TorchScriptDetector(out) if format == "torchscript" else OnnxDetector(out)
+    assert runner.class_names == ["__background__"] + [f"c{i}" for i in range(20)]
+    assert runner.category_ids[1:] == list(range(100, 160, 3))

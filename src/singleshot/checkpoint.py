@@ -7,7 +7,8 @@ A checkpoint is a dict saved with `torch.save` and read back with
         "format": "singleshot",
         "version": 1,
         "model": {"preset": str, "num_classes": int, "class_names": list[str] | None,
-                  "prior_config": dict, "image_mean": [r, g, b]},
+                  "prior_config": dict, "image_mean": [r, g, b],
+                  "category_ids": list[int] | None},   # the training set's id per label (COCO)
         "state_dict": {name: Tensor},
         "training": {...},        # optional: optimizer, scheduler, iteration, RNG states...
     }
@@ -59,6 +60,7 @@ def model_metadata(model: SSD) -> dict[str, Any]:
         "class_names": list(model.class_names) if model.class_names is not None else None,
         "prior_config": model.prior_config.to_dict(),
         "image_mean": list(model.image_mean),
+        "category_ids": getattr(model, "category_ids", None),
     }
 
 
@@ -205,6 +207,9 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = 
     except (KeyError, TypeError, ValueError) as error:
         raise ValueError(f"{path}: cannot rebuild the model it describes: {error}") from None
     model.image_mean = tuple(float(m) for m in meta["image_mean"])
+    category_ids = meta.get("category_ids")
+    if category_ids is not None and len(category_ids) == model.num_classes:
+        model.category_ids = [int(i) for i in category_ids]
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:

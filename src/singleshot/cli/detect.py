@@ -23,8 +23,9 @@ def register(subparsers) -> None:
             "class names and scores drawn into --out, and write all detections into "
             "OUT/detections.json in the COCO results format ([x, y, w, h] pixels; image_id is the file "
             "name's number when every name is a number, as in COCO, else the file name; category_id "
-            "is COCO's id for COCO-class models, else the label). Images that cannot be read are "
-            "reported and skipped; the others are still processed."
+            "is, by class name: the --categories file's id, else the id in the COCO set the checkpoint "
+            "was trained on, else COCO's own id (1..90) for COCO's 80 classes, else the label). Images "
+            "that cannot be read are reported and skipped; the others are still processed."
         ),
     )
     add = parser.add_argument
@@ -43,6 +44,8 @@ def register(subparsers) -> None:
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
     add_winograd_option(parser)
+    add("--categories", metavar="ANNOTATIONS_JSON",
+        help="a COCO annotation file whose categories give each class's category_id, by name")  # fmt: skip
     add("--no-draw", action="store_true", help="only write detections.json, no pictures")
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -99,13 +102,45 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def label_to_category_map(class_names: Sequence[str] | None, num_classes: int) -> dict[int, int] | None:
-    """COCO category ids for models with COCO's 80 classes in order; None (label = id) otherwise."""
-    from ..weights.names import coco_names_81, coco_names_91
+def file_categories(path: str) -> dict[str, int]:
+    """{name: category id} of a COCO annotation file's "categories" list."""
+    from ..data.coco import load_coco_json
 
-    if class_names is not None and num_classes == 81 and list(class_names) == coco_names_81():
-        ids = {name: index for index, name in enumerate(coco_names_91()) if name != "N/A"}
-        return {label: ids[name] for label, name in enumerate(class_names) if label > 0}
+    data = load_coco_json(Path(path))
+    pairs = [(c.get("name"), c.get("id")) for c in data["categories"] if isinstance(c, dict)]
+    if not pairs or any(not isinstance(n, str) or not isinstance(i, int) for n, i in pairs):
+        raise ValueError(f"{path}: every category needs a string 'name' and an integer 'id'")
+    return dict(pairs)
+
+
+def label_to_category_map(model, categories: str | None = None) -> dict[int, int] | None:
+    """{model label: COCO category id} for the results file, found by class name.
+
+    In this order: the ids of ``categories`` (a COCO annotation file naming every class of
+    the model); the ids of the set the model was trained on (``model.category_ids``); COCO's
+    own ids (1..90) for a model of COCO's 80 classes (any order, or the 91-entry layout);
+    else None (label = category id).
+    """
+    from ..classes import match_classes
+    from ..data.common import BACKGROUND
+    from ..weights.names import coco_names_91
+
+    names = model.class_names
+    if categories is not None:
+        by_name = file_categories(categories)
+        if names is None:
+            raise ValueError(f"--categories {categories}: the checkpoint has no class names to look up")
+        order = [BACKGROUND, *by_name]
+        try:
+            match = match_classes(names, order)
+        except ValueError as error:
+            raise ValueError(f"--categories {categories}: {error}") from None
+        return {label: by_name[order[int(match.model_to_dataset[label])]] for label in range(1, len(names))}
+    if getattr(model, "category_ids", None) is not None:
+        return dict(enumerate(model.category_ids))
+    coco = {name: index for index, name in enumerate(coco_names_91()) if index > 0 and name != "N/A"}
+    if names is not None and {name for name in names[1:] if name != "N/A"} == set(coco):
+        return {label: coco.get(name, label) for label, name in enumerate(names) if label > 0}
     return None
 
 
@@ -141,6 +176,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--half needs --device cuda (CPUs have no fast float16 convolutions)")
     paths = collect_images(args.inputs)
     model = load(args.checkpoint, map_location=args.device)
+    label_map = label_to_category_map(model, args.categories)  # errors before any work
     if args.half:
         model = model.half()
     else:
@@ -178,7 +214,6 @@ def run(args: argparse.Namespace) -> int:
             progress.update(len(batch))
     progress.close()
 
-    label_map = label_to_category_map(model.class_names, model.num_classes)
     json_path = write_coco_results(
         detections, [ids[p] for p in done_paths], label_map, out / "detections.json"
     )

@@ -13,6 +13,12 @@ from typing import Any
 from .data import add_coco_files_options, coco_files
 from .fastconv import add_winograd_option
 
+CLASS_MAP_HELP = (
+    "a YAML or JSON file mapping dataset class names to the model's, one 'dataset name: model name' "
+    'per line in YAML (e.g. \'automobile: car\'; JSON: {"automobile": "car"}); dataset classes not '
+    "listed keep their own name, model classes no dataset class maps to are ignored"
+)
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -23,7 +29,10 @@ def register(subparsers) -> None:
             "voc07 = PASCAL VOC2007 11-point mAP, voc12 = VOC2010+ area mAP (both exactly the official "
             "devkit's rules: IoU >= 0.5, difficult objects ignored), coco = COCO AP@[.50:.95] and the "
             "other 11 COCO numbers (pycocotools). Prints a per-class table and writes OUT/metrics.json "
-            "and OUT/pr_curves.png (precision-recall curves of all classes)."
+            "and OUT/pr_curves.png (precision-recall curves of all classes). Classes are matched by "
+            "name: the dataset may list the checkpoint's classes in another order (a note says so); "
+            "other class names are an error unless --class-map relates them. COCO numbers use the "
+            "annotation file's own category ids."
         ),
     )
     add = parser.add_argument
@@ -37,6 +46,11 @@ def register(subparsers) -> None:
     add("--metric", choices=("voc07", "voc12", "coco"), default="voc07",
         help="voc07 (11-point, the SSD paper's VOC numbers; default), voc12 (area under the curve), "
              "coco (AP@[.50:.95], AP50, AP75, by size)")  # fmt: skip
+    add(
+        "--class-map",
+        metavar="FILE",
+        help=f"dataset classes named differently from the checkpoint's: {CLASS_MAP_HELP}",
+    )
     add("--out", default="eval", help="folder for metrics.json and pr_curves.png (default: eval)")
     add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add(
@@ -96,6 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..checkpoint import load
     from ..evaluation import evaluate_model, format_table, plot_pr_curves
+    from ..evaluation.run import model_classes
     from .fastconv import apply_winograd
 
     if args.batch_size < 1:
@@ -115,17 +130,12 @@ def run(args: argparse.Namespace) -> int:
     if len(dataset) == 0:
         raise ValueError(f"{source}: {f'split {split!r} ' if split else ''}has no images")
     data_names = list(dataset.classes)
-    if len(data_names) != model.num_classes:
-        raise ValueError(
-            f"{args.checkpoint} predicts {model.num_classes - 1} classes but {source} has "
-            f"{len(data_names) - 1}: {', '.join(data_names[1:])}"
-        )
-    if model.class_names is not None and list(model.class_names) != data_names:
-        print(
-            f"warning: the checkpoint's class names differ from the dataset's; labels are compared by "
-            f"index (checkpoint: {', '.join(model.class_names[1:])}; dataset: {', '.join(data_names[1:])})",
-            file=sys.stderr,
-        )
+    try:
+        classes = model_classes(model, dataset, args.class_map)
+    except ValueError as error:
+        raise ValueError(f"{args.checkpoint} on {source}: {error}") from None
+    if classes.note:
+        print(f"note: {classes.note}", file=sys.stderr)
 
     result = evaluate_model(
         model,
@@ -136,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         num_workers=args.workers,
         score_threshold=args.score_threshold,
+        classes=classes,
     )
     print(format_table(result, data_names))
 
@@ -147,6 +158,7 @@ def run(args: argparse.Namespace) -> int:
         checkpoint=str(args.checkpoint),
         data=str(source),
         split=split,
+        class_map=args.class_map,
         score_threshold=args.score_threshold,
     )
     (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")

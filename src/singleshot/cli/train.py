@@ -6,7 +6,12 @@ import argparse
 import sys
 from pathlib import Path
 
+from .eval import CLASS_MAP_HELP
+
 EPILOG = """\
+classes are identified by name: training roots and --val-data may list the same classes
+in another order (a note says so); other names are an error unless --class-map relates them.
+
 precedence: recipe (--config) < flags < --set overrides. On --resume the run's saved
 configuration is used, and only the flags/overrides given on this command change it
 (e.g. --iterations to extend a run).
@@ -51,6 +56,7 @@ FLAG_KEYS = {
     "on_nonfinite": "on_nonfinite",
     "backbone_weights": "backbone_weights",
     "init_from": "init_from",
+    "class_map": "class_map",
 }
 
 
@@ -122,7 +128,16 @@ def register(subparsers) -> None:
         metavar="FILE",
         help="VGG16 ImageNet weights (vgg16_reducedfc.pth or torchvision)",
     )
-    add("--init-from", metavar="CHECKPOINT", help="fine-tune a trained detector (class heads re-initialised)")
+    add(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="fine-tune a trained detector (class heads re-initialised for other class names)",
+    )
+    add(
+        "--class-map",
+        metavar="FILE",
+        help=f"relate training roots and --val-data whose class names differ: {CLASS_MAP_HELP}",
+    )
     add(
         "--resume", nargs="?", const="", metavar="CHECKPOINT", help="continue a run (default RUN_DIR/last.pt)"
     )

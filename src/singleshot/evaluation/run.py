@@ -5,17 +5,20 @@ Used by ``singleshot eval`` and by the trainer's periodic evaluation.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import sys
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader
 
+from ..classes import ClassMatch, load_class_map, match_classes
 from ..inference import predict
 from .coco import evaluate_coco, evaluate_coco_file
 from .voc import evaluate_voc
 
-__all__ = ["METRICS", "evaluate_model", "evaluate_detections"]
+__all__ = ["METRICS", "evaluate_model", "evaluate_detections", "model_classes"]
 
 METRICS = ("voc07", "voc12", "coco")
 
@@ -29,19 +32,25 @@ def evaluate_detections(
     targets: Sequence[dict[str, Any]],
     metric: str = "voc07",
     dataset: Any = None,
+    classes: ClassMatch | None = None,
 ) -> dict[str, Any]:
     """Score detections against targets with ``metric`` ("voc07", "voc12" or "coco").
 
     Args:
-        detections: per image {"boxes" (N, 4) xyxy pixels, "scores", "labels"}.
+        detections: per image {"boxes" (N, 4) xyxy pixels, "scores", "labels"}; labels are
+            the dataset's, or the model's when ``classes`` relates the two.
         targets: per image {"boxes" (M, 4) xyxy pixels, "labels", "difficult", and for
             COCO "image_id", "size" (H, W), optionally "area"}.
         dataset: for COCO: a dataset with ``annotation_file`` and ``label_to_category_id``
             is scored against that file (its crowd regions and segment areas, as in the
-            COCO benchmark); otherwise against ``targets`` held in memory.
+            COCO benchmark, with the file's own category ids); otherwise against ``targets``.
+        classes: `singleshot.classes.match_classes` of the model and the dataset: detection
+            labels are turned into dataset labels (by name) before scoring.
     """
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
+    if classes is not None:
+        detections = classes.detections_to_dataset(detections)
     if metric != "coco":
         return evaluate_voc(
             detections, targets, iou_threshold=0.5, use_07_metric=metric == "voc07", inclusive_boxes=False
@@ -59,6 +68,18 @@ def evaluate_detections(
     )
 
 
+def model_classes(
+    model: Any, dataset: Any, class_map: Mapping[str, str] | str | os.PathLike | None = None
+) -> ClassMatch:
+    """`match_classes` of ``model.class_names`` (None if absent) and ``dataset.classes``."""
+    return match_classes(
+        getattr(model, "class_names", None),
+        dataset.classes,
+        load_class_map(class_map),
+        model_count=getattr(model, "num_classes", None),
+    )
+
+
 def evaluate_model(
     model: torch.nn.Module,
     dataset: Any,
@@ -72,6 +93,8 @@ def evaluate_model(
     nms_threshold: float = 0.45,
     pre_nms_top_k: int = 200,
     max_detections: int | None = 200,
+    class_map: Mapping[str, str] | str | os.PathLike | None = None,
+    classes: ClassMatch | None = None,
 ) -> dict[str, Any]:
     """Run ``model`` over every image of ``dataset`` and score the detections.
 
@@ -87,6 +110,13 @@ def evaluate_model(
         num_workers: DataLoader worker processes that read and decode images.
         score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in `SSD.predict`
             (evaluation keeps low scores: the defaults are the paper's 0.01 and 200).
+        class_map: {dataset class name: model class name} or a YAML/JSON file of it, for
+            classes named differently (see `singleshot.classes.match_classes`).
+        classes: the model-dataset relation already computed (then ``class_map`` is unused
+            and no note is printed).
+
+    Classes are related by name (``model.class_names`` and ``dataset.classes``): the same
+    names in another order are mapped, with one note on stderr; other names raise ValueError.
 
     Returns:
         The metric's result (see `evaluate_voc`, `evaluate_coco`), plus ``num_images``.
@@ -96,6 +126,10 @@ def evaluate_model(
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if classes is None and getattr(dataset, "classes", None) is not None:
+        classes = model_classes(model, dataset, class_map)
+        if classes.note:
+            print(f"note: {classes.note}", file=sys.stderr)
     from tqdm import tqdm
 
     model = model.to(device)
@@ -122,6 +156,6 @@ def evaluate_model(
                 target.setdefault("size", tuple(image.shape[-2:]))
                 targets.append(target)
             bar.update(len(batch))
-    result = evaluate_detections(detections, targets, metric, dataset)
+    result = evaluate_detections(detections, targets, metric, dataset, classes)
     result["num_images"] = len(targets)
     return result

@@ -45,6 +45,11 @@ class _ExportedDetector:
         return self.metadata.get("class_names")
 
     @property
+    def category_ids(self) -> list[int] | None:
+        """The training set's id of each label (COCO category ids), when the model had them."""
+        return self.metadata.get("category_ids")
+
+    @property
     def with_postprocess(self) -> bool:
         return self.metadata.get("postprocess") is not None
 

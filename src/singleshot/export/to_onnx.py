@@ -27,12 +27,17 @@ POSTPROCESS_DEFAULTS: dict[str, Any] = {
 
 
 def export_metadata(model, with_postprocess: bool, postprocess: dict[str, Any] | None) -> dict[str, Any]:
-    """What a runtime needs besides the graph: input size and mean, classes, outputs."""
+    """What a runtime needs besides the graph: input size and mean, classes, outputs.
+
+    ``class_names`` (index 0 = "__background__") name the output labels; ``category_ids``
+    are the training set's id of each label (COCO category ids) when it had them, else None.
+    """
     return {
         "format": "singleshot",
         "preset": model.preset,
         "num_classes": model.num_classes,
         "class_names": model.class_names,
+        "category_ids": getattr(model, "category_ids", None),
         "image_size": model.image_size,
         "image_mean": list(model.image_mean),
         "prior_config": model.prior_config.to_dict(),

@@ -77,6 +77,8 @@ class SSD(nn.Module):
         self.image_mean = tuple(float(m) for m in image_mean)
         self.preset = preset
         self.class_names = list(class_names) if class_names is not None else None
+        # The training set's own id of each label (COCO category ids), when it had them.
+        self.category_ids: list[int] | None = None
         self.channels_last = True
         self.register_buffer("priors", generate_priors(prior_config), persistent=False)
 

@@ -162,8 +162,12 @@ class TrainConfig:
         eval_batch_size: images per evaluation batch.
         backbone_weights: ImageNet VGG16 backbone (ssd.pytorch ``vgg16_reducedfc.pth`` or a
             torchvision VGG16 state dict) loaded before training.
-        init_from: a singleshot checkpoint to fine-tune from; heads are re-initialised when
-            the class count differs, everything else is kept.
+        init_from: a singleshot checkpoint to fine-tune from; class heads are re-initialised
+            for another set of class names (reordered for the same names in another order),
+            everything else is kept.
+        class_map: a YAML or JSON file {dataset class name: model class name} relating
+            training roots and the validation set whose class names differ (see
+            `singleshot.classes`); without one, class names must agree (in any order).
         prior_clip: see `singleshot.build_model`.
         augment: keyword arguments for `singleshot.data.SSDAugmentation` besides size/mean.
     """
@@ -200,6 +204,7 @@ class TrainConfig:
     eval_batch_size: int = 8
     backbone_weights: str | None = None
     init_from: str | None = None
+    class_map: str | None = None
     prior_clip: str | None = None
     augment: dict[str, Any] = field(default_factory=dict)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)

@@ -9,10 +9,19 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from ..classes import ClassMatch, match_classes
 from ..data.collate import collate
 from .sampler import EndlessSampler, sample_generator
 
-__all__ = ["TrainSamples", "make_train_loader", "open_training_set", "default_workers"]
+__all__ = [
+    "TrainSamples",
+    "make_train_loader",
+    "open_training_set",
+    "open_run_datasets",
+    "relabel",
+    "Relabeled",
+    "default_workers",
+]
 
 # transform(image uint8 (3,H,W), target, generator=...) -> (x float (3,S,S), target with boxes in [0,1])
 Transform = Callable[..., tuple[Tensor, dict[str, Any]]]
@@ -105,12 +114,105 @@ def make_train_loader(
     )
 
 
-def open_training_set(roots: list[str], format: str | None, split: str) -> Any:
-    """``split`` of each root, concatenated when there are several."""
-    from ..data import DetectionConcat, open_dataset
+class Relabeled(Dataset):
+    """A detection dataset whose labels follow other class names (same classes, related by name).
 
+    ``ds[i]`` and ``ds.annotation(i)`` are the wrapped dataset's with ``labels`` mapped
+    through ``match.dataset_to_model`` (an index tensor); ``classes`` are the new names.
+    """
+
+    def __init__(self, dataset: Any, match: ClassMatch, classes: list[str]) -> None:
+        self.dataset, self.match, self.classes = dataset, match, list(classes)
+        self.skipped = getattr(dataset, "skipped", [])
+        self.warnings = getattr(dataset, "warnings", {})
+        ids = getattr(dataset, "label_to_category_id", None)
+        if ids is not None:  # {new label: the file's category id}
+            self.label_to_category_id = {int(match.dataset_to_model[k]): v for k, v in ids.items()}
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def _relabel(self, target: dict[str, Any]) -> dict[str, Any]:
+        return {**target, "labels": self.match.labels_to_model(target["labels"])}
+
+    def __getitem__(self, index: int) -> tuple[Any, dict[str, Any]]:
+        image, target = self.dataset[index]
+        return image, self._relabel(target)
+
+    def annotation(self, index: int) -> dict[str, Any]:
+        return self._relabel(self.dataset.annotation(index))
+
+    def image_path(self, index: int):
+        return self.dataset.image_path(index)
+
+
+def relabel(
+    dataset: Any, classes: list[str], class_map: dict[str, str] | None = None
+) -> tuple[Any, str | None]:
+    """(``dataset`` with labels following ``classes``, by name; the note saying so or None).
+
+    ``class_map`` {dataset name: name in ``classes``} entries for classes this dataset lacks
+    are left out (one map serves several datasets). Raises ValueError as `match_classes`.
+    """
+    own = [name for name in dataset.classes[1:]]
+    usable = {k: v for k, v in (class_map or {}).items() if k in own}
+    match = match_classes(classes, dataset.classes, usable)
+    if list(dataset.classes) == list(classes):
+        return dataset, None
+    return Relabeled(dataset, match, classes), match.note
+
+
+def open_training_set(
+    roots: list[str], format: str | None, split: str, class_map: dict[str, str] | None = None
+) -> tuple[Any, list[str]]:
+    """(``split`` of each root, concatenated when there are several; notes on relabelled roots).
+
+    The run's class names are the first root's (renamed by ``class_map``, {dataset name:
+    model name}); every root's labels follow them by name (`relabel`).
+    """
+    from ..data import DetectionConcat, open_dataset
+    from ..data.common import BACKGROUND
+
+    class_map = class_map or {}
     datasets = [open_dataset(root, format=format, split=split) for root in roots]
-    return datasets[0] if len(datasets) == 1 else DetectionConcat(datasets)
+    known = {name for dataset in datasets for name in dataset.classes}
+    unknown = sorted(set(class_map) - known)
+    if unknown:
+        raise ValueError(f"the class map names classes no training set has: {', '.join(unknown)}")
+    names = [BACKGROUND] + [class_map.get(name, name) for name in datasets[0].classes[1:]]
+    parts, notes = [], []
+    for root, dataset in zip(roots, datasets):
+        try:
+            part, note = relabel(dataset, names, class_map)
+        except ValueError as error:
+            raise ValueError(f"{root}: {error}") from None
+        parts.append(part)
+        notes += [f"{root}: {note}"] if note else []
+    return (parts[0] if len(parts) == 1 else DetectionConcat(parts)), notes
+
+
+def open_run_datasets(
+    config: Any, train_dataset: Any, val_dataset: Any, class_map: dict[str, str] | None
+) -> tuple[Any, Any, list[str]]:
+    """(training set, validation set or None, notes) of a `TrainConfig`; given datasets are kept."""
+    from ..data import open_coco, open_dataset
+
+    roots = [config.data] if isinstance(config.data, str) else list(config.data or [])
+    notes: list[str] = []
+    if train_dataset is None and config.images is not None:
+        train_dataset = open_coco(config.images, config.annotations)
+    elif train_dataset is None:
+        if not roots:
+            raise ValueError("no training data: give config.data (a dataset folder) or a dataset")
+        train_dataset, notes = open_training_set(roots, config.format, config.train_split, class_map)
+    if val_dataset is None and config.val_split and config.val_images is not None:
+        val_dataset = open_coco(config.val_images, config.val_annotations)
+    elif val_dataset is None and config.val_split and (config.val_data or roots):
+        root = config.val_data or roots[0]
+        val_dataset = open_dataset(root, format=config.format, split=config.val_split)
+    if len(train_dataset) == 0:
+        raise ValueError(f"{config.data or 'training set'}: the training split has no images")
+    return train_dataset, val_dataset, notes
 
 
 def default_workers(device_type: str) -> int:

@@ -9,11 +9,12 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint
+from ..classes import ClassMatch, match_classes
 from ..models.ssd import SSD
 from ..presets import build_model
 from ..priors import PriorConfig
 from .config import TrainConfig
-from .data import Transform
+from .data import Transform, relabel
 
 __all__ = [
     "build_training_model",
@@ -22,6 +23,8 @@ __all__ = [
     "resolve_amp",
     "default_transform",
     "default_evaluator",
+    "relate_classes",
+    "dataset_category_ids",
     "Evaluator",
 ]
 
@@ -54,33 +57,90 @@ def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
 
         load_vgg16_backbone(model, config.backbone_weights)
     if source is not None:
-        init_from_detector(model, source["state_dict"], str(config.init_from))
+        init_from_detector(
+            model, source["state_dict"], str(config.init_from), source["model"].get("class_names")
+        )
     return model
 
 
-def init_from_detector(model: SSD, state_dict: dict[str, torch.Tensor], where: str = "checkpoint") -> list:
+def init_from_detector(
+    model: SSD, state_dict: dict[str, torch.Tensor], where: str = "checkpoint", names: list | None = None
+) -> list:
     """Copy a trained detector's weights into ``model`` for fine-tuning on another class set.
 
     Every tensor whose name and shape match is copied: backbone, extras and the box
-    regression heads (class-agnostic in SSD). The classification heads are kept as
-    initialised when the class count differs. Returns the names left at their
-    initial values. Raises ValueError (naming ``where``) if a non-head tensor is missing
-    or has another shape: that is a different architecture.
+    regression heads (class-agnostic in SSD). The classification heads follow the class
+    names (``names``: the detector's, index 0 = background): the same names in another
+    order are reordered to ``model.class_names``; other names (or another count) leave
+    them as initialised. Returns the names left at their initial values. Raises
+    ValueError (naming ``where``) if a non-head tensor is missing or has another shape:
+    that is a different architecture.
     """
     own = model.state_dict()
     kept: list[str] = []
     copied = {}
+    order = _head_order(names, model.class_names)
     for name, tensor in own.items():
         other = state_dict.get(name)
-        if other is not None and other.shape == tensor.shape:
+        is_conf = name.startswith("head.conf.")
+        if is_conf and order is False:
+            kept.append(name)
+        elif other is not None and other.shape == tensor.shape:
+            if is_conf and order is not None:  # channels are (anchor, class): reorder the classes
+                other = other.reshape(-1, len(order), *other.shape[1:])[:, order].reshape(other.shape)
             copied[name] = other
-        elif name.startswith("head.conf."):
+        elif is_conf:
             kept.append(name)
         else:
             found = "missing" if other is None else f"shape {tuple(other.shape)}"
             raise ValueError(f"{where}: {name} ({tuple(tensor.shape)}) does not fit: {found}")
     model.load_state_dict(copied, strict=False)
     return kept
+
+
+def _head_order(source: list | None, target: list | None) -> torch.Tensor | None | bool:
+    """Source label of each target label when both name the same classes in another order;
+    None to copy the heads as they are (same names, or unnamed); False for other classes."""
+    if source is None or target is None or list(source) == list(target):
+        return None
+    if sorted(source) != sorted(target):
+        return False
+    return match_classes(source, target).dataset_to_model
+
+
+def relate_classes(
+    model: SSD, train_dataset: Any, val_dataset: Any, class_map: dict[str, str] | None
+) -> tuple[Any, ClassMatch | None, list[str]]:
+    """Class names of a run: (the training set in the model's labels, the validation set's
+    `ClassMatch` to the model or None, notes to print). Raises ValueError naming the set."""
+    notes = []
+    names, count = model.class_names, model.num_classes
+    try:
+        if names is None:
+            match = match_classes(None, train_dataset.classes, model_count=count)
+            notes.append(f"training set: {match.note}")
+        else:
+            train_dataset, note = relabel(train_dataset, names, class_map)
+            notes += [f"training set: {note}"] if note else []
+    except ValueError as error:
+        raise ValueError(f"the training set: {error}") from None
+    val_match = None
+    if val_dataset is not None:
+        usable = {k: v for k, v in (class_map or {}).items() if k in val_dataset.classes}
+        try:
+            val_match = match_classes(names, val_dataset.classes, usable, model_count=count)
+        except ValueError as error:
+            raise ValueError(f"the validation set: {error}") from None
+        notes += [f"validation set: {val_match.note}"] if val_match.note else []
+    return train_dataset, val_match, notes
+
+
+def dataset_category_ids(dataset: Any, num_classes: int) -> list[int] | None:
+    """[0, category id of label 1, ...] of a COCO-style dataset covering every label, else None."""
+    ids = getattr(dataset, "label_to_category_id", None)
+    if ids is None or set(ids) != set(range(1, num_classes)):
+        return None
+    return [0] + [int(ids[label]) for label in range(1, num_classes)]
 
 
 def freeze_batch_norm(model: nn.Module) -> None:
@@ -111,9 +171,16 @@ def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
     return SSDAugmentation(model.image_size, model.image_mean, **options)
 
 
-def default_evaluator(model, dataset, metric, batch_size, device, progress) -> dict[str, Any]:
+def default_evaluator(model, dataset, metric, batch_size, device, progress, classes=None) -> dict[str, Any]:
+    """`evaluate_model`; ``classes``: the model-dataset `ClassMatch` (default: matched by name)."""
     from ..evaluation.run import evaluate_model
 
     return evaluate_model(
-        model, dataset, metric=metric, batch_size=batch_size, device=device, progress=progress
+        model,
+        dataset,
+        metric=metric,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+        classes=classes,
     )

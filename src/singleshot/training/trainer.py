@@ -13,6 +13,7 @@ checkpoints (``last.pt``, ``best.pt`` by mAP) and evaluates.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -24,12 +25,13 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from ..classes import load_class_map
 from ..loss import MultiBoxLoss
 from ..models.ssd import SSD
 from ..runtime import tune_malloc
 from . import distributed
 from .config import TrainConfig
-from .data import Transform, default_workers, make_train_loader, open_training_set
+from .data import Transform, default_workers, make_train_loader, open_run_datasets
 from .logging import RunLogger
 from .optim import build_optimizer
 from .results import NonFiniteLossError, StepWindow, TrainResult
@@ -37,9 +39,11 @@ from .schedule import LRSchedule
 from .setup import (
     Evaluator,
     build_training_model,
+    dataset_category_ids,
     default_evaluator,
     default_transform,
     freeze_batch_norm,
+    relate_classes,
     resolve_amp,
 )
 from .state import capture_rng_state, restore_rng_state
@@ -70,8 +74,10 @@ class Trainer:
                 f"batch_size {config.batch_size} is not divisible by the {self.dist.world_size} processes"
             )
         self.local_batch = config.batch_size // self.dist.world_size
-        self.train_dataset, self.val_dataset = self._datasets(train_dataset, val_dataset)
-        self.evaluator = evaluator or default_evaluator
+        class_map = load_class_map(config.class_map)
+        self.train_dataset, self.val_dataset, root_notes = open_run_datasets(
+            config, train_dataset, val_dataset, class_map
+        )
         self.progress = progress
 
         checkpoint = load_checkpoint(resume) if resume else None
@@ -81,11 +87,12 @@ class Trainer:
             model = model_from_checkpoint(checkpoint, resume)
         else:
             model = build_training_model(config, self.train_dataset.classes)
-        if model.num_classes != len(self.train_dataset.classes):
-            raise ValueError(
-                f"the model has {model.num_classes} classes, the training set "
-                f"{len(self.train_dataset.classes)} ({', '.join(self.train_dataset.classes)})"
-            )
+            model.category_ids = dataset_category_ids(self.train_dataset, model.num_classes)
+        self.train_dataset, val_classes, notes = relate_classes(
+            model, self.train_dataset, self.val_dataset, class_map
+        )
+        self.class_notes = root_notes + notes
+        self.evaluator = evaluator or functools.partial(default_evaluator, classes=val_classes)
         self.model = self._place(model)
         self.transform = transform or default_transform(self.model, config.augment)
         self.criterion = MultiBoxLoss(model.num_classes, sync_positives=self.dist.distributed)
@@ -109,26 +116,6 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
     # -- set-up ---------------------------------------------------------------------------
-    def _datasets(self, train_dataset, val_dataset):
-        config = self.config
-        roots = [config.data] if isinstance(config.data, str) else list(config.data or [])
-        from ..data import open_coco, open_dataset
-
-        if train_dataset is None and config.images is not None:
-            train_dataset = open_coco(config.images, config.annotations)
-        elif train_dataset is None:
-            if not roots:
-                raise ValueError("no training data: give config.data (a dataset folder) or a dataset")
-            train_dataset = open_training_set(roots, config.format, config.train_split)
-        if val_dataset is None and config.val_split and config.val_images is not None:
-            val_dataset = open_coco(config.val_images, config.val_annotations)
-        elif val_dataset is None and config.val_split and (config.val_data or roots):
-            root = config.val_data or roots[0]
-            val_dataset = open_dataset(root, format=config.format, split=config.val_split)
-        if len(train_dataset) == 0:
-            raise ValueError(f"{config.data or 'training set'}: the training split has no images")
-        return train_dataset, val_dataset
-
     def _place(self, model: SSD) -> SSD:
         model = model.to(self.device)
         # SSD.forward converts its input to channels-last when model.channels_last is set;
@@ -224,6 +211,8 @@ class Trainer:
             cache_images=config.cache_images,
         )
         batches = iter(loader)
+        for note in self.class_notes:
+            logger.message(f"note: {note}")
         if self.rng_state is not None:  # after the loader drew its worker seed, as a fresh run did
             restore_rng_state(self.rng_state)
         budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
