@@ -32,24 +32,46 @@ _PIXEL_DECIMALS = 4
 
 
 def read_yolo_classes(path: Path) -> list[str]:
-    """Class names from a text file (one per line) or a YAML file with ``names`` (list or dict)."""
+    """Class names from a text file (one per line) or a YAML file with ``names``.
+
+    ``names`` is a list, or a dict whose keys are the class indices 0..K-1; each name is
+    a non-empty string or number, and no name appears twice.
+
+    Raises:
+        ValueError: unreadable file, no names, or names breaking these rules; names the file.
+    """
     if path.suffix.lower() not in (".yaml", ".yml"):
         return read_class_names(path)
     import yaml
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read the class names ({error})") from None
+    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"{path}: cannot read the class names ({type(error).__name__}: {error})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
-        try:
-            names = [names[k] for k in sorted(names, key=int)]
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: 'names' keys must be class indices 0..K-1") from None
+        names = _indexed_names(names, path)
     if not isinstance(names, list) or not names:
         raise ValueError(f"{path}: no 'names' list of classes")
-    return [str(name) for name in names]
+    for k, name in enumerate(names):
+        if not isinstance(name, (str, int, float)) or not str(name).strip() or name != name:
+            raise ValueError(f"{path}: class {k} has no name (got {name!r})")
+    names = [str(name).strip() for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: class names listed more than once: {repeated}")
+    return names
+
+
+def _indexed_names(names: dict, path: Path) -> list:
+    """A ``{index: name}`` mapping as a list; the indices must be exactly 0..K-1."""
+    try:
+        by_index = {int(k): v for k, v in names.items() if not isinstance(k, (bool, float))}
+    except ValueError:
+        by_index = {}
+    if len(by_index) != len(names) or sorted(by_index) != list(range(len(names))):
+        raise ValueError(f"{path}: 'names' keys must be the class indices 0..K-1, got {list(names)}")
+    return [by_index[k] for k in range(len(names))]
 
 
 def _default_classes_file(root: Path) -> Path:
