@@ -75,12 +75,26 @@ def _tensor_to_rgb_uint8(image: Tensor, where: str = "image") -> Tensor:
     return image.contiguous()
 
 
+def _refuse_bombs(path: Path) -> None:
+    """Raise ValueError when the header claims more pixels than Pillow's decompression-bomb limit
+    (2 x ``Image.MAX_IMAGE_PIXELS``): torchvision would allocate the whole image before decoding
+    a byte of it (a 4 KB PNG claiming 60000 x 60000 pixels crashed the process)."""
+    try:
+        with Image.open(path) as pil:
+            pil.size  # noqa: B018 (opening reads the header and applies the limit)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused to decode ({error})") from None
+    except (OSError, SyntaxError, ValueError):
+        pass  # not a header Pillow reads: the decoders below say what is wrong
+
+
 def read_image(path: str | os.PathLike) -> Tensor:
     """Decode an image file to uint8 (3, H, W) RGB, in stored pixel order (no EXIF rotation).
 
     Raises:
-        ValueError: the file is missing, empty, truncated or not an image; the message
-            names the file and the reason.
+        ValueError: the file is missing, empty, truncated or not an image, or its header
+            claims more than twice Pillow's ``Image.MAX_IMAGE_PIXELS`` (a decompression
+            bomb); the message names the file and the reason.
     """
     path = Path(path)
     try:
@@ -89,6 +103,7 @@ def read_image(path: str | os.PathLike) -> Tensor:
         raise ValueError(f"{path}: cannot read image ({error.strerror or error})") from None
     if not content:
         raise ValueError(f"{path}: empty file")
+    _refuse_bombs(path)
     data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
     try:
         image = decode_image(data, mode=ImageReadMode.RGB)
