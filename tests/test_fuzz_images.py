@@ -42,8 +42,11 @@ def _chunk(kind: bytes, data: bytes) -> bytes:
 def png_claiming(width: int, height: int) -> bytes:
     """A small PNG whose header claims ``width`` x ``height`` (a decompression bomb's start)."""
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\0" * 64)) + _chunk(
-        b"IEND", b""
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + _chunk(b"IEND", b"")
     )
 
 
@@ -80,7 +83,9 @@ def test_damaged_images_fail_cleanly(tmp_path_factory, source, data):
             np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), want)
 
 
-@given(content=st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"])))
+@given(
+    content=st.one_of(st.binary(max_size=64), st.sampled_from([b"", b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"]))
+)
 def test_garbage_files_fail_cleanly(tmp_path_factory, content):
     for suffix in (".jpg", ".png"):
         path = tmp_path_factory.getbasetemp() / f"garbage{suffix}"
