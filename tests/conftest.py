@@ -11,7 +11,7 @@ _QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_t
 settings.register_profile(
     "ci", max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=_QUIET
 )
-settings.register_profile("fuzz", max_examples=2500, deadline=None, suppress_health_check=_QUIET)
+settings.register_profile("fuzz", max_examples=1000, deadline=None, suppress_health_check=_QUIET)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 

@@ -100,3 +100,18 @@ def test_missing_and_folder_paths_are_named(tmp_path: Path):
             read_image(path)
         with pytest.raises(ValueError, match=str(path)):
             image_size(path)
+
+
+def test_png_with_a_damaged_stream_is_refused(tmp_path: Path):
+    """torchvision's PNG decoder segfaulted on this (a 15x5 PNG whose zlib checksum is wrong)."""
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 15, 3), dtype=np.uint8)
+    raw = b"".join(b"\0" + row.tobytes() for row in pixels)
+    stream = zlib.compress(raw)
+    stream = stream[:-4] + bytes(b ^ 0x55 for b in stream[-4:])  # a wrong Adler-32
+    header = struct.pack(">IIBBBBB", 15, 5, 8, 2, 0, 0, 0)
+    path = tmp_path / "damaged.png"
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", stream) + _chunk(b"IEND", b"")
+    )
+    with pytest.raises(ValueError, match="damaged.png"):
+        read_image(path)
