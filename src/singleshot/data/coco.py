@@ -44,6 +44,8 @@ def load_coco_json(annotation_file: Path) -> dict[str, Any]:
         raise ValueError(f"{annotation_file}: cannot read the annotations ({error})") from None
     except RecursionError:
         raise ValueError(f"{annotation_file}: malformed JSON (nested too deeply)") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"{annotation_file}: malformed JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{annotation_file}: expected a JSON object with images, annotations, categories")
     for key in ("images", "categories"):

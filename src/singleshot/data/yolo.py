@@ -46,7 +46,7 @@ def read_yolo_classes(path: Path) -> list[str]:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
+    except (OSError, yaml.YAMLError, ValueError, RecursionError) as error:  # ValueError: non-UTF-8, huge ints
         raise ValueError(f"{path}: cannot read the class names ({type(error).__name__}: {error})") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
