@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-portable lint bench clean
+.PHONY: demo test test-portable lint fuzz bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: lint
 test-portable: $(STAMP)
 	ATEN_CPU_CAPABILITY=default DNNL_MAX_CPU_ISA=SSE41 $(VENV)/bin/pytest
 
+# The long property-based campaign over bad input (thousands of cases per property, ~10 min).
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(VENV)/bin/pytest -m fuzz -p no:cacheprovider --hypothesis-show-statistics
+
 demo: $(STAMP)
 	$(VENV)/bin/singleshot demo --out runs/demo
 
@@ -37,4 +41,4 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .hypothesis

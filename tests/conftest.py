@@ -1,6 +1,18 @@
 """Session-wide test settings."""
 
+import os
+
 import pytest
+from hypothesis import HealthCheck, settings
+
+# Property-based tests (the `fuzz` marker): "ci" is the fast, reproducible slice of every
+# test run; "fuzz" is the long campaign of `make fuzz` (HYPOTHESIS_PROFILE=fuzz).
+_QUIET = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much]
+settings.register_profile(
+    "ci", max_examples=40, deadline=None, derandomize=True, database=None, suppress_health_check=_QUIET
+)
+settings.register_profile("fuzz", max_examples=1000, deadline=None, suppress_health_check=_QUIET)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(autouse=True, scope="session")

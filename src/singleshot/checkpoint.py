@@ -25,6 +25,7 @@ either format never runs code from the file.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -175,14 +176,14 @@ def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str,
 
 def validate_checkpoint(checkpoint: Any, path: str | os.PathLike = "checkpoint") -> None:
     """Raise ValueError naming ``path`` unless ``checkpoint`` has the singleshot layout."""
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(checkpoint, dict) or not _equals(checkpoint.get("format"), CHECKPOINT_FORMAT):
         hint = ""
         if isinstance(checkpoint, dict) and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
             hint = " (it looks like a bare state dict: convert it with `singleshot convert`)"
         raise ValueError(f"{path}: not a singleshot checkpoint{hint}")
     version = checkpoint.get("version")
-    if version != CHECKPOINT_VERSION:
-        raise ValueError(f"{path}: checkpoint format version {version} is not supported (expected 1)")
+    if not _equals(version, CHECKPOINT_VERSION):
+        raise ValueError(f"{path}: checkpoint format version {version!r} is not supported (expected 1)")
     meta = checkpoint.get("model")
     required = ("preset", "num_classes", "prior_config", "image_mean")
     if not isinstance(meta, dict) or any(key not in meta for key in required):
@@ -191,21 +192,93 @@ def validate_checkpoint(checkpoint: Any, path: str | os.PathLike = "checkpoint")
         raise ValueError(f"{path}: checkpoint has no state_dict")
 
 
+def _equals(value: Any, expected: str | int) -> bool:
+    return type(value) is type(expected) and value == expected
+
+
+# Default boxes a checkpoint may ask for (SSD512 has 24,564): more is a corrupt prior_config.
+_MAX_PRIORS = 1_000_000
+_BUILD_ERRORS = (
+    KeyError,
+    TypeError,
+    ValueError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+    ZeroDivisionError,
+)
+
+
+def _model_arguments(meta: dict[str, Any]) -> dict[str, Any]:
+    """`build_model`'s arguments from a checkpoint's model description, checked."""
+    num_classes, names, mean = meta["num_classes"], meta.get("class_names"), meta["image_mean"]
+    if not isinstance(meta["preset"], str):
+        raise ValueError(f"preset must be a name, got {meta['preset']!r}")
+    if not _is_count(num_classes) or num_classes < 2:
+        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ValueError(f"class_names must be a list of names, got {names!r}")
+    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and all(_is_finite(m) for m in mean)):
+        raise ValueError(f"image_mean must be three numbers, got {mean!r}")
+    if not isinstance(meta["prior_config"], dict):
+        raise ValueError(f"prior_config must be a mapping, got {meta['prior_config']!r}")
+    return {
+        "name": meta["preset"],
+        "num_classes": num_classes,
+        "class_names": names,
+        "prior_config": PriorConfig.from_dict(meta["prior_config"]),
+    }
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_weights(state: dict[str, Any], expected: dict[str, torch.Tensor], where: str) -> None:
+    """Raise ValueError unless ``state`` holds a tensor of the expected shape for every name."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [k for k in expected if k in state and not _fits(state[k], expected[k])]
+    if missing or unexpected or wrong:
+        found = (("missing", missing), ("unexpected", unexpected), ("wrong shape or type", wrong))
+        parts = [f"{label}: {', '.join(keys[:5])}" for label, keys in found if keys]
+        raise ValueError(f"weights do not fit {where} ({'; '.join(parts)})")
+
+
+def _fits(value: Any, expected: torch.Tensor) -> bool:
+    if not isinstance(value, torch.Tensor) or value.shape != expected.shape or value.is_complex():
+        return False
+    return value.dtype == expected.dtype or (value.is_floating_point() and expected.is_floating_point())
+
+
 def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint") -> SSD:
-    """Rebuild the model a (validated) checkpoint describes and load its weights strictly."""
+    """Rebuild the model a (validated) checkpoint describes and load its weights strictly.
+
+    The architecture is first built without memory (on the "meta" device) and the file's
+    weights checked against it, so a corrupt description (a huge class count, a malformed
+    default-box layout) is refused before anything is allocated.
+    """
     from .presets import build_model
 
     meta = checkpoint["model"]
     try:
-        prior_config = PriorConfig.from_dict(meta["prior_config"])
-        model = build_model(
-            meta["preset"],
-            num_classes=int(meta["num_classes"]),
-            class_names=meta.get("class_names"),
-            prior_config=prior_config,
-        )
-    except (KeyError, TypeError, ValueError) as error:
+        arguments = _model_arguments(meta)
+        with torch.device("meta"):
+            blueprint = build_model(**arguments)
+        if blueprint.priors.shape[0] > _MAX_PRIORS:
+            raise ValueError(f"its prior_config asks for {blueprint.priors.shape[0]} default boxes")
+    except _BUILD_ERRORS as error:
         raise ValueError(f"{path}: cannot rebuild the model it describes: {error}") from None
+    where = f"preset {meta['preset']!r} with {meta['num_classes']} classes"
+    try:
+        _check_weights(checkpoint["state_dict"], blueprint.state_dict(), where)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    model = build_model(**arguments)
     model.image_mean = tuple(float(m) for m in meta["image_mean"])
     category_ids = meta.get("category_ids")
     if category_ids is not None and len(category_ids) == model.num_classes:
@@ -213,10 +286,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = 
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:
-        raise ValueError(
-            f"{path}: weights do not fit preset {meta['preset']!r} with "
-            f"{meta['num_classes']} classes: {error}"
-        ) from None
+        raise ValueError(f"{path}: weights do not fit {where}: {error}") from None
     return model
 
 

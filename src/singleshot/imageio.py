@@ -1,7 +1,10 @@
 """Reading images as what every part of singleshot takes: uint8 (3, H, W) RGB tensors.
 
-Files are decoded with torchvision.io (libjpeg-turbo, libpng, libwebp, giflib) where it
-can, with Pillow otherwise (BMP, TIFF and the colour modes torchvision rejects).
+JPEG files (and 16-bit colour PNGs, which Pillow cuts to 8 bits) are decoded with
+torchvision.io (libjpeg-turbo, libpng) where it can, everything else (and the colour
+modes torchvision rejects) with Pillow. torchvision's PNG decoder crashed the process
+(segmentation fault) on a PNG with a damaged zlib stream, so a PNG goes to it only after
+Pillow has decoded it without error.
 Every source becomes 8-bit RGB:
 
 - grayscale (L, 1-bit, 16-bit) is repeated over the three channels;
@@ -31,6 +34,8 @@ __all__ = ["read_image", "to_rgb_tensor", "image_size", "ImageLike"]
 
 ImageLike = Any  # a uint8 tensor (3, H, W), a PIL image, or a path
 
+_JPEG_START = b"\xff\xd8\xff"
+_PNG_START = b"\x89PNG\r\n\x1a\n"
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
@@ -75,12 +80,42 @@ def _tensor_to_rgb_uint8(image: Tensor, where: str = "image") -> Tensor:
     return image.contiguous()
 
 
+def _refuse_bombs(path: Path) -> None:
+    """Raise ValueError when the header claims more pixels than Pillow's decompression-bomb limit
+    (2 x ``Image.MAX_IMAGE_PIXELS``): torchvision would allocate the whole image before decoding
+    a byte of it (a 4 KB PNG claiming 60000 x 60000 pixels crashed the process)."""
+    try:
+        with Image.open(path) as pil:
+            pil.size  # noqa: B018 (opening reads the header and applies the limit)
+    except Image.DecompressionBombError as error:
+        raise ValueError(f"{path}: refused to decode ({error})") from None
+    except (OSError, SyntaxError, ValueError):
+        pass  # not a header Pillow reads: the decoders below say what is wrong
+
+
+def _for_torchvision(content: bytes, path: Path) -> bool:
+    """Whether torchvision decodes this file: JPEG, and 16-bit RGB(A) PNG once Pillow read it whole."""
+    if content.startswith(_JPEG_START):
+        return True
+    if not (
+        content.startswith(_PNG_START) and len(content) > 25 and content[24] == 16 and content[25] in (2, 6)
+    ):
+        return False
+    try:
+        with Image.open(path) as pil:
+            pil.load()
+    except _PIL_ERRORS as error:
+        raise ValueError(f"{path}: not a readable image ({error})") from None
+    return True
+
+
 def read_image(path: str | os.PathLike) -> Tensor:
     """Decode an image file to uint8 (3, H, W) RGB, in stored pixel order (no EXIF rotation).
 
     Raises:
-        ValueError: the file is missing, empty, truncated or not an image; the message
-            names the file and the reason.
+        ValueError: the file is missing, empty, truncated or not an image, or its header
+            claims more than twice Pillow's ``Image.MAX_IMAGE_PIXELS`` (a decompression
+            bomb); the message names the file and the reason.
     """
     path = Path(path)
     try:
@@ -89,12 +124,14 @@ def read_image(path: str | os.PathLike) -> Tensor:
         raise ValueError(f"{path}: cannot read image ({error.strerror or error})") from None
     if not content:
         raise ValueError(f"{path}: empty file")
-    data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
-    try:
-        image = decode_image(data, mode=ImageReadMode.RGB)
-        return _tensor_to_rgb_uint8(image, str(path))
-    except (RuntimeError, ValueError):
-        pass  # formats or colour modes torchvision does not decode: try Pillow
+    _refuse_bombs(path)
+    if _for_torchvision(content, path):
+        data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
+        try:
+            image = decode_image(data, mode=ImageReadMode.RGB)
+            return _tensor_to_rgb_uint8(image, str(path))
+        except (RuntimeError, ValueError):
+            pass  # colour modes torchvision does not decode, or a damaged file: Pillow says which
     try:
         with Image.open(path) as pil:
             pil.load()

@@ -54,6 +54,7 @@ FLAG_KEYS = {
     "log_every": "log_every",
     "clip_grad_norm": "clip_grad_norm",
     "on_nonfinite": "on_nonfinite",
+    "on_bad_sample": "on_bad_sample",
     "backbone_weights": "backbone_weights",
     "init_from": "init_from",
     "class_map": "class_map",
@@ -114,6 +115,11 @@ def register(subparsers) -> None:
     add("--log-every", type=int, help="log (JSONL, TensorBoard) every N iterations")
     add("--clip-grad-norm", type=float, help="clip the gradients' global L2 norm to this value")
     add("--on-nonfinite", choices=("stop", "skip"), help="on a NaN/inf loss: stop (default) or skip the step")
+    add(
+        "--on-bad-sample",
+        choices=("stop", "skip"),
+        help="a training image unreadable during the run: stop naming it (default) or skip and count it",
+    )
     add("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under multi-GPU DDP")
     add("--freeze-bn", action="store_true", default=None, help="keep BatchNorm layers in eval mode")
     add(
@@ -213,7 +219,8 @@ def run(args: argparse.Namespace) -> int:
         distributed.cleanup()
     if result.last_checkpoint is not None:
         print(f"trained {result.iteration} iterations in {result.elapsed_s / 60:.1f} min", end="")
-        print(f", {result.skipped_steps} skipped" if result.skipped_steps else "")
+        print(f", {result.skipped_steps} skipped" if result.skipped_steps else "", end="")
+        print(f", {result.bad_samples} unreadable images skipped" if result.bad_samples else "")
         if result.follows_clock_from is not None:
             print(f"the time budget bound: the learning rate followed the clock from iteration "
                   f"{result.follows_clock_from} (not bit-reproducible)")  # fmt: skip

@@ -22,6 +22,9 @@ from .validation import SIZE_MISMATCH, InvalidItem, Problems, check_image, progr
 
 __all__ = ["COCODataset", "load_coco_json", "grouping_category_ids"]
 
+# Declared image sizes above this are refused (verify_images="none" trusts them).
+_MAX_SIDE = 2**31
+
 
 def load_coco_json(annotation_file: Path) -> dict[str, Any]:
     """Read an instances file and check its top-level structure.
@@ -39,6 +42,10 @@ def load_coco_json(annotation_file: Path) -> dict[str, Any]:
         raise ValueError(f"{annotation_file}: malformed JSON ({error})") from None
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{annotation_file}: cannot read the annotations ({error})") from None
+    except RecursionError:
+        raise ValueError(f"{annotation_file}: malformed JSON (nested too deeply)") from None
+    except ValueError as error:  # e.g. an integer of more digits than Python converts
+        raise ValueError(f"{annotation_file}: malformed JSON ({error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{annotation_file}: expected a JSON object with images, annotations, categories")
     for key in ("images", "categories"):
@@ -67,7 +74,7 @@ def grouping_category_ids(data: dict[str, Any]) -> set[int]:
 def _categories(data: dict[str, Any], path: Path, drop: set[int]) -> tuple[list[str], dict[int, int]]:
     by_id: dict[int, str] = {}
     for k, category in enumerate(data["categories"]):
-        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
+        if not isinstance(category, dict) or not _is_int(category.get("id")):
             raise ValueError(f"{path}: category {k} has no integer 'id'")
         if category["id"] in by_id:
             raise ValueError(f"{path}: category id {category['id']} appears twice")
@@ -79,15 +86,22 @@ def _categories(data: dict[str, Any], path: Path, drop: set[int]) -> tuple[list[
     return [by_id[i] for i in ids], {category_id: k + 1 for k, category_id in enumerate(ids)}
 
 
+def _is_int(value: Any) -> bool:
+    """An integer id or size as JSON gives it (true and false are not numbers)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _box(annotation: dict[str, Any], path: Path, what: str) -> tuple[float, float, float, float]:
     bbox = annotation.get("bbox")
     if not isinstance(bbox, (list, tuple)) or len(bbox) != 4:
         raise InvalidItem(path, f"{what}: 'bbox' must be [x, y, width, height], got {bbox!r}")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in bbox):
+        raise InvalidItem(path, f"{what}: 'bbox' has a non-numeric value: {bbox!r}")
     try:
         x, y, w, h = (float(v) for v in bbox)
-    except (TypeError, ValueError):
-        raise InvalidItem(path, f"{what}: 'bbox' has a non-numeric value: {bbox!r}") from None
-    if not all(math.isfinite(v) for v in (x, y, w, h)):
+    except OverflowError:  # an integer beyond float range
+        x = y = w = h = math.inf
+    if not all(math.isfinite(v) for v in (x, y, w, h, x + w, y + h)):
         raise InvalidItem(path, f"{what}: 'bbox' is not finite: {bbox!r}")
     if w < 0 or h < 0:
         raise InvalidItem(path, f"{what}: inverted box (negative width or height): {bbox!r}")
@@ -146,7 +160,7 @@ class COCODataset(DetectionDataset):
         by_image: dict[int, list[dict[str, Any]]] = defaultdict(list)
         for k, annotation in enumerate(data.get("annotations", [])):
             image_id = annotation.get("image_id") if isinstance(annotation, dict) else None
-            if not isinstance(image_id, int) or image_id not in images:
+            if not _is_int(image_id) or image_id not in images:
                 what = f"annotation {k} (id {annotation.get('id') if isinstance(annotation, dict) else '?'})"
                 problems.invalid(InvalidItem(path, f"{what}: unknown image_id {image_id!r}"))
                 continue
@@ -165,7 +179,7 @@ class COCODataset(DetectionDataset):
     def _images(self, data: dict[str, Any], problems: Problems) -> dict[int, dict[str, Any]]:
         images: dict[int, dict[str, Any]] = {}
         for k, image in enumerate(data["images"]):
-            if not isinstance(image, dict) or not isinstance(image.get("id"), int):
+            if not isinstance(image, dict) or not _is_int(image.get("id")):
                 problems.invalid(InvalidItem(self.annotation_file, f"image entry {k} has no integer 'id'"))
                 continue
             if not isinstance(image.get("file_name"), str):
@@ -189,20 +203,26 @@ class COCODataset(DetectionDataset):
         declared = (image.get("height"), image.get("width"))
         stored = check_image(image_path, verify)
         if stored is None:
-            if not all(isinstance(v, int) and v > 0 for v in declared):
-                raise InvalidItem(path, f"image {image_id}: no valid width/height and verify_images='none'")
+            if not all(_is_int(v) and 0 < v < _MAX_SIDE for v in declared):
+                raise InvalidItem(
+                    path, f"image {image_id}: no valid width/height {declared[::-1]} and verify_images='none'"
+                )
             stored = (int(declared[0]), int(declared[1]))
-        elif all(isinstance(v, int) for v in declared) and declared != stored:
+        elif all(_is_int(v) for v in declared) and declared != stored:
             problems.warn(SIZE_MISMATCH)
         boxes, labels, crowd, names = [], [], [], []
         for annotation in annotations:
             what = f"image {image_id} ({image['file_name']}), annotation {annotation.get('id', '?')}"
-            label = self.category_id_to_label.get(annotation.get("category_id"))
+            category = annotation.get("category_id")
+            label = self.category_id_to_label.get(category) if _is_int(category) else None
             if label is None:
-                raise InvalidItem(path, f"{what}: unknown category_id {annotation.get('category_id')!r}")
+                raise InvalidItem(path, f"{what}: unknown category_id {category!r}")
             boxes.append(_box(annotation, path, what))
             labels.append(label)
-            crowd.append(bool(annotation.get("iscrowd", 0)))
+            iscrowd = annotation.get("iscrowd", 0)
+            if iscrowd not in (0, 1) or not isinstance(iscrowd, int):
+                raise InvalidItem(path, f"{what}: 'iscrowd' must be 0 or 1, got {iscrowd!r}")
+            crowd.append(bool(iscrowd))
             names.append(what)
         return make_record(
             path,

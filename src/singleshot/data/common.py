@@ -142,13 +142,15 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     its background entry reads back the same.
 
     Raises:
-        ValueError: missing file, no names, or a name given twice; names the file.
+        ValueError: missing or non-UTF-8 file, no names, or a name given twice; names the file.
     """
     path = Path(path)
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise ValueError(f"{path}: cannot read the class list ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: the class list is not UTF-8 text ({error})") from None
     names = [line.strip() for line in lines if line.strip()]
     if names and names[0] in (BACKGROUND, "background"):
         names = names[1:]

@@ -10,6 +10,7 @@ the devkit's numbers. Float coordinates (written by some tools) are converted th
 
 from __future__ import annotations
 
+import math
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
@@ -32,32 +33,52 @@ _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".w
 
 
 def read_image_set(path: Path) -> list[str]:
-    """Image ids listed in ``ImageSets/Main/<set>.txt`` (first token of each non-empty line)."""
+    """Image ids listed in ``ImageSets/Main/<set>.txt`` (first token of each non-empty line).
+
+    Raises:
+        ValueError: the file cannot be read or is not UTF-8 text; names the file.
+    """
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except OSError as error:
         raise ValueError(f"{path}: cannot read the image set ({error.strerror or error})") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: the image set is not UTF-8 text ({error})") from None
     return [line.split()[0] for line in lines if line.strip()]
 
 
+def _text(element: ET.Element, tag: str, path: Path, what: str) -> str | None:
+    """The text of ``element``'s only child ``tag`` (None when absent); a repeated tag is invalid."""
+    found = element.findall(tag)
+    if len(found) > 1:
+        raise InvalidItem(path, f"{what}: <{tag}> given {len(found)} times")
+    return (found[0].text or "") if found else None
+
+
 def _number(element: ET.Element, tag: str, path: Path, what: str) -> float:
-    text = element.findtext(tag)
+    text = _text(element, tag, path, what)
     if text is None or not text.strip():
         raise InvalidItem(path, f"{what}: missing <{tag}>")
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise InvalidItem(path, f"{what}: <{tag}> is not a number: {text.strip()!r}") from None
+    if not math.isfinite(value):
+        raise InvalidItem(path, f"{what}: <{tag}> is not a finite number: {text.strip()!r}")
+    return value
 
 
 def _flag(element: ET.Element, tag: str, path: Path, what: str) -> bool:
-    text = element.findtext(tag)
+    text = _text(element, tag, path, what)
     if text is None or not text.strip():
         return False  # VOC2012 test and many exports leave the tag out
     try:
-        return bool(int(float(text)))
+        value = float(text)
     except ValueError:
-        raise InvalidItem(path, f"{what}: <{tag}> is not 0 or 1: {text.strip()!r}") from None
+        value = math.nan
+    if value not in (0.0, 1.0):
+        raise InvalidItem(path, f"{what}: <{tag}> is not 0 or 1: {text.strip()!r}")
+    return bool(value)
 
 
 def parse_voc_xml(path: Path, class_to_label: dict[str, int]) -> dict:
@@ -69,8 +90,9 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int]) -> dict:
         "truncated": bool (n,), "names": list of "object k (class)"}.
 
     Raises:
-        InvalidItem: missing or malformed file, unknown class, missing or non-numeric
-            coordinate, inverted box (xmax < xmin or ymax < ymin).
+        InvalidItem: missing or malformed file, unknown class, missing, repeated, non-numeric
+            or non-finite coordinate or size, a ``<difficult>`` / ``<truncated>`` other than
+            0 or 1, inverted box (xmax < xmin or ymax < ymin).
     """
     try:
         root = ET.parse(path).getroot()
@@ -78,27 +100,30 @@ def parse_voc_xml(path: Path, class_to_label: dict[str, int]) -> dict:
         raise InvalidItem(path, "annotation file not found") from None
     except ET.ParseError as error:
         raise InvalidItem(path, f"malformed XML ({error})") from None
-    except OSError as error:
-        raise InvalidItem(path, f"cannot read the annotation ({error.strerror or error})") from None
+    except (OSError, ValueError) as error:  # ValueError: a NUL character in the path
+        raise InvalidItem(
+            path, f"cannot read the annotation ({getattr(error, 'strerror', None) or error})"
+        ) from None
     size = None
     size_element = root.find("size")
-    if size_element is not None:
+    if size_element is not None:  # a zero or negative size (some exporters write 0) counts as none
         width = _number(size_element, "width", path, "<size>")
         height = _number(size_element, "height", path, "<size>")
         if width > 0 and height > 0:
             size = (int(height), int(width))
     boxes, labels, difficult, truncated, names = [], [], [], [], []
     for k, obj in enumerate(root.findall("object")):
-        name = (obj.findtext("name") or "").strip()
+        name = (_text(obj, "name", path, f"object {k}") or "").strip()
         what = f"object {k} ({name})" if name else f"object {k}"
         if not name:
             raise InvalidItem(path, f"{what}: missing <name>")
         if name not in class_to_label:
             known = ", ".join(list(class_to_label)[:25])
             raise InvalidItem(path, f"{what}: unknown class {name!r} (known: {known})")
-        box = obj.find("bndbox")
-        if box is None:
-            raise InvalidItem(path, f"{what}: missing <bndbox>")
+        boxes_found = obj.findall("bndbox")
+        if len(boxes_found) != 1:
+            raise InvalidItem(path, f"{what}: {len(boxes_found) or 'no'} <bndbox> (expected one)")
+        box = boxes_found[0]
         xmin, ymin, xmax, ymax = (_number(box, tag, path, what) for tag in ("xmin", "ymin", "xmax", "ymax"))
         if xmax < xmin or ymax < ymin:
             raise InvalidItem(path, f"{what}: inverted box xmin={xmin} ymin={ymin} xmax={xmax} ymax={ymax}")
@@ -200,6 +225,10 @@ class VOCDataset(DetectionDataset):
             ids, len(ids), f"reading {self.root.name}/{image_set or 'all'}", progress
         ):
             try:
+                if image_id in (".", "..") or any(c in image_id for c in "/\\\0"):
+                    raise InvalidItem(
+                        set_file, f"image id {image_id!r} is not a file name (Annotations/<id>.xml)"
+                    )
                 records.append(self._load(image_id, class_to_label, problems, verify_images))
             except InvalidItem as error:
                 problems.invalid(error)

@@ -48,13 +48,21 @@ _PIXEL_DECIMALS = 4
 
 
 def read_yolo_classes(path: Path) -> list[str]:
-    """Class names from a text file (one per line) or a YAML file with ``names`` (list or dict)."""
+    """Class names from a text file (one per line) or a YAML file with ``names``.
+
+    ``names`` is a list, or a dict whose keys are the class indices 0..K-1; each name is
+    a non-empty string or number, and no name appears twice.
+
+    Raises:
+        ValueError: unreadable file, no names, or names breaking these rules; names the file.
+    """
     if path.suffix.lower() not in (".yaml", ".yml"):
         return read_class_names(path)
     return yaml_class_names(load_yaml(path), path)
 
 
 YAML_SPLITS = ("train", "val", "test")
+MAX_CLASSES = 100_000  # an ``nc`` beyond this is a damaged file, not a class list to build
 
 
 class DataYaml(NamedTuple):
@@ -73,29 +81,46 @@ def load_yaml(path: Path) -> dict:
 
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
-        raise ValueError(f"{path}: cannot read the dataset yaml ({error})") from None
+    except (OSError, yaml.YAMLError, ValueError, RecursionError) as error:  # ValueError: non-UTF-8, huge ints
+        raise ValueError(f"{path}: cannot read the dataset yaml ({type(error).__name__}: {error})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: expected a mapping with train/val/test and names")
     return data
 
 
 def yaml_class_names(data: dict, path: Path) -> list[str]:
-    """The classes of a dataset yaml: ``names`` as a list or a dict {index: name}; without it,
+    """The classes of a dataset yaml: ``names`` as a list, or a dict whose keys are the class
+    indices 0..K-1; each name a non-empty string or number, none twice. Without ``names``,
     ``nc`` gives ``class_0 ...`` as in Ultralytics."""
     names = data.get("names")
     if isinstance(names, dict):
-        try:
-            names = [names[k] for k in sorted(names, key=int)]
-        except (TypeError, ValueError):
-            raise ValueError(f"{path}: 'names' keys must be class indices 0..K-1") from None
-    if names is None and isinstance(data.get("nc"), int):
-        names = [f"class_{k}" for k in range(data["nc"])]  # Ultralytics' names when only nc is given
+        names = _indexed_names(names, path)
+    nc = data.get("nc")
+    if names is None and isinstance(nc, int) and not isinstance(nc, bool) and 0 < nc <= MAX_CLASSES:
+        names = [f"class_{k}" for k in range(nc)]  # Ultralytics' names when only nc is given
     if not isinstance(names, list) or not names:
         raise ValueError(f"{path}: no 'names' list or dict of classes")
     if isinstance(data.get("nc"), int) and data["nc"] != len(names):
         raise ValueError(f"{path}: nc is {data['nc']} but 'names' has {len(names)} classes")
-    return [str(name) for name in names]
+    for k, name in enumerate(names):
+        if not isinstance(name, (str, int, float)) or not str(name).strip() or name != name:
+            raise ValueError(f"{path}: class {k} has no name (got {name!r})")
+    names = [str(name).strip() for name in names]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"{path}: class names listed more than once: {repeated}")
+    return names
+
+
+def _indexed_names(names: dict, path: Path) -> list:
+    """A ``{index: name}`` mapping as a list; the indices must be exactly 0..K-1."""
+    try:
+        by_index = {int(k): v for k, v in names.items() if not isinstance(k, (bool, float))}
+    except ValueError:
+        by_index = {}
+    if len(by_index) != len(names) or sorted(by_index) != list(range(len(names))):
+        raise ValueError(f"{path}: 'names' keys must be the class indices 0..K-1, got {list(names)}")
+    return [by_index[k] for k in range(len(names))]
 
 
 def _resolve(base: Path, entry: str) -> Path:

@@ -13,6 +13,7 @@ from .config import (
     available_recipes,
     load_recipe,
 )
+from .data import BadSampleError
 from .trainer import NonFiniteLossError, Trainer, TrainResult, train
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "apply_overrides",
     "available_recipes",
     "load_recipe",
+    "BadSampleError",
     "NonFiniteLossError",
     "Trainer",
     "TrainResult",

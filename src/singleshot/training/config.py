@@ -38,6 +38,7 @@ __all__ = [
 
 AMP_MODES = ("none", "auto", "bf16", "fp16")
 NONFINITE_POLICIES = ("stop", "skip")
+BAD_SAMPLE_POLICIES = ("stop", "skip")
 
 
 @dataclass
@@ -152,6 +153,11 @@ class TrainConfig:
         on_nonfinite: "stop" raises on a NaN/inf loss (naming iteration, loss terms and the
             batch's image ids; the last checkpoint is left intact); "skip" drops that step
             and counts it.
+        on_bad_sample: what to do when a training image cannot be read during the run
+            (deleted or corrupted on disk after the dataset was opened): "stop" raises a
+            ValueError naming the file (the last checkpoint is left intact); "skip" replaces
+            it by the next readable image in dataset order (reproducible), counts it
+            (``bad_samples`` in the log and the checkpoint) and logs its name.
         sync_bn: convert BatchNorm layers to SyncBatchNorm under multi-GPU DDP.
         freeze_bn: keep BatchNorm layers in eval mode (running statistics, no update).
         channels_last: the network's weights and input in the channels-last memory format
@@ -194,6 +200,7 @@ class TrainConfig:
     amp: str = "auto"
     clip_grad_norm: float | None = None
     on_nonfinite: str = "stop"
+    on_bad_sample: str = "stop"
     sync_bn: bool = False
     freeze_bn: bool = False
     channels_last: bool = True
@@ -218,6 +225,10 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
+        if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
+            raise ValueError(
+                f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}"
+            )
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 0:

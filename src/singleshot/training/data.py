@@ -15,6 +15,7 @@ from .sampler import EndlessSampler, sample_generator
 
 __all__ = [
     "TrainSamples",
+    "BadSampleError",
     "make_train_loader",
     "open_training_set",
     "open_run_datasets",
@@ -25,6 +26,10 @@ __all__ = [
 
 # transform(image uint8 (3,H,W), target, generator=...) -> (x float (3,S,S), target with boxes in [0,1])
 Transform = Callable[..., tuple[Tensor, dict[str, Any]]]
+
+
+class BadSampleError(ValueError):
+    """A training image could not be read during the run (``on_bad_sample="stop"``)."""
 
 
 class TrainSamples(Dataset):
@@ -40,7 +45,15 @@ class TrainSamples(Dataset):
     ``samples[(index, position)]`` reads image ``index`` and augments it with a generator
     seeded from (seed, position) (`singleshot.training.sampler.sample_generator`), giving
     ``(x float (3, S, S), {"boxes": (n, 4) xyxy fractions, "labels": (n,) int64,
-    "image_id": str})``.
+    "image_id": str, "bad_samples": [(image, reason), ...]})``.
+
+    An image that fails to read during the run (deleted, truncated or replaced on disk after
+    the dataset was validated: the dataset raises a ValueError naming the file) either
+    stops the run with a `BadSampleError` naming the file (``on_bad_sample="stop"``), or
+    (``"skip"``) is replaced by the next image of the dataset, in dataset order (index + 1,
+    + 2, ..., wrapping), that reads; the replacement is augmented with the generator of the
+    original position, so a run with the same bad files is reproducible. The images passed
+    over are listed in the target's ``"bad_samples"`` for the trainer to count and log.
     """
 
     def __init__(
@@ -50,8 +63,10 @@ class TrainSamples(Dataset):
         seed: int,
         use_difficult: bool = True,
         cache_images: bool = False,
+        on_bad_sample: str = "stop",
     ) -> None:
         self.dataset = dataset
+        self.on_bad_sample = on_bad_sample
         self.transform = transform
         self.seed = seed
         self.use_difficult = use_difficult
@@ -66,12 +81,38 @@ class TrainSamples(Dataset):
         # copies: a transform may work in place
         return image.clone(), {k: v.clone() if isinstance(v, Tensor) else v for k, v in target.items()}
 
+    def _read_good(self, index: int, position: int) -> tuple[Tensor, dict[str, Any], list[tuple[str, str]]]:
+        """Image ``index`` or (skipping) its replacement, and the (image, reason) of those passed over."""
+        bad: list[tuple[str, str]] = []
+        count = len(self.dataset)
+        for step in range(count):
+            candidate = (index + step) % count
+            try:
+                return (*self._read(candidate), bad)
+            except (ValueError, OSError) as error:
+                name = self._name(candidate)
+                if self.on_bad_sample != "skip":
+                    raise BadSampleError(
+                        f"{error} (training image {name}, stream position {position}); the run stopped, "
+                        "its last checkpoint is as it was: fix or remove the image and resume, or train "
+                        "with --on-bad-sample skip"
+                    ) from None
+                bad.append((name, str(error)))
+        raise BadSampleError(f"none of the {count} training images can be read; first: {bad[0][1]}")
+
+    def _name(self, index: int) -> str:
+        image_path = getattr(self.dataset, "image_path", None)
+        try:
+            return str(image_path(index)) if image_path is not None else f"#{index}"
+        except (IndexError, AttributeError):
+            return f"#{index}"
+
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[Tensor, dict[str, Any]]:
         index, position = item
-        image, target = self._read(index)
+        image, target, bad = self._read_good(index, position)
         if not self.use_difficult and "difficult" in target:
             keep = ~target["difficult"].bool()
             target = {**target, "boxes": target["boxes"][keep], "labels": target["labels"][keep],
@@ -82,6 +123,7 @@ class TrainSamples(Dataset):
             "boxes": target["boxes"].float().reshape(-1, 4),
             "labels": target["labels"].long().reshape(-1),
             "image_id": str(image_id),
+            "bad_samples": bad,
         }
 
 
@@ -97,13 +139,14 @@ def make_train_loader(
     pin_memory: bool = False,
     use_difficult: bool = True,
     cache_images: bool = False,
+    on_bad_sample: str = "stop",
 ) -> DataLoader:
     """An endless DataLoader of this process's batches (``batch_size`` = per process)."""
     sampler = EndlessSampler(
         len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size, start_position=start_position
     )
     return DataLoader(
-        TrainSamples(dataset, transform, seed, use_difficult, cache_images),
+        TrainSamples(dataset, transform, seed, use_difficult, cache_images, on_bad_sample),
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,

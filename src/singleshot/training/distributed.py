@@ -77,6 +77,15 @@ def all_max(values: list[float], device: torch.device) -> list[float]:
     return tensor.tolist()
 
 
+def all_sum(value: int, device: torch.device) -> int:
+    """The sum of an integer over all processes; identity when not distributed."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return int(value)
+    tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
+    dist.all_reduce(tensor)
+    return int(tensor.item())
+
+
 def barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()

@@ -28,7 +28,8 @@ class NonFiniteLossError(RuntimeError):
 class TrainResult:
     """What a run produced.
 
-    ``model`` is the trained SSD (unwrapped from DDP); ``metrics`` the last evaluation's
+    ``model`` is the trained SSD (unwrapped from DDP); ``bad_samples`` the images skipped
+    as unreadable (``on_bad_sample="skip"``, all processes); ``metrics`` the last evaluation's
     result (None if none ran); ``history`` the logged training records; ``elapsed_s`` the
     run's training time, across resumes; ``follows_clock_from``: the iteration from which
     a time budget bound the learning rate (None: the run did not depend on the clock).
@@ -44,6 +45,7 @@ class TrainResult:
     stopped_by_budget: bool
     follows_clock_from: int | None = None
     metrics: dict[str, Any] | None = None
+    bad_samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None
 

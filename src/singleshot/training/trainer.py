@@ -103,6 +103,7 @@ class Trainer:
         self.iteration = 0
         self.position = 0
         self.skipped = 0
+        self.bad_samples = 0
         self.best_map: float | None = None
         self.best_iteration: int | None = None
         self.rng_state = None
@@ -143,6 +144,7 @@ class Trainer:
         self.iteration = int(state["iteration"])
         self.position = int(state["sampler"]["position"])
         self.skipped = int(state.get("skipped_steps", 0))
+        self.bad_samples = int(state.get("bad_samples", 0))
         self.best_map = state.get("best_map")
         self.best_iteration = state.get("best_iteration")
         self.rng_state = state.get("rng")
@@ -159,6 +161,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "sampler": {"position": self.position, "seed": self.config.seed},
             "skipped_steps": self.skipped,
+            "bad_samples": self.bad_samples,
             "best_map": self.best_map,
             "best_iteration": self.best_iteration,
             "world_size": self.dist.world_size,
@@ -209,6 +212,7 @@ class Trainer:
             pin_memory=self.device.type == "cuda",
             use_difficult=config.use_difficult,
             cache_images=config.cache_images,
+            on_bad_sample=config.on_bad_sample,
         )
         batches = iter(loader)
         for note in self.class_notes:
@@ -228,6 +232,7 @@ class Trainer:
             while self.iteration < end:
                 tick = time.perf_counter()
                 x, targets = next(batches)
+                self._count_bad_samples(targets, logger)
                 x, targets = self._batch_to_device(x, targets)
                 window.data_s += time.perf_counter() - tick
                 # A skipped step must not leave its forward's BatchNorm statistics behind.
@@ -280,6 +285,7 @@ class Trainer:
             best_checkpoint=best_path if main else None,
             best_map=self.best_map,
             skipped_steps=self.skipped,
+            bad_samples=self.bad_samples,
             elapsed_s=time.perf_counter() - start,
             stopped_by_budget=stopped_by_budget,
             follows_clock_from=self.schedule.follows_clock_from,
@@ -306,6 +312,15 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_grad_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def _count_bad_samples(self, targets: list[dict[str, Any]], logger: RunLogger) -> None:
+        """Log the images this batch passed over as unreadable, and count them over all processes."""
+        bad = [item for target in targets for item in target.get("bad_samples", ())]
+        for name, reason in bad:
+            logger.write({"kind": "bad_sample", "iteration": self.iteration, "image": name, "reason": reason})
+            logger.message(f"iteration {self.iteration}: skipped an unreadable training image: {reason}")
+        if self.config.on_bad_sample == "skip":
+            self.bad_samples += distributed.all_sum(len(bad), self.device)
 
     def _buffer_snapshot(self) -> dict[str, Tensor]:
         return {name: b.clone() for name, b in self.model.named_buffers() if name != "priors"}
@@ -351,6 +366,7 @@ class Trainer:
             "elapsed_s": time.perf_counter() - start,
             "eta_s": per_step * (self.config.iterations - self.iteration),
             "skipped": self.skipped,
+            "bad_samples": self.bad_samples,
         }
 
     def _evaluate(self, logger: RunLogger) -> dict[str, Any] | None:

@@ -55,6 +55,8 @@ def torch_load_data(path: Path, map_location: str | torch.device = "cpu") -> Any
         raise ValueError(f"{path}: empty file")
     if not (head.startswith(b"PK") or head[:1] == b"\x80"):
         raise ValueError(f"{path}: not a PyTorch file (neither a torch.save zip archive nor a pickle)")
+    if head.startswith(b"PK"):
+        _check_archive(path)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
@@ -62,8 +64,28 @@ def torch_load_data(path: Path, map_location: str | torch.device = "cpu") -> Any
             f"{path}: refused to load: it contains objects other than tensors and plain data "
             f"(loading it could run code from the file): {error}"
         ) from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as error:
-        raise ValueError(f"{path}: not a readable PyTorch file (truncated or corrupt?): {error}") from None
+    except Exception as error:  # a damaged pickle or archive fails in many ways (IndexError, KeyError...)
+        raise ValueError(
+            f"{path}: not a readable PyTorch file (truncated or corrupt?): {type(error).__name__}: {error}"
+        ) from None
+
+
+def _check_archive(path: Path) -> None:
+    """Check every member of a torch.save archive against its CRC-32 (torch.load does not, so a
+    damaged byte in the weights would load silently). Members saved without a checksum
+    (``torch.serialization.set_crc32_options(False)`` writes 0) are not checked."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 and info.file_size:
+                    continue
+                with archive.open(info) as member:
+                    while member.read(1 << 22):
+                        pass
+    except Exception as error:  # zipfile raises BadZipFile, EOFError, OSError, NotImplementedError...
+        raise ValueError(
+            f"{path}: not a readable PyTorch file (truncated or corrupt?): {type(error).__name__}: {error}"
+        ) from None
 
 
 def as_state_dict(obj: Any, where: str = "state dict") -> dict[str, Tensor]:
