@@ -7,6 +7,7 @@ import torch
 import singleshot
 from singleshot.checkpoint import save_checkpoint
 from singleshot.models.vgg import L2Norm
+from singleshot.training.distributed import select_device
 from singleshot.training.setup import resolve_amp
 
 
@@ -59,3 +60,28 @@ def test_priors_stay_float32_when_the_model_changes_dtype():
         assert next(converted.parameters()).dtype == dtype
     assert singleshot.build_model("ssd160_compact", num_classes=3).half().float().priors.equal(priors)
     assert model.to("meta").priors.device.type == "meta"  # device moves still apply
+
+
+@pytest.fixture
+def two_gpus(monkeypatch):
+    """CUDA as torch would report a node with two GPUs; set_device calls are recorded."""
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    return chosen
+
+
+def test_each_torchrun_process_takes_its_local_ranks_gpu(two_gpus):
+    assert select_device("cuda", local_rank=1, local_world_size=2) == torch.device("cuda", 1)
+    assert select_device("auto", local_rank=0, local_world_size=2) == torch.device("cuda", 0)
+    assert select_device("cuda:1") == torch.device("cuda", 1)  # one process: any GPU it names
+    assert two_gpus == [torch.device("cuda", 1), torch.device("cuda", 0), torch.device("cuda", 1)]
+
+
+def test_gpus_shared_by_torchrun_processes_are_errors(two_gpus):
+    with pytest.raises(ValueError, match="would put all 2 processes of this node on one GPU"):
+        select_device("cuda:1", local_rank=0, local_world_size=2)
+    with pytest.raises(ValueError, match="3 processes on this node but 2 GPU"):
+        select_device("cuda", local_rank=2, local_world_size=3)
+    assert two_gpus == []

@@ -35,16 +35,32 @@ class DistInfo:
         return self.world_size > 1
 
 
-def select_device(preference: str, local_rank: int = 0) -> torch.device:
-    """ "auto" -> the local rank's GPU when CUDA is available, else the CPU; "cpu"; "cuda[:i]"."""
+def select_device(preference: str, local_rank: int = 0, local_world_size: int = 1) -> torch.device:
+    """ "auto" -> the local rank's GPU when CUDA is available, else the CPU; "cpu"; "cuda[:i]".
+
+    ``local_world_size``: the processes torchrun started on this node. Under torchrun each
+    takes the GPU of its local rank; an explicit "cuda:i" (every process on GPU i) or more
+    processes than GPUs (processes sharing a GPU) are errors rather than a silent pile-up.
+    """
     if preference == "auto":
         preference = "cuda" if torch.cuda.is_available() else "cpu"
     if preference.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError("device 'cuda' requested but CUDA is not available")
         device = torch.device(preference)
+        count = torch.cuda.device_count()
+        if device.index is not None and local_world_size > 1:
+            raise ValueError(
+                f"device {preference!r} would put all {local_world_size} processes of this node on one "
+                "GPU; under torchrun give --device cuda (each process takes its local rank's GPU)"
+            )
+        if local_world_size > count:
+            raise ValueError(
+                f"{local_world_size} processes on this node but {count} GPU(s): they would share GPUs; "
+                f"start torchrun with --nproc_per_node={count} or fewer"
+            )
         if device.index is None:
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+            device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
         return device
     if preference != "cpu":
@@ -57,8 +73,9 @@ def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.d
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     info = DistInfo(rank=rank, local_rank=local_rank, world_size=world_size)
-    device = select_device(device_preference, local_rank)
+    device = select_device(device_preference, local_rank, local_world_size)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
         kwargs = {"device_id": device} if device.type == "cuda" else {}
