@@ -1,14 +1,19 @@
 """What the CUDA paths depend on, tested where no GPU is: device placement, the AMP choice,
 float16 arithmetic of the model (float16 runs on the CPU too, slowly)."""
 
+import datetime
+import os
+
 import pytest
 import torch
 
 import singleshot
 from singleshot.checkpoint import save_checkpoint
 from singleshot.models.vgg import L2Norm
-from singleshot.training.distributed import select_device
+from singleshot.training import TrainConfig, train
+from singleshot.training.distributed import init_distributed, select_device
 from singleshot.training.setup import resolve_amp
+from train_fixtures import ShapesDataset, resize_flip, tiny_config
 
 
 def test_load_puts_the_model_on_the_device_asked_for(tmp_path):
@@ -85,3 +90,34 @@ def test_gpus_shared_by_torchrun_processes_are_errors(two_gpus):
     with pytest.raises(ValueError, match="3 processes on this node but 2 GPU"):
         select_device("cuda", local_rank=2, local_world_size=3)
     assert two_gpus == []
+
+
+def test_a_deterministic_run_turns_cuda_nondeterminism_off_and_restores_the_process(tmp_path):
+    seen = []
+
+    def recording_transform(image, target, generator=None):
+        cudnn = torch.backends.cudnn
+        seen.append((torch.are_deterministic_algorithms_enabled(), cudnn.deterministic, cudnn.benchmark,
+                     cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))  # fmt: skip
+        return resize_flip(image, target, generator)
+
+    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+              torch.backends.cuda.matmul.allow_tf32, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))  # fmt: skip
+    config = tiny_config(tmp_path, iterations=2, deterministic=True)
+    train(config, ShapesDataset(4), transform=recording_transform, progress=False)
+    assert seen and set(seen) == {(True, True, False, False, False)}  # every op of the CPU run is allowed
+    after = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.benchmark,
+             torch.backends.cuda.matmul.allow_tf32, os.environ.get("CUBLAS_WORKSPACE_CONFIG"))  # fmt: skip
+    assert after == before
+
+
+def test_ddp_processes_wait_for_one_another_as_long_as_configured(monkeypatch):
+    calls = []
+    monkeypatch.setattr(torch.distributed, "init_process_group", lambda **kwargs: calls.append(kwargs))
+    monkeypatch.setattr(torch.distributed, "is_initialized", lambda: False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    info, device = init_distributed("cpu", timeout_minutes=90)
+    assert calls == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=90)}]
+    assert device == torch.device("cpu") and info.rank == 1 and info.world_size == 2
+    assert TrainConfig().dist_timeout_minutes == 60  # not NCCL's 10, which rank 0's evaluation can outlast

@@ -158,6 +158,14 @@ class TrainConfig:
             ValueError naming the file (the last checkpoint is left intact); "skip" replaces
             it by the next readable image in dataset order (reproducible), counts it
             (``bad_samples`` in the log and the checkpoint) and logs its name.
+        deterministic: deterministic CUDA arithmetic during the run (cuDNN without
+            autotuning, no atomics-based kernels, no TF32; see
+            `singleshot.training.determinism`), so that a CUDA run and its resume are
+            reproducible bit for bit, at some cost in speed. CPU runs are reproducible
+            without it.
+        dist_timeout_minutes: how long DDP processes wait for one another (NCCL's default,
+            10 minutes, can be shorter than rank 0's evaluation of a large validation set
+            while the other ranks wait).
         sync_bn: convert BatchNorm layers to SyncBatchNorm under multi-GPU DDP.
         freeze_bn: keep BatchNorm layers in eval mode (running statistics, no update).
         channels_last: the network's weights and input in the channels-last memory format
@@ -201,6 +209,8 @@ class TrainConfig:
     clip_grad_norm: float | None = None
     on_nonfinite: str = "stop"
     on_bad_sample: str = "stop"
+    deterministic: bool = False
+    dist_timeout_minutes: float = 60.0
     sync_bn: bool = False
     freeze_bn: bool = False
     channels_last: bool = True
@@ -225,6 +235,8 @@ class TrainConfig:
             raise ValueError(f"amp must be one of {AMP_MODES}, got {self.amp!r}")
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {NONFINITE_POLICIES}, got {self.on_nonfinite!r}")
+        if not self.dist_timeout_minutes > 0:
+            raise ValueError(f"dist_timeout_minutes must be > 0, got {self.dist_timeout_minutes}")
         if self.on_bad_sample not in BAD_SAMPLE_POLICIES:
             raise ValueError(
                 f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}"

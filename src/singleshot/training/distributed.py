@@ -8,6 +8,7 @@ group (NCCL on GPUs, gloo on CPUs). A plain ``singleshot train`` is a world of o
 
 from __future__ import annotations
 
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -68,8 +69,14 @@ def select_device(preference: str, local_rank: int = 0, local_world_size: int = 
     return torch.device("cpu")
 
 
-def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.device]:
-    """Join the process group torchrun describes (if any) and pick this process's device."""
+def init_distributed(
+    device_preference: str = "auto", timeout_minutes: float = 60.0
+) -> tuple[DistInfo, torch.device]:
+    """Join the process group torchrun describes (if any) and pick this process's device.
+
+    ``timeout_minutes``: how long a collective waits for the other processes (for NCCL,
+    the watchdog's limit) before the run fails.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -78,8 +85,9 @@ def init_distributed(device_preference: str = "auto") -> tuple[DistInfo, torch.d
     device = select_device(device_preference, local_rank, local_world_size)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if device.type == "cuda" else "gloo"
-        kwargs = {"device_id": device} if device.type == "cuda" else {}
-        dist.init_process_group(backend=backend, **kwargs)
+        kwargs: dict = {"device_id": device} if device.type == "cuda" else {}
+        timeout = datetime.timedelta(minutes=timeout_minutes)
+        dist.init_process_group(backend=backend, timeout=timeout, **kwargs)
     if dist.is_initialized():
         info = DistInfo(rank=dist.get_rank(), local_rank=local_rank, world_size=dist.get_world_size())
     return info, device

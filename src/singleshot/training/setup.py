@@ -14,7 +14,7 @@ from ..models.ssd import SSD
 from ..presets import build_model
 from ..priors import PriorConfig
 from .config import TrainConfig
-from .data import Transform, relabel
+from .data import Transform, default_workers, relabel
 
 __all__ = [
     "build_training_model",
@@ -172,7 +172,11 @@ def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
 
 
 def default_evaluator(model, dataset, metric, batch_size, device, progress, classes=None) -> dict[str, Any]:
-    """`evaluate_model`; ``classes``: the model-dataset `ClassMatch` (default: matched by name)."""
+    """`evaluate_model`; ``classes``: the model-dataset `ClassMatch` (default: matched by name).
+
+    Images are read by the same number of loader workers as training uses by default
+    (`default_workers`: none on the CPU, up to 8 per process with GPUs).
+    """
     from ..evaluation.run import evaluate_model
 
     return evaluate_model(
@@ -183,4 +187,5 @@ def default_evaluator(model, dataset, metric, batch_size, device, progress, clas
         device=device,
         progress=progress,
         classes=classes,
+        num_workers=default_workers(torch.device(device).type),
     )

@@ -32,6 +32,7 @@ from ..runtime import tune_malloc
 from . import distributed
 from .config import TrainConfig
 from .data import Transform, default_workers, make_train_loader, open_run_datasets
+from .determinism import deterministic_algorithms
 from .logging import RunLogger
 from .optim import build_optimizer
 from .results import NonFiniteLossError, StepWindow, TrainResult
@@ -68,7 +69,7 @@ class Trainer:
         tune_malloc()
         self.config = config
         self.out = Path(config.out)
-        self.dist, self.device = distributed.init_distributed(config.device)
+        self.dist, self.device = distributed.init_distributed(config.device, config.dist_timeout_minutes)
         if config.batch_size % self.dist.world_size:
             raise ValueError(
                 f"batch_size {config.batch_size} is not divisible by the {self.dist.world_size} processes"
@@ -196,6 +197,10 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train until ``config.iterations`` (or ``stop_at``, or the time budget); see `train`."""
+        with deterministic_algorithms(self.config.deterministic):
+            return self._run(stop_at)
+
+    def _run(self, stop_at: int | None) -> TrainResult:
         config = self.config
         end = config.iterations if stop_at is None else min(stop_at, config.iterations)
         main = self.dist.is_main
