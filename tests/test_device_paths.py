@@ -11,6 +11,7 @@ import singleshot
 from singleshot.checkpoint import save_checkpoint
 from singleshot.models.vgg import L2Norm
 from singleshot.training import TrainConfig, train
+from singleshot.training.data import make_train_loader
 from singleshot.training.distributed import init_distributed, select_device
 from singleshot.training.setup import resolve_amp
 from train_fixtures import ShapesDataset, resize_flip, tiny_config
@@ -121,3 +122,30 @@ def test_ddp_processes_wait_for_one_another_as_long_as_configured(monkeypatch):
     assert calls == [{"backend": "gloo", "timeout": datetime.timedelta(minutes=90)}]
     assert device == torch.device("cpu") and info.rank == 1 and info.world_size == 2
     assert TrainConfig().dist_timeout_minutes == 60  # not NCCL's 10, which rank 0's evaluation can outlast
+
+
+class ReadLog:
+    """ShapesDataset whose reads are appended, with the reading process's id, to a file."""
+
+    def __init__(self, path, n=6):
+        self.inner, self.path, self.classes = ShapesDataset(n), path, ShapesDataset.classes
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getitem__(self, index):
+        with open(self.path, "a") as log:
+            log.write(f"{os.getpid()} {index}\n")
+        return self.inner[index]
+
+
+def test_cached_images_are_decoded_once_for_all_loader_workers(tmp_path):
+    dataset = ReadLog(tmp_path / "reads.txt")
+    loader = make_train_loader(dataset, resize_flip, 2, seed=0, workers=2, cache_images=True)
+    stream = iter(loader)
+    for _ in range(9):  # three passes over the 6 images
+        next(stream)
+    del stream
+    reads = [line.split() for line in (tmp_path / "reads.txt").read_text().splitlines()]
+    assert sorted(int(index) for _, index in reads) == list(range(6))  # each image decoded once ...
+    assert {pid for pid, _ in reads} == {str(os.getpid())}  # ... here, not in each worker

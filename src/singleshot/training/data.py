@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from typing import Any
@@ -40,7 +41,9 @@ class TrainSamples(Dataset):
 
     ``cache_images=True`` keeps each decoded image (and its target) in memory after its
     first read, in this process: for small datasets (the demo's 1200 images of 160 px take
-    92 MB), it saves decoding each image again on every pass.
+    92 MB), it saves decoding each image again on every pass. `make_train_loader` fills
+    it before starting loader workers (`fill_cache`), so that forked workers share one
+    copy instead of each building its own.
 
     ``samples[(index, position)]`` reads image ``index`` and augments it with a generator
     seeded from (seed, position) (`singleshot.training.sampler.sample_generator`), giving
@@ -80,6 +83,15 @@ class TrainSamples(Dataset):
         image, target = self.cache[index]
         # copies: a transform may work in place
         return image.clone(), {k: v.clone() if isinstance(v, Tensor) else v for k, v in target.items()}
+
+    def fill_cache(self) -> None:
+        """Decode every image into the cache now (images that fail are left to the run)."""
+        if self.cache is None:
+            return
+        for index in range(len(self.dataset)):
+            if index not in self.cache:
+                with contextlib.suppress(ValueError, OSError):
+                    self.cache[index] = self.dataset[index]
 
     def _read_good(self, index: int, position: int) -> tuple[Tensor, dict[str, Any], list[tuple[str, str]]]:
         """Image ``index`` or (skipping) its replacement, and the (image, reason) of those passed over."""
@@ -141,12 +153,19 @@ def make_train_loader(
     cache_images: bool = False,
     on_bad_sample: str = "stop",
 ) -> DataLoader:
-    """An endless DataLoader of this process's batches (``batch_size`` = per process)."""
+    """An endless DataLoader of this process's batches (``batch_size`` = per process).
+
+    With ``cache_images`` and ``workers`` > 0 every image is decoded here first: workers
+    started by fork (Linux) share that cache, where each would otherwise fill its own.
+    """
     sampler = EndlessSampler(
         len(dataset), batch_size, seed=seed, rank=rank, world_size=world_size, start_position=start_position
     )
+    samples = TrainSamples(dataset, transform, seed, use_difficult, cache_images, on_bad_sample)
+    if workers > 0:
+        samples.fill_cache()
     return DataLoader(
-        TrainSamples(dataset, transform, seed, use_difficult, cache_images, on_bad_sample),
+        samples,
         batch_size=batch_size,
         sampler=sampler,
         num_workers=workers,
