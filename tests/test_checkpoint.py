@@ -3,6 +3,7 @@
 import copy
 import importlib.util
 import json
+import os
 import struct
 import sys
 
@@ -10,6 +11,7 @@ import pytest
 import torch
 
 import singleshot
+from ci import require
 from singleshot.checkpoint import load_checkpoint, save_checkpoint
 from singleshot.priors import PriorConfig
 
@@ -51,6 +53,57 @@ def test_round_trip_restores_model_and_description(compact, tmp_path):
             assert torch.equal(a, b)
     assert load_checkpoint(path)["training"] == {"iteration": 7}
     assert not list(path.parent.glob(".*.tmp"))  # the atomic write left nothing behind
+
+
+def interrupted_save(monkeypatch, tmp_path, compact, name, where):
+    """Save over an existing checkpoint ``name`` with the write failing at ``where``: after the
+    serializer wrote part of the file ("serialize"), or when the finished file is fsynced
+    ("fsync"). Returns the path, the bytes it held before, and the fsync calls seen."""
+    path = tmp_path / name
+    save_checkpoint(path, compact)
+    before = path.read_bytes()
+    other = singleshot.build_model("ssd160_compact", class_names=compact.class_names)  # other weights
+    fsynced = []
+    if where == "serialize" and name.endswith(".pt"):
+
+        def partial_save(obj, handle, *args, **kwargs):
+            handle.write(b"PK\x03\x04 half a zip archive")
+            raise OSError("disk full")
+
+        monkeypatch.setattr(torch, "save", partial_save)
+    elif where == "serialize":
+        import safetensors.torch
+
+        def failing(*args, **kwargs):
+            raise OSError("disk full")
+
+        monkeypatch.setattr(safetensors.torch, "save", failing)
+    else:
+
+        def failing_fsync(fd):
+            fsynced.append(os.fstat(fd).st_size)
+            raise OSError("disk full")
+
+        monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, other)
+    monkeypatch.undo()
+    return path, before, fsynced
+
+
+@pytest.mark.parametrize("where", ["serialize", "fsync"])
+@pytest.mark.parametrize("name", ["last.pt", "last.safetensors"])
+def test_a_failed_save_leaves_the_previous_checkpoint_intact(compact, tmp_path, monkeypatch, name, where):
+    if name.endswith(".safetensors"):
+        require(HAS_SAFETENSORS, "the safetensors package (a dev extra)")
+    path, before, fsynced = interrupted_save(monkeypatch, tmp_path, compact, name, where)
+    assert path.read_bytes() == before  # the old file, byte for byte
+    loaded = singleshot.load(path)
+    for key, value in compact.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no temporary file left behind
+    if where == "fsync":  # the new file was complete in its temporary file when it was fsynced
+        assert len(fsynced) == 1 and fsynced[0] > 0
 
 
 class RunsCode:
@@ -148,8 +201,8 @@ def test_safetensors_without_the_package_says_what_to_install(compact, tmp_path,
         save_checkpoint(tmp_path / "out.safetensors", compact)
 
 
-@pytest.mark.skipif(not HAS_SAFETENSORS, reason="the safetensors package is not installed")
 def test_safetensors_round_trip(compact, tmp_path):
+    require(HAS_SAFETENSORS, "the safetensors package (a dev extra)")
     path = save_checkpoint(tmp_path / "model.safetensors", compact)
     loaded = singleshot.load(path)
     assert loaded.class_names == compact.class_names

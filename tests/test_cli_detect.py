@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import singleshot
+from ci import under_ci
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
 from singleshot.imageio import read_image
@@ -84,7 +85,7 @@ def test_detect_glob_numeric_ids_no_draw(checkpoint, tmp_path):
     assert code == 0
     assert [p.name for p in out.iterdir()] == ["detections.json"]
     ids = {r["image_id"] for r in json.loads((out / "detections.json").read_text())}
-    assert ids and ids <= {139, 285}
+    assert ids == {139, 285}  # both images give detections, named by their numeric ids
 
 
 def test_detect_errors(checkpoint, tmp_path, capsys):
@@ -150,6 +151,8 @@ def test_detect_winograd_choices(checkpoint, tmp_path, capsys, monkeypatch):
         return json.loads((out / "detections.json").read_text())
 
     direct = detections("--no-winograd")
+    if kernel_build.find_compiler() is None and under_ci():  # a skip under CI would hide untested code
+        pytest.fail("no C compiler under CI: --winograd detection is untested", pytrace=False)
     if kernel_build.find_compiler() is not None:
         fast = detections("--winograd")  # the compact model's 192-channel conv runs by Winograd
         assert [r["category_id"] for r in fast] == [r["category_id"] for r in direct]

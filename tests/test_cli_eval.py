@@ -102,18 +102,64 @@ def test_eval_voc_dataset_writes_table_metrics_and_plot(tmp_path, checkpoint, ca
         assert image.format == "PNG" and image.size[0] > 400
 
 
-def test_eval_coco_dataset_with_coco_metric(tmp_path, checkpoint):
-    data = write_coco(tmp_path / "coco")
+def test_eval_coco_dataset_with_coco_metric(tmp_path):
+    # A checkpointed compact model with constant outputs (zero head weights): everywhere background
+    # but at the last level's single cell, whose first box says cat and second box dog. Each
+    # image thus gets exactly two detections: the centred squares of 132 and sqrt(132 x 164) px.
+    model = singleshot.build_model("ssd160_compact", num_classes=3, class_names=CLASSES)
+    with torch.no_grad():
+        for conv in [*model.head.loc, *model.head.conf]:
+            conv.weight.zero_()
+            conv.bias.zero_()
+        for conv in model.head.conf:
+            conv.bias.view(-1, 3)[:, 0] = 8.0
+        model.head.conf[-1].bias.view(-1, 3)[:2] = torch.tensor([[0.0, 8.0, 0.0], [0.0, 0.0, 8.0]])
+    checkpoint = save_checkpoint(tmp_path / "fixed.pt", model)
+    cat_box, dog_box = model.priors[-4].double(), model.priors[-3].double()  # (cx, cy, w, h) fractions
+    assert cat_box.tolist() == pytest.approx([0.5, 0.5, 132 / 160, 132 / 160])
+
+    # Ground truth: the cat box in every image (IoU 1); the dog box in image 0, none in image 1,
+    # and in image 2 a centred box of 0.72 of its area (IoU 0.72).
+    def bbox(box, width, height, shrink=1.0):
+        w, h = box[2] * width * shrink, box[3] * height * shrink
+        return [float(box[0] * width - w / 2), float(box[1] * height - h / 2), float(w), float(h)]
+
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "images" / "val").mkdir(parents=True)
+    images, annotations = [], []
+    for k, (_, (h, w), _) in enumerate(IMAGES):
+        Image.fromarray(np.full((h, w, 3), 90, dtype=np.uint8)).save(root / "images" / "val" / f"{k}.png")
+        images.append({"id": 100 + k, "file_name": f"{k}.png", "height": h, "width": w})
+        boxes = [(17, bbox(cat_box, w, h))]
+        if k != 1:
+            boxes.append((18, bbox(dog_box, w, h, 1.0 if k == 0 else 0.72**0.5)))
+        for category, box in boxes:
+            annotations.append({"id": len(annotations) + 1, "image_id": 100 + k, "category_id": category,
+                                "iscrowd": 0, "bbox": box, "area": box[2] * box[3]})  # fmt: skip
+    categories = [{"id": 17, "name": "cat"}, {"id": 18, "name": "dog"}]
+    data = {"images": images, "annotations": annotations, "categories": categories}
+    (root / "annotations" / "instances_val.json").write_text(json.dumps(data))
+
     out = tmp_path / "out"
-    code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--split", "val",
+    code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(root), "--split", "val",
                  "--metric", "coco", "--out", str(out), "--workers", "0", "--no-progress"])  # fmt: skip
     assert code == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["metric"] == "coco"
     assert len(metrics["stats"]) == 12
-    assert set(metrics["per_class"]) == {"cat", "dog"}
     assert {row["category_id"] for row in metrics["per_class"].values()} == {17, 18}
-    assert 0.0 <= metrics["AP"] <= metrics["AP50"] <= 1.0
+    # cat: IoU 1 everywhere, AP 1 at every threshold. dog: equal scores, images in id order:
+    # IoU >= 0.5 up to 0.70: TP FP TP -> precision 1 up to recall 1/2, then 2/3: 101 recall points,
+    # 51 at 1 and 50 at 2/3 = 253/303; from 0.75: TP FP FP -> 51 points at 1 = 153/303.
+    dog_ap50, dog_ap = 253 / 303, (5 * 253 / 303 + 5 * 153 / 303) / 10
+    assert metrics["per_class"]["cat"]["AP"] == pytest.approx(1.0, abs=1e-9)
+    assert metrics["per_class"]["dog"]["AP"] == pytest.approx(dog_ap, abs=1e-9)
+    assert metrics["per_class"]["dog"]["AP50"] == pytest.approx(dog_ap50, abs=1e-9)
+    assert metrics["per_class"]["dog"]["AP75"] == pytest.approx(153 / 303, abs=1e-9)
+    assert metrics["AP"] == pytest.approx((1 + dog_ap) / 2, abs=1e-9)
+    assert metrics["AP50"] == pytest.approx((1 + dog_ap50) / 2, abs=1e-9)
+    assert metrics["AP75"] == pytest.approx((1 + 153 / 303) / 2, abs=1e-9)
 
 
 def test_eval_reports_bad_inputs(tmp_path, checkpoint, capsys):

@@ -6,11 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from ci import require
 from singleshot.checkpoint import load_checkpoint
 from singleshot.loss import MultiBoxLoss
 from singleshot.training.data import make_train_loader
@@ -21,8 +21,8 @@ from train_fixtures import ShapesDataset, resize_flip, tiny_config
 TESTS = Path(__file__).parent
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs gloo")
 def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path):
+    require(dist.is_available() and dist.is_gloo_available(), "torch.distributed with gloo")
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     command = [

@@ -94,20 +94,24 @@ def test_evaluate_model_with_a_real_model_equals_predict_then_evaluate():
     torch.manual_seed(0)
     model = singleshot.build_model("ssd160_compact", num_classes=3)
     model.train()
-    g = torch.Generator().manual_seed(1)
+    # ground truth the random model does find: in each image, its best class-1 and class-2 boxes
+    # (so both classes score well above zero), plus a difficult box far from them
+    images = [TinyDataset([None] * len(SIZES))[i][0] for i in range(len(SIZES))]
     targets = []
-    for h, w in SIZES:
-        xy = torch.rand(3, 2, generator=g) * torch.tensor([w, h]) * 0.5
-        wh = (0.2 + 0.3 * torch.rand(3, 2, generator=g)) * torch.tensor([w, h])
-        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.tensor([1, 2, 1]),
+    for image, (h, w) in zip(images, SIZES):
+        found = model.predict(image)[0]
+        best = [found["boxes"][found["labels"] == label][0] for label in (1, 2)]
+        difficult = torch.tensor([0.0, 0.0, w / 8, h / 8])
+        targets.append({"boxes": torch.stack([*best, difficult]), "labels": torch.tensor([1, 2, 1]),
                         "difficult": torch.tensor([False, False, True])})  # fmt: skip
     dataset = TinyDataset(targets)
     result = evaluate_model(model, dataset, "voc12", batch_size=3, progress=False)
     assert model.training  # mode restored
     detections = [model.predict(dataset[i][0])[0] for i in range(len(dataset))]
     expected = evaluate_voc(detections, targets, use_07_metric=False, inclusive_boxes=False)
-    assert set(result["ap"]) == {1, 2}
+    assert set(result["ap"]) == set(expected["ap"]) == {1, 2}
     for label, ap in expected["ap"].items():
+        assert ap > 0.2  # not a comparison of zeros
         assert result["ap"][label] == pytest.approx(ap, abs=1e-5)
     assert result["num_detections"] == expected["num_detections"]
 

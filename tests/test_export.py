@@ -164,6 +164,52 @@ def test_onnx_detector_equals_predict(model, images, onnx_files):
     assert (scores[0, n:] == 0).all() and (labels[0, n:] == 0).all() and (boxes[0, n:] == 0).all()
 
 
+def assert_gap(values, k, tolerance=1e-4):
+    """The k-th and (k+1)-th largest of ``values`` differ by more than ``tolerance`` (if there
+    are more than k): a cut after the k-th cannot be moved by float differences between runtimes."""
+    ordered = sorted(values, reverse=True)
+    if len(ordered) > k:
+        assert ordered[k - 1] - ordered[k] > tolerance, (ordered[k - 1], ordered[k])
+
+
+def test_onnx_detector_with_binding_top_k_and_cap_equals_detect(images, tmp_path):
+    """pre_nms_top_k=5 and max_detections=7 inside the ONNX graph (TopK and the cap run in
+    onnxruntime) give detect()'s detections with the same settings, and both cuts change them."""
+    model = make_model()
+    with torch.no_grad():  # class "a" outscores the others: without the top-k it would fill the 7
+        for conv in model.head.conf:
+            conv.bias.view(-1, model.num_classes)[:, 1] += 0.2
+    threshold = threshold_in_a_gap(model, images, at_least=80)
+    path = export_onnx(
+        model, tmp_path / "capped.onnx", with_postprocess=True, score_threshold=threshold,
+        pre_nms_top_k=5, max_detections=7,
+    )  # fmt: skip
+    x = preprocess(images, model.image_size, model.image_mean)
+    with torch.no_grad():
+        loc, conf = model(x)
+    scores = conf.softmax(-1)
+
+    def reference(top_k, max_det):
+        return detect(loc, scores, model.priors, threshold, 0.45, top_k, max_det, clip=False)
+
+    expected, uncapped, no_top_k = reference(5, 7), reference(5, None), reference(10**4, 7)
+    # both cuts bind: 7 of more detections kept on every image; the top 5 of class "a" where
+    # without the top-k 7 and 6 of them would be among the 7 on images 0 and 2
+    assert [len(d["scores"]) for d in expected] == [7, 7, 7]
+    assert all(len(d["scores"]) > 7 for d in uncapped)
+    assert [d["labels"].tolist().count(1) for d in expected] == [5, 5, 5]
+    assert [d["labels"].tolist().count(1) for d in no_top_k] == [7, 5, 6]
+    # and neither cut falls between nearly equal scores (else runtimes' rounding could move it)
+    for b, detections in enumerate(uncapped):
+        assert_gap(detections["scores"].tolist(), 7)
+        for c in range(1, model.num_classes):
+            assert_gap([v for v in scores[b, :, c].tolist() if v > threshold], 5)
+
+    boxes, out_scores, labels, counts = OnnxDetector(path).run(x)
+    assert boxes.shape == (len(images), 7, 4) and counts.tolist() == [7] * len(images)
+    assert_same_detections(outputs_to_detections(boxes, out_scores, labels, counts), expected, box_tol=1e-4)
+
+
 def test_onnx_network_runner_postprocesses_like_predict(model, images, onnx_files):
     runner = OnnxDetector(onnx_files["network"])
     threshold = onnx_files["threshold"]

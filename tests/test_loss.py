@@ -105,6 +105,24 @@ def test_mining_counts_and_cap():
     assert negative.sum().item() == 5 - 0 and not (negative & positive).any()
 
 
+def test_mining_takes_ratio_times_positives_per_image_from_the_non_positives():
+    # 12 priors, 3 images: 2 positives (the 2nd and 3rd highest losses), 1 positive (the highest), none
+    background = torch.tensor(
+        [
+            [0.50, 0.10, 0.95, 0.30, 0.80, 0.20, 0.70, 0.05, 0.60, 0.40, 0.90, 0.15],
+            [0.20, 0.90, 0.10, 0.80, 0.30, 0.70, 0.40, 0.99, 0.60, 0.50, 0.05, 0.35],
+            [0.90, 0.80, 0.70, 0.60, 0.50, 0.40, 0.30, 0.20, 0.10, 0.05, 0.95, 0.85],
+        ]
+    )
+    positive = torch.zeros(3, 12, dtype=torch.bool)
+    positive[0, [2, 4]] = True
+    positive[1, 7] = True
+    negative = mine_hard_negatives(background, positive, 3)
+    # image 0: 6 of its 10 non-positives, by loss 0.90 0.70 0.60 0.50 0.40 0.30 (0.20 and below left out)
+    # image 1: 3 of 11: 0.90 0.80 0.70 (0.60 left out); image 2: no positive, no negative
+    assert [row.nonzero().flatten().tolist() for row in negative] == [[0, 3, 6, 8, 9, 10], [1, 3, 5], []]
+
+
 def test_degenerate_box_and_bad_labels_raise():
     loc, conf, priors, targets = make_case(2, (1, 2))
     targets[1]["boxes"][1] = torch.tensor([0.5, 0.5, 0.4, 0.9])

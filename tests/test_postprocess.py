@@ -67,8 +67,11 @@ def test_detect_empty_and_threshold():
     out = detect(loc, scores, priors, score_threshold=1.0)
     assert len(out) == 2 and all(d["boxes"].shape == (0, 4) for d in out)
     out = detect(loc, scores, priors, score_threshold=0.3)
-    for det in out:
+    for det, image_scores in zip(out, scores):
+        assert len(det["scores"]) > 0  # else the checks below hold vacuously
         assert (det["scores"] > 0.3).all()
+        # every (prior, class) above the threshold survives unless NMS or the caps removed it
+        assert len(det["scores"]) <= int((image_scores[:, 1:] > 0.3).sum())
         assert ((det["labels"] >= 1) & (det["labels"] <= 4)).all()
 
 

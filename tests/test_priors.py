@@ -1,8 +1,10 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from reference import CAFFE_PRIOR_PARAMETERS, caffe_count_outside, caffe_prior_boxes
 from singleshot.presets import PRESETS
 from singleshot.priors import PriorConfig, count_outside, generate_priors
 
@@ -112,17 +114,41 @@ def test_center_and_size_clip_differ_where_ssd300_grid_spills_over():
     assert not torch.equal(priors_of("ssd512_coco", "center"), priors_of("ssd512_coco", "none"))
 
 
-def test_count_outside_matches_brute_force():
-    config = PRESETS["ssd300_voc"].prior_config
-    priors = generate_priors(config, clip="none").double()
-    low = priors[:, :2] - priors[:, 2:] / 2
-    high = priors[:, :2] + priors[:, 2:] / 2
-    outside = ((low < -1e-6) | (high > 1 + 1e-6)).any(1)
-    counts = count_outside(config)
-    assert len(counts) == 6
-    assert sum(counts) == int(outside.sum())
-    # the single 1x1 cell at the last level: 264 and 288 px squares fit, the 2:1 boxes do not
-    assert counts[-1] == 2
+@pytest.mark.parametrize("name", sorted(CAFFE_PRIOR_PARAMETERS))
+def test_priors_equal_a_loop_transcription_of_caffes_prior_box_layer(name):
+    """Every default box, against Caffe's PriorBox written out in plain loops (float64): the
+    library's float32 value is the float64 one rounded once, so within half a float32 ulp."""
+    config = PRESETS[name].prior_config
+    levels = caffe_prior_boxes(*CAFFE_PRIOR_PARAMETERS[name])
+    assert [len(boxes) for boxes in levels] == [
+        size * size * per_cell for size, per_cell in zip(config.feature_maps, config.boxes_per_location)
+    ]
+    corners = torch.tensor([box for boxes in levels for box in boxes], dtype=torch.float64)
+    expected = torch.cat(((corners[:, :2] + corners[:, 2:]) / 2, corners[:, 2:] - corners[:, :2]), dim=1)
+    got = generate_priors(config, clip="none")
+    assert got.dtype == torch.float32 and got.shape == expected.shape
+    # half the float32 spacing at each value (2^-24 relative), plus the float64 noise of the two recipes
+    half_ulp = torch.from_numpy(np.spacing(expected.abs().float().numpy())).double() / 2
+    error = (got.double() - expected).abs()
+    assert (error <= half_ulp + 1e-15).all(), f"max error {float(error.max()):.3g}"
+    # centre clipping clamps each (cx, cy, w, h) of those same boxes to [0, 1]
+    clipped = generate_priors(config, clip="center").double()
+    assert ((clipped - expected.clamp(0, 1)).abs() <= half_ulp + 1e-15).all()
+
+
+@pytest.mark.parametrize(
+    "name, expected",
+    [
+        # SSD300: the single 1x1 cell's 264 and 288 px squares fit, its 2:1 and 1:2 boxes do not
+        ("ssd300_voc", [1356, 914, 427, 136, 34, 2]),
+        ("ssd300_coco", [947, 699, 413, 130, 32, 2]),
+        ("ssd512_voc", [2460, 1788, 828, 304, 88, 16, 2]),
+        ("ssd512_coco", [1500, 1444, 788, 280, 88, 16, 2]),
+    ],
+)
+def test_count_outside_per_level_equals_counting_caffes_boxes_one_by_one(name, expected):
+    assert caffe_count_outside(name) == expected
+    assert count_outside(PRESETS[name].prior_config) == expected
 
 
 def test_config_validation():

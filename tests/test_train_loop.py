@@ -1,6 +1,7 @@
 """The training loop on tiny in-memory data: learning, resume, NaN handling, best checkpoint, budget."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -181,13 +182,30 @@ def test_init_from_keeps_everything_but_the_class_heads(tmp_path):
     run(config, FourClasses(4))
     tuned = load_checkpoint(tmp_path / "run" / "last.pt")["state_dict"]
     reference = source.state_dict()
+    # the fresh initialisation of the run: the preset built for 4 classes under the run's seed
+    torch.manual_seed(config.seed)
+    fresh = singleshot.build_model("ssd160_compact", class_names=FourClasses.classes).state_dict()
+    # one step at lr 1e-12 moves no weight by more than ~1e-11
+    close = {"rtol": 0.0, "atol": 1e-9}
+    conf = [name for name in tuned if name.startswith("head.conf.")]
+    assert len(conf) == 2 * len(source.head.conf)
     for name, tensor in tuned.items():
-        if name.startswith("head.conf."):
+        if name in conf:
             assert tensor.shape[0] == reference[name].shape[0] // 3 * 4  # 4 classes per box now
-        elif tensor.is_floating_point() and "running" not in name:
-            torch.testing.assert_close(tensor, reference[name], msg=name)
-    fresh = singleshot.build_model("ssd160_compact", num_classes=4)
-    assert tuned["head.conf.0.weight"].shape == fresh.state_dict()["head.conf.0.weight"].shape
+            torch.testing.assert_close(tensor, fresh[name], **close, msg=name)
+        elif tensor.is_floating_point() and "running" not in name:  # backbone, extras, loc heads
+            assert not torch.equal(reference[name], fresh[name]), name  # so keeping them shows
+            torch.testing.assert_close(tensor, reference[name], **close, msg=name)
+    assert any(name.startswith("head.loc.") for name in tuned)
+    # the class heads follow init_ssd_weights: Xavier-uniform weights, bound sqrt(6 / (fan_in + fan_out))
+    # with fan = channels x 3 x 3 (their maximum reaches it within 3 %), zero biases
+    for name in conf:
+        if name.endswith(".bias"):
+            assert tuned[name].abs().max() <= 1e-9, name
+            continue
+        out_channels, in_channels, kh, kw = tuned[name].shape
+        bound = math.sqrt(6 / ((in_channels + out_channels) * kh * kw))
+        assert 0.97 * bound < float(tuned[name].abs().max()) <= bound, name
 
 
 def test_init_from_another_preset_is_refused(tmp_path):

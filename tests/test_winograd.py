@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ci import require
 from singleshot import build_model
 from singleshot.winograd import (
     KernelBuildError,
@@ -22,7 +23,11 @@ from singleshot.winograd import (
 from singleshot.winograd import build as kernel_build
 from singleshot.winograd import conv as winograd_module
 
-pytestmark = pytest.mark.skipif(kernel_build.find_compiler() is None, reason="no C compiler for the kernels")
+
+@pytest.fixture
+def compiler():
+    """The tests that run the kernels need a C compiler (a failure under CI, else a skip)."""
+    require(kernel_build.find_compiler() is not None, "a C compiler for the Winograd kernels")
 
 
 def direct(x, weight, bias=None, relu=False):
@@ -55,7 +60,7 @@ def test_filter_transform_layout_is_position_input_output():
     torch.testing.assert_close(u[35], weight[:, :, 2, 2].t())
 
 
-def test_box_filter_on_ones_counts_the_neighbours_inside_the_map():
+def test_box_filter_on_ones_counts_the_neighbours_inside_the_map(compiler):
     x = torch.ones(1, 1, 5, 6)
     weight = torch.ones(1, 1, 3, 3)
     y = winograd_conv3x3(x, transform_weight(weight))
@@ -77,7 +82,7 @@ def test_box_filter_on_ones_counts_the_neighbours_inside_the_map():
     ],
 )
 @pytest.mark.parametrize("relu", [False, True])
-def test_equals_direct_convolution(batch, channels, out_channels, height, width, relu):
+def test_equals_direct_convolution(compiler, batch, channels, out_channels, height, width, relu):
     torch.manual_seed(batch * 1000 + channels + height)
     x = torch.randn(batch, channels, height, width)
     weight = torch.randn(out_channels, channels, 3, 3)
@@ -90,7 +95,7 @@ def test_equals_direct_convolution(batch, channels, out_channels, height, width,
         assert (got >= 0).all()
 
 
-def test_without_bias_and_from_a_non_contiguous_input():
+def test_without_bias_and_from_a_non_contiguous_input(compiler):
     torch.manual_seed(1)
     x = torch.randn(2, 9, 11, 6).permute(0, 3, 1, 2)  # (2, 6, 9, 11), strided
     weight = torch.randn(4, 6, 3, 3)
@@ -98,7 +103,7 @@ def test_without_bias_and_from_a_non_contiguous_input():
 
 
 @pytest.mark.parametrize("threads", [1, 3])
-def test_chunks_and_threads_do_not_change_the_result(monkeypatch, threads):
+def test_chunks_and_threads_do_not_change_the_result(compiler, monkeypatch, threads):
     # 100 tiles per 40x40 image; chunks of 2048 // 32 = 64 tiles cross image borders
     # and are cut unevenly between the threads.
     torch.manual_seed(2)
@@ -146,7 +151,7 @@ def test_eligibility():
         WinogradConv2d(nn.Conv2d(8, 8, 3, padding=0))
 
 
-def test_module_matches_conv_and_relu_and_refuses_training():
+def test_module_matches_conv_and_relu_and_refuses_training(compiler):
     torch.manual_seed(3)
     conv = nn.Conv2d(16, 24, 3, padding=1)
     module = WinogradConv2d(conv, relu=True)
@@ -157,7 +162,7 @@ def test_module_matches_conv_and_relu_and_refuses_training():
         module(x.requires_grad_())
 
 
-def test_use_winograd_on_ssd300_replaces_conv2_2_to_conv5_3_and_keeps_the_outputs():
+def test_use_winograd_on_ssd300_replaces_conv2_2_to_conv5_3_and_keeps_the_outputs(compiler):
     torch.manual_seed(4)
     model = build_model("ssd300_voc").eval()
     fast = build_model("ssd300_voc").eval()
@@ -193,7 +198,7 @@ def fresh_build(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_kernels_build_once_into_the_cache(fresh_build, monkeypatch):
+def test_kernels_build_once_into_the_cache(compiler, fresh_build, monkeypatch):
     kernel_build.load_kernels()
     built = list(fresh_build.glob("winograd-*.so"))
     assert len(built) == 1
@@ -227,7 +232,7 @@ def test_failing_compiler_is_a_clear_error(fresh_build, monkeypatch, tmp_path_fa
     assert not list(fresh_build.glob("winograd-*.so"))
 
 
-def test_a_converted_model_is_neither_saved_nor_traced(tmp_path):
+def test_a_converted_model_is_neither_saved_nor_traced(compiler, tmp_path):
     from singleshot.checkpoint import save_checkpoint
 
     model = build_model("ssd160_compact").eval()

@@ -28,8 +28,9 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -45,6 +46,7 @@ __all__ = [
     "model_from_checkpoint",
     "load",
     "atomic_save",
+    "atomic_write",
 ]
 
 CHECKPOINT_FORMAT = "singleshot"
@@ -65,14 +67,15 @@ def model_metadata(model: SSD) -> dict[str, Any]:
     }
 
 
-def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
-    """`torch.save` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename it over
+    ``path``: a failure or crash at any point leaves the previous file (if any) as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
+            write(handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -88,6 +91,11 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     except OSError:
         pass
     return path
+
+
+def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
+    """`torch.save` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
+    return atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any] | None = None) -> Path:
@@ -140,23 +148,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
 
 def _save_safetensors(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
     except ImportError:
         raise ValueError(
             f"{path}: writing safetensors files needs the `safetensors` package (pip install safetensors)"
         ) from None
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "model": json.dumps(meta)}
-    try:
-        save_file({k: v.contiguous() for k, v in state.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    tensors = {k: v.contiguous() for k, v in state.items()}
+    return atomic_write(path, lambda handle: handle.write(save(tensors, metadata=metadata)))
 
 
 def _load_safetensors(path: Path, map_location: str | torch.device) -> dict[str, Any]:
