@@ -1,0 +1,49 @@
+"""Numerical tolerances of the tests, derived from float32 rounding at the scale compared.
+
+A tolerance states what float32 arithmetic can do, not what one machine printed: other
+CPUs run other kernels (AVX-512, AVX2, SSE, scalar; oneDNN's and ATen's), which round
+in other orders. Where both sides do the same arithmetic a test compares exactly
+(``torch.equal``, ``==``); elementwise ``+ - * /`` and ``sqrt`` are correctly rounded in
+IEEE arithmetic, so a chain of separate torch ops gives the same bits on every kernel.
+What may differ between kernels:
+
+- reductions (sums, dot products, matmul, convolution, pooling means): the summation
+  order (blocking, SIMD width, threads) changes with the kernel;
+- transcendental functions (exp, log, pow, cos): vectorised (SLEEF) and scalar libm
+  agree only within about one ulp;
+- fused multiply-adds inside one kernel (one rounding instead of two).
+
+Every tolerance is built from `EPS` with the two functions below, at the magnitude of
+what is compared, and a comment at the site says which operations it covers.
+"""
+
+import math
+
+import torch
+
+EPS = torch.finfo(torch.float32).eps  # 2**-23 ~ 1.19e-7; one rounding errs by <= EPS / 2 relative
+
+
+def rounding(scale, ops=1):
+    """Error bound of ``ops`` float32 roundings on values of magnitude <= ``scale``.
+
+    Each elementwise operation (``+ - * /``, ``sqrt``, and exp/log within an ulp) rounds
+    its result with a relative error <= EPS / 2; errors carried through a chain of
+    ``ops`` operations with no cancellation add up to <= ops * EPS / 2 * scale. Returns
+    ``ops * EPS * scale``: the worst case with a factor 2 to spare.
+    """
+    return ops * EPS * scale
+
+
+def reduction(k, scale, margin=8):
+    """Error bound of a float32 sum of ``k`` terms whose absolute values sum to ``scale``.
+
+    A dot product, a convolution output or a matrix product entry with ``k`` products,
+    summed in any order (kernels differ in blocking, SIMD width and threads). Each
+    addition rounds with a relative error <= EPS / 2 of its partial sum; the errors have
+    random signs, so their total grows like ``sqrt(k) * EPS / 2 * scale`` (the
+    worst case ``k * EPS / 2 * scale`` needs every rounding to go the same way, which no
+    real data does). Returns ``margin * sqrt(k) * EPS * scale``: twice the typical error
+    with a further ``margin`` (8 unless said) to spare.
+    """
+    return margin * math.sqrt(k) * EPS * scale
