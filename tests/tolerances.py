@@ -22,20 +22,24 @@ import math
 import torch
 
 EPS = torch.finfo(torch.float32).eps  # 2**-23 ~ 1.19e-7; one rounding errs by <= EPS / 2 relative
+EPS64 = torch.finfo(torch.float64).eps  # 2**-52 ~ 2.2e-16: for what is computed in float64 (metrics)
 
 
-def rounding(scale, ops=1):
+def rounding(scale, ops=1, eps=EPS):
     """Error bound of ``ops`` float32 roundings on values of magnitude <= ``scale``.
 
     Each elementwise operation (``+ - * /``, ``sqrt``, and exp/log within an ulp) rounds
     its result with a relative error <= EPS / 2; errors carried through a chain of
     ``ops`` operations with no cancellation add up to <= ops * EPS / 2 * scale. Returns
-    ``ops * EPS * scale``: the worst case with a factor 2 to spare.
+    ``ops * EPS * scale``: the worst case with a factor 2 to spare. (A mean of ``k``
+    values <= ``scale`` summed one by one is within ``rounding(scale, ops=k)``: each
+    partial sum is <= k * scale, each rounding <= EPS/2 of it, and the division by k.)
+    ``eps=EPS64`` for float64 arithmetic.
     """
-    return ops * EPS * scale
+    return ops * eps * scale
 
 
-def reduction(k, scale, margin=8):
+def reduction(k, scale, margin=8, eps=EPS):
     """Error bound of a float32 sum of ``k`` terms whose absolute values sum to ``scale``.
 
     A dot product, a convolution output or a matrix product entry with ``k`` products,
@@ -46,4 +50,4 @@ def reduction(k, scale, margin=8):
     real data does). Returns ``margin * sqrt(k) * EPS * scale``: twice the typical error
     with a further ``margin`` (8 unless said) to spare.
     """
-    return margin * math.sqrt(k) * EPS * scale
+    return margin * math.sqrt(k) * eps * scale
