@@ -51,3 +51,18 @@ def reduction(k, scale, margin=8, eps=EPS):
     with a further ``margin`` (8 unless said) to spare.
     """
     return margin * math.sqrt(k) * eps * scale
+
+
+def network(model, scale, margin=8):
+    """Error bound of a float32 convolutional network's outputs of magnitude <= ``scale``.
+
+    Every convolution output is a sum of ``k`` products (``k`` = input channels x kernel
+    area, the largest in the model), rounded as in `reduction`; in these ReLU networks a
+    layer's sum of |terms| is of the size of its outputs, and the following layers carry
+    its error to the outputs at the outputs' own relative size. The ``depth`` layers'
+    errors (all convolutions counted, the parallel heads too: an overestimate) are
+    independent and add in quadrature: ``margin * sqrt(depth * k) * EPS * scale``.
+    """
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    k = max(c.in_channels // c.groups * c.kernel_size[0] * c.kernel_size[1] for c in convs)
+    return margin * math.sqrt(len(convs) * k) * EPS * scale
