@@ -22,13 +22,7 @@ from singleshot.winograd import (
 )
 from singleshot.winograd import build as kernel_build
 from singleshot.winograd import conv as winograd_module
-from tolerances import network, reduction, rounding
-
-# F(4x4, 3x3)'s transforms: in one dimension, sum_j |A^T_ij| (|G| 1)_j (|B^T| 1)_j reaches 48
-# where the direct convolution's sum of |terms| is 3 (all ones): 16x. In two dimensions
-# the worst case is 16^2 for rounding errors all of one sign; of random signs, its square
-# root. So a Winograd output errs by <= WINOGRAD_GAIN times the direct sum's bound.
-WINOGRAD_GAIN = 16
+from tolerances import WINOGRAD_GAIN, network, reduction, rounding
 
 pytestmark = pytest.mark.skipif(kernel_build.find_compiler() is None, reason="no C compiler for the kernels")
 

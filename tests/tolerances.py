@@ -24,6 +24,12 @@ import torch
 EPS = torch.finfo(torch.float32).eps  # 2**-23 ~ 1.19e-7; one rounding errs by <= EPS / 2 relative
 EPS64 = torch.finfo(torch.float64).eps  # 2**-52 ~ 2.2e-16: for what is computed in float64 (metrics)
 
+# F(4x4, 3x3)'s transforms: in one dimension, sum_j |A^T_ij| (|G| 1)_j (|B^T| 1)_j reaches 48
+# where the direct convolution's sum of |terms| is 3 (all ones): 16x. In two dimensions
+# the worst case is 16^2 for rounding errors all of one sign; of random signs, its square
+# root. So a Winograd output errs by <= WINOGRAD_GAIN times the direct sum's bound.
+WINOGRAD_GAIN = 16
+
 
 def rounding(scale, ops=1, eps=EPS):
     """Error bound of ``ops`` float32 roundings on values of magnitude <= ``scale``.
