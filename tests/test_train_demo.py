@@ -2,8 +2,6 @@
 
 import json
 
-import pytest
-
 import singleshot
 from singleshot.data import open_dataset
 from singleshot.evaluation import evaluate_model
@@ -38,7 +36,7 @@ def test_demo_writes_its_outputs_and_reports_measured_numbers(tmp_path):
     assert metrics["num_train_images"] == 16 and metrics["num_test_images"] == 6
     model = singleshot.load(out / "last.pt")
     again = evaluate_model(model, open_dataset(out / "data", split="test"), metric="voc07", progress=False)
-    assert again["map"] == pytest.approx(metrics["map"], abs=1e-6)
+    assert again["map"] == metrics["map"]  # the same model and data: the same arithmetic
     assert set(metrics["ap"]) <= set(model.class_names[1:])
 
     # the loss curve comes from the log of this run
