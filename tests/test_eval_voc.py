@@ -233,16 +233,20 @@ def test_threshold_is_inclusive_and_box_convention_is_the_devkits():
     assert evaluate_voc(exactly_half, truth_xml)["ap"][1] == 1.0  # IoU >= threshold, as VOCevaldet.m
     assert evaluate_voc(below, truth_xml)["ap"][1] == 0.0
     # One shared pixel column: an intersection of width 1 (inter 10, union 100 + 100 - 10).
+    # IoU 10 / 190: integers, one correctly rounded division, so exactly the float 1 / 19;
+    # thresholds one ulp below and above it decide
     touching = [det([[10.0, 1.0, 19.0, 10.0]], [0.9], [1])]
-    assert evaluate_voc(touching, truth_xml, iou_threshold=1 / 19 - 1e-12)["ap"][1] == 1.0
-    assert evaluate_voc(touching, truth_xml, iou_threshold=1 / 19 + 1e-9)["ap"][1] == 0.0
+    assert evaluate_voc(touching, truth_xml, iou_threshold=math.nextafter(1 / 19, 0))["ap"][1] == 1.0
+    assert evaluate_voc(touching, truth_xml, iou_threshold=math.nextafter(1 / 19, 1))["ap"][1] == 0.0
     # singleshot's continuous boxes (the readers' x1 - 1, y1 - 1) give the same verdicts.
     truth = [gt([[0.0, 0.0, 10.0, 10.0]], [1])]
     continuous = {"inclusive_boxes": False}
     assert evaluate_voc([det([[0.0, 0.0, 10.0, 5.0]], [0.9], [1])], truth, **continuous)["ap"][1] == 1.0
     assert evaluate_voc([det([[0.0, 0.0, 10.0, 4.8]], [0.9], [1])], truth, **continuous)["ap"][1] == 0.0
     touching = [det([[9.0, 0.0, 19.0, 10.0]], [0.9], [1])]
-    assert evaluate_voc(touching, truth, iou_threshold=1 / 19 - 1e-12, **continuous)["ap"][1] == 1.0
+    assert (
+        evaluate_voc(touching, truth, iou_threshold=math.nextafter(1 / 19, 0), **continuous)["ap"][1] == 1.0
+    )
 
 
 def random_case(seed, num_images=30, num_classes=4):

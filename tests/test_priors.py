@@ -128,7 +128,7 @@ def test_count_outside_matches_brute_force():
     priors = generate_priors(config, clip="none").double()
     low = priors[:, :2] - priors[:, 2:] / 2
     high = priors[:, :2] + priors[:, 2:] / 2
-    outside = ((low < -1e-6) | (high > 1 + 1e-6)).any(1)
+    outside = ((low < -PRIOR_TOL) | (high > 1 + PRIOR_TOL)).any(1)  # the float32 priors' rounding
     counts = count_outside(config)
     assert len(counts) == 6
     assert sum(counts) == int(outside.sum())
