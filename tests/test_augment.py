@@ -24,9 +24,20 @@ from singleshot.data.photometric import (
     sample_photometric,
 )
 from singleshot.inference import preprocess
+from tolerances import rounding
 
 MEAN = (123.0, 117.0, 104.0)
 NO_COLOUR = PhotometricParams()
+
+# HSV arithmetic on the 0-255 scale: the hue, in sextants (magnitude <= 12 once the
+# shift is added), passes through ~10 float32 roundings, <= 60 EPS/2 absolute summed
+# worst case; times the chroma (<= 255), the final V - weight * chroma and the colorsys
+# reference's own rounding to float32: <= 62 EPS/2 * 255.
+HSV_TOL = rounding(255, ops=32)
+# A box fraction offset + x * scale: offset and scale rounded to float32, then the product
+# and the sum, each of magnitude <= 1 / 0.3 < 4 (a crop is at least 0.3 of the canvas),
+# and the mirror's 1 - x: <= 5 roundings at magnitude 4.
+BOX_TOL = rounding(4, ops=5)
 
 
 def random_image(height, width, seed, high=256):
@@ -82,10 +93,10 @@ def test_saturation_hue_equal_colorsys(saturation, hue):
     image[2, 2, :4] = image[1, 2, :4]
     image[:, 3, :3] = torch.tensor([[255.0], [0.0], [0.0]])  # pure red: saturation clips at 1
     expected = hsv_reference(image, saturation, hue)
-    torch.testing.assert_close(adjust_saturation_hue(image, saturation, hue), expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(adjust_saturation_hue(image, saturation, hue), expected, atol=HSV_TOL, rtol=0)
     in_place = image.clone()
     assert adjust_saturation_hue(in_place, saturation, hue, out=in_place) is in_place
-    torch.testing.assert_close(in_place, expected, atol=1e-3, rtol=0)
+    torch.testing.assert_close(in_place, expected, atol=HSV_TOL, rtol=0)
 
 
 def test_brightness_and_contrast_saturate():
@@ -99,12 +110,13 @@ def test_contrast_before_or_after_hsv_hand_computed():
     pixel = torch.tensor([200.0, 100.0, 0.0]).view(3, 1, 1)
     first = apply_photometric(pixel.clone(), PhotometricParams(contrast=1.5, saturation=0.5))
     # x1.5 -> (255 clipped, 150, 0); S halved at V = 255: c' = 255 - 0.5 (255 - c)
-    torch.testing.assert_close(first.flatten(), torch.tensor([255.0, 202.5, 127.5]))
+    # (every intermediate is a multiple of 1/2 below 2**24: exact in float32)
+    assert first.flatten().tolist() == [255.0, 202.5, 127.5]
     last = apply_photometric(
         pixel.clone(), PhotometricParams(contrast=1.5, saturation=0.5, contrast_first=False)
     )
-    # S halved at V = 200: (200, 150, 100); then x1.5 -> (255 clipped, 225, 150)
-    torch.testing.assert_close(last.flatten(), torch.tensor([255.0, 225.0, 150.0]))
+    # S halved at V = 200: (200, 150, 100); then x1.5 -> (255 clipped, 225, 150), all exact
+    assert last.flatten().tolist() == [255.0, 225.0, 150.0]
 
 
 def test_sample_photometric_ranges_and_probabilities():
@@ -225,11 +237,11 @@ def plan_for(photometric, expansion, rect, flip, n=0):
 def test_render_equals_paper_order_inside_the_image(flip):
     image = random_image(30, 40, seed=1)
     plan = plan_for(NO_COLOUR, Expansion(40, 30, 0, 0), (5, 3, 37, 27), flip)
-    torch.testing.assert_close(
+    # 32 x 24 -> 16 x 16: scales 2 and 1.5, so the bilinear weights are multiples of 1/4
+    # and every product and sum of integer pixels is exact in float32, in any order
+    assert torch.equal(
         render(image, plan, 16, torch.tensor(MEAN).view(3, 1, 1)),
         paper_order_reference(image, plan, 16, MEAN),
-        atol=1e-4,
-        rtol=0,
     )
 
 
@@ -241,7 +253,8 @@ def test_render_with_expansion_keeps_fill_undistorted(flip):
     image = random_image(40, 40, seed=2, high=200)
     plan = plan_for(PhotometricParams(brightness=30.0), Expansion(80, 80, 20, 20), (0, 0, 80, 80), flip)
     x = render(image, plan, 40, torch.tensor(MEAN).view(3, 1, 1))
-    torch.testing.assert_close(x, paper_order_reference(image, plan, 40, MEAN), atol=1e-4, rtol=0)
+    # scale 2: weights 1/2, integer pixels (+30): exact in float32 in either order
+    assert torch.equal(x, paper_order_reference(image, plan, 40, MEAN))
     fill = torch.ones(40, 40, dtype=torch.bool)
     fill[10:30, 10:30] = False
     assert (x[:, fill] == 0).all()  # the mean fill, untouched by the brightness change
@@ -254,7 +267,10 @@ def test_render_hsv_of_a_uniform_image():
     plan = plan_for(params, Expansion(30, 20, 0, 0), (2, 2, 20, 18), True)
     x = render(image, plan, 8, torch.tensor(MEAN).view(3, 1, 1))
     expected = hsv_reference(colour.view(3, 1, 1), 1.3, 12.0).flatten() * 0.8 - torch.tensor(MEAN)
-    torch.testing.assert_close(x, expected.view(3, 1, 1).expand(3, 8, 8), atol=1e-3, rtol=0)
+    # HSV_TOL, then x 0.8 and - mean: two more roundings at <= 255
+    torch.testing.assert_close(
+        x, expected.view(3, 1, 1).expand(3, 8, 8), atol=HSV_TOL + rounding(255, 2), rtol=0
+    )
 
 
 def test_whole_image_plan_equals_eval_transform_and_predict_resize():
@@ -276,10 +292,10 @@ def test_transform_boxes_hand_computed():
     # image at (10, 5) on the canvas; crop (20, 10)-(120, 60), 100 x 50 canvas pixels
     plan = AugmentPlan(NO_COLOUR, Expansion(150, 110, 10, 5), Crop(0.3, (20, 10, 120, 60), keep), False)
     expected = torch.tensor([[0.0, 0.3, 0.4, 1.0], [0.0, 0.0, 0.9, 1.0]])
-    torch.testing.assert_close(transform_boxes(boxes, plan), expected)
+    torch.testing.assert_close(transform_boxes(boxes, plan), expected, atol=BOX_TOL, rtol=0)
     flipped = AugmentPlan(NO_COLOUR, Expansion(150, 110, 10, 5), Crop(0.3, (20, 10, 120, 60), keep), True)
     expected = torch.tensor([[0.6, 0.3, 1.0, 1.0], [0.1, 0.0, 1.0, 1.0]])
-    torch.testing.assert_close(transform_boxes(boxes, flipped), expected)
+    torch.testing.assert_close(transform_boxes(boxes, flipped), expected, atol=BOX_TOL, rtol=0)
 
 
 def test_flip_is_its_own_inverse():
@@ -294,8 +310,9 @@ def test_flip_is_its_own_inverse():
         mirrored = plan_for(NO_COLOUR, expansion, rect, True, n=2)
         assert torch.equal(render(image, mirrored, 20, mean), render(image, kept, 20, mean).flip(-1))
         once = transform_boxes(boxes, mirrored)
-        torch.testing.assert_close(once, mirror(transform_boxes(boxes, kept)))
-        torch.testing.assert_close(mirror(once), transform_boxes(boxes, kept))
+        # x * -s + (1 - o) against 1 - (x * s + o): different roundings
+        torch.testing.assert_close(once, mirror(transform_boxes(boxes, kept)), atol=BOX_TOL, rtol=0)
+        torch.testing.assert_close(mirror(once), transform_boxes(boxes, kept), atol=BOX_TOL, rtol=0)
 
 
 def expected_boxes(boxes, plan):
@@ -327,7 +344,10 @@ def test_augmentation_invariants_over_many_seeds():
         x, out = aug(image, target, generator=torch.Generator().manual_seed(seed))
         assert x.shape == (3, 32, 32) and x.dtype == torch.float32 and x.is_contiguous()
         assert torch.isfinite(x).all()
-        assert (x >= -max(MEAN) - 1e-3).all() and (x <= 255 - min(MEAN) + 1e-3).all()
+        # bilinear weights rounded (their sum 1 within 2 EPS) times pixels <= 255, four
+        # products and three sums, then the mean's subtraction: <= 8 roundings at 255
+        slack = rounding(255, ops=8)
+        assert (x >= -max(MEAN) - slack).all() and (x <= 255 - min(MEAN) + slack).all()
         b = out["boxes"]
         assert b.dtype == torch.float32 and b.shape == (len(out["labels"]), 4)
         assert ((b >= 0) & (b <= 1)).all()
@@ -336,7 +356,7 @@ def test_augmentation_invariants_over_many_seeds():
         plan = aug.plan(64, 48, boxes, torch.Generator().manual_seed(seed))
         check_crop(plan.crop, boxes + torch.tensor([plan.expansion.left, plan.expansion.top] * 2),
                    plan.expansion.width, plan.expansion.height)  # fmt: skip
-        torch.testing.assert_close(b, expected_boxes(boxes, plan), atol=1e-5, rtol=0)
+        torch.testing.assert_close(b, expected_boxes(boxes, plan), atol=BOX_TOL, rtol=0)
         # labels, difficult and truncated filtered in step (labels identify the objects)
         index = out["labels"] - 1
         assert torch.equal(out["difficult"], target["difficult"][index])
@@ -390,7 +410,8 @@ def test_boxes_outside_the_image_are_clipped_and_empty_ones_dropped():
     image = random_image(20, 40, seed=10)
     target = make_target(torch.tensor([[-10.0, 5.0, 20.0, 30.0], [8.0, 8.0, 8.0, 15.0]]))
     x, out = EvalTransform(10)(image, target)
-    torch.testing.assert_close(out["boxes"], torch.tensor([[0.0, 0.25, 0.5, 1.0], [0.2, 0.4, 0.2, 0.75]]))
+    expected = torch.tensor([[0.0, 0.25, 0.5, 1.0], [0.2, 0.4, 0.2, 0.75]])
+    torch.testing.assert_close(out["boxes"], expected, atol=BOX_TOL, rtol=0)
     seen = set()
     for seed in range(30):
         _, out = SSDAugmentation(10)(image, target, generator=torch.Generator().manual_seed(seed))
@@ -411,7 +432,8 @@ def test_bounding_boxes_input_in_another_format():
         a = aug(image, make_target(xyxy), generator=torch.Generator().manual_seed(seed))
         b = aug(image, make_target(cxcywh), generator=torch.Generator().manual_seed(seed))
         assert torch.equal(a[0], b[0])
-        torch.testing.assert_close(a[1]["boxes"], b[1]["boxes"])
+        # CXCYWH -> XYXY of these half-integers is exact: then the same arithmetic
+        assert torch.equal(a[1]["boxes"], b[1]["boxes"])
         assert type(b[1]["boxes"]) is torch.Tensor
 
 
@@ -420,7 +442,7 @@ def test_eval_transform_hand_computed():
     target = make_target(torch.tensor([[4.0, 5.0, 20.0, 15.0]]))
     x, out = EvalTransform(size=10, mean=MEAN)(image, target, generator=torch.Generator())
     assert torch.equal(x, preprocess([image], 10, MEAN)[0])
-    torch.testing.assert_close(out["boxes"], torch.tensor([[0.1, 0.25, 0.5, 0.75]]))
+    torch.testing.assert_close(out["boxes"], torch.tensor([[0.1, 0.25, 0.5, 0.75]]), atol=BOX_TOL, rtol=0)
     assert torch.equal(out["labels"], target["labels"]) and out["image_id"] == "img"
 
 

@@ -6,13 +6,15 @@ import torch
 from reference import reference_match
 from singleshot import boxes
 from singleshot.boxes import cxcywh_to_xyxy, decode, encode, iou, match, match_batch
+from tolerances import rounding
 
 
 def test_iou_hand_computed():
     a = torch.tensor([[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 4.0, 4.0]])
     b = torch.tensor([[1.0, 1.0, 3.0, 3.0], [1.0, 1.0, 2.0, 2.0], [5.0, 5.0, 6.0, 6.0], [0.0, 0.0, 2.0, 2.0]])
     expected = torch.tensor([[1 / 7, 1 / 4, 0.0, 1.0], [4 / 16, 1 / 16, 0.0, 4 / 16]])
-    torch.testing.assert_close(iou(a, b), expected)
+    # integer areas, exact: the only rounding is the final division, as in 1 / 7 itself
+    assert torch.equal(iou(a, b), expected)
 
 
 def test_iou_batched_equals_unbatched():
@@ -27,26 +29,37 @@ def test_iou_batched_equals_unbatched():
 def test_encode_hand_computed_and_round_trip():
     prior = torch.tensor([[0.5, 0.5, 0.2, 0.2]])
     gt = torch.tensor([[0.45, 0.4, 0.65, 0.6]])  # centre (0.55, 0.5), size (0.2, 0.2)
-    torch.testing.assert_close(encode(gt, prior), torch.tensor([[2.5, 0.0, 0.0, 0.0]]))
+    # A centre offset is a difference of coordinates <= 1 (the inputs' rounding to float32,
+    # the sum, the difference: <= 4 roundings at magnitude 1) divided by 0.1 * 0.2; the
+    # log-size offsets are smaller (log of a ratio, / 0.2)
+    tol = rounding(1 / 0.02, ops=4)
+    torch.testing.assert_close(encode(gt, prior), torch.tensor([[2.5, 0.0, 0.0, 0.0]]), atol=tol, rtol=0)
     gt = torch.tensor([[0.4, 0.4, 0.8, 0.5]])  # centre (0.6, 0.45), size (0.4, 0.1)
     expected = [0.1 / 0.02, -0.05 / 0.02, math.log(2.0) / 0.2, math.log(0.5) / 0.2]
-    torch.testing.assert_close(encode(gt, prior), torch.tensor([expected]))
+    torch.testing.assert_close(encode(gt, prior), torch.tensor([expected]), atol=tol, rtol=0)
 
     g = torch.Generator().manual_seed(1)
     priors = torch.cat([torch.rand(50, 2, generator=g), 0.05 + torch.rand(50, 2, generator=g)], 1)
     truth = cxcywh_to_xyxy(
         torch.cat([torch.rand(50, 2, generator=g), 0.05 + torch.rand(50, 2, generator=g)], 1)
     )
-    torch.testing.assert_close(decode(encode(truth, priors), priors), truth, atol=1e-5, rtol=1e-5)
+    # Coordinates <= 1.5: encode's centre (4 roundings) and decode's (2), the size's ratio,
+    # log, exp and product (relative, ~4), the corners' +- size / 2 (2): <= 12 roundings
+    # at 1.5 (dividing by 0.1 * w_prior and multiplying back scales the error both ways)
+    tol = rounding(1.5, ops=12)
+    torch.testing.assert_close(decode(encode(truth, priors), priors), truth, atol=tol, rtol=0)
     batched = torch.stack([truth, truth.flip(0)])
-    torch.testing.assert_close(decode(encode(batched, priors), priors), batched, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(decode(encode(batched, priors), priors), batched, atol=tol, rtol=0)
 
 
 def test_decode_clamps_wild_sizes():
     prior = torch.tensor([[0.5, 0.5, 0.1, 0.1]])
     out = decode(torch.tensor([[0.0, 0.0, 1e4, 1e4]]), prior)
     assert torch.isfinite(out).all()
-    assert (out[0, 2] - out[0, 0]).item() == pytest.approx(0.1 * 1000 / 16, rel=1e-5)
+    # the clamp's float32 log(62.5) (error <= 4.2 EPS/2, relative after exp), exp, x the
+    # prior's size, the corners (centre +- size / 2, <= 3.6) and their difference: <= 10
+    # roundings at 6.25
+    assert (out[0, 2] - out[0, 0]).item() == pytest.approx(0.1 * 1000 / 16, abs=rounding(6.25, ops=10))
 
 
 # Hand-made priors (cxcywh) for the matching cases.
@@ -67,7 +80,7 @@ def test_match_tiny_box_keeps_its_best_prior_below_threshold():
     loc, labels = match(gt, torch.tensor([3]), PRIORS)
     assert labels.tolist() == [0, 0, 0, 0, 0, 3]
     expected = reference_match(gt, torch.tensor([3]), PRIORS)
-    torch.testing.assert_close(loc[5], expected[0][5])
+    assert torch.equal(loc[5], expected[0][5])  # the reference's arithmetic, bit for bit
 
 
 def test_match_whole_image_and_threshold_equality_is_positive():
@@ -76,8 +89,10 @@ def test_match_whole_image_and_threshold_equality_is_positive():
     # prior 2 is identical (IoU 1); the left halves have IoU exactly 0.5 -> positive;
     # the quarters 0.25 -> background
     assert labels.tolist() == [0, 0, 1, 1, 1, 0]
-    torch.testing.assert_close(loc[2], torch.zeros(4))
-    assert loc[3].tolist() == pytest.approx([0.25 / 0.05, 0.0, math.log(2) / 0.2, 0.0], abs=1e-5)
+    assert torch.equal(loc[2], torch.zeros(4))  # equal centres, log(1) = 0: exact
+    # dyadic coordinates; 0.1 * 0.5 and the quotient, or log(2) and / 0.2: <= 4 roundings at 5
+    expected = [0.25 / 0.05, 0.0, math.log(2) / 0.2, 0.0]
+    assert loc[3].tolist() == pytest.approx(expected, abs=rounding(5, ops=4))
 
 
 def test_match_first_index_wins_exact_ties_for_best_prior():
@@ -94,7 +109,7 @@ def test_match_later_ground_truth_wins_a_shared_best_prior():
     assert labels.tolist() == [0, 0, 0, 0, 0, 2]
     ref_loc, ref_labels = reference_match(gt, torch.tensor([1, 2]), PRIORS)
     assert torch.equal(labels, ref_labels)
-    torch.testing.assert_close(loc[5], ref_loc[5])
+    assert torch.equal(loc[5], ref_loc[5])
 
 
 def test_match_box_below_threshold_everywhere_still_matched_once():

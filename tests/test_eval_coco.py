@@ -1,6 +1,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,6 +12,7 @@ from singleshot.evaluation import (
     evaluate_coco_file,
     write_coco_results,
 )
+from tolerances import EPS64, rounding
 
 # One image, two classes (labels 1, 2 = COCO category ids 18, 44).
 # Class 1: ground truths A, B (50 x 50, "medium"); detections A (0.9), a miss (0.8, also
@@ -24,6 +26,9 @@ A, B, MISS = [10.0, 10.0, 60.0, 60.0], [100.0, 100.0, 150.0, 150.0], [400.0, 400
 C, C_DET = [200.0, 0.0, 300.0, 100.0], [200.0, 0.0, 300.0, 62.0]
 CLASS1_AP = 253 / 303
 LABEL_TO_CATEGORY = {1: 18, 2: 44}
+# pycocotools' summaries are float64 means of <= 10 IoU thresholds x 101 recall points x 2
+# classes of precisions in [0, 1]: within rounding(1, ops=2020) in float64 (4.5e-13).
+AP_TOL = rounding(1.0, ops=2020, eps=EPS64)
 
 
 def ground_truth(extra_boxes=(), extra_labels=(), extra_difficult=()):
@@ -45,31 +50,34 @@ def detections(extra_boxes=(), extra_scores=(), extra_labels=()):
 
 def test_known_ap_values():
     result = evaluate_coco([detections()], [ground_truth()], label_to_category_id=LABEL_TO_CATEGORY)
-    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=1e-12)
-    assert result["AP50"] == pytest.approx((CLASS1_AP + 1.0) / 2, abs=1e-12)
-    assert result["AP75"] == pytest.approx(CLASS1_AP / 2, abs=1e-12)
+    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=AP_TOL)
+    assert result["AP50"] == pytest.approx((CLASS1_AP + 1.0) / 2, abs=AP_TOL)
+    assert result["AP75"] == pytest.approx(CLASS1_AP / 2, abs=AP_TOL)
     assert math.isnan(result["APs"])  # no small object
-    assert result["APm"] == pytest.approx(CLASS1_AP, abs=1e-12)
-    assert result["APl"] == pytest.approx(0.3, abs=1e-12)
-    assert result["AR1"] == pytest.approx((0.5 + 0.3) / 2, abs=1e-12)  # one detection per image and class
-    assert result["AR100"] == pytest.approx((1.0 + 0.3) / 2, abs=1e-12)
+    assert result["APm"] == pytest.approx(CLASS1_AP, abs=AP_TOL)
+    assert result["APl"] == pytest.approx(0.3, abs=AP_TOL)
+    assert result["AR1"] == pytest.approx((0.5 + 0.3) / 2, abs=AP_TOL)  # one detection per image and class
+    assert result["AR100"] == pytest.approx((1.0 + 0.3) / 2, abs=AP_TOL)
     assert result["map"] == result["AP"]
-    assert result["stats"] == pytest.approx([result[name] for name in COCO_STAT_NAMES], nan_ok=True)
+    np.testing.assert_array_equal(result["stats"], [result[name] for name in COCO_STAT_NAMES])  # copies
     assert result["per_class"][1] == pytest.approx(
-        {"category_id": 18, "AP": CLASS1_AP, "AP50": CLASS1_AP, "AP75": CLASS1_AP}, abs=1e-12
+        {"category_id": 18, "AP": CLASS1_AP, "AP50": CLASS1_AP, "AP75": CLASS1_AP}, abs=AP_TOL
     )
-    assert result["per_class"][2] == pytest.approx({"category_id": 44, "AP": 0.3, "AP50": 1.0, "AP75": 0.0})
+    assert result["per_class"][2] == pytest.approx(
+        {"category_id": 44, "AP": 0.3, "AP50": 1.0, "AP75": 0.0}, abs=AP_TOL
+    )
     curve = result["curves"][1]
     assert curve["recall"].shape == curve["precision"].shape == (101,)
-    assert curve["precision"][:51] == pytest.approx([1.0] * 51)  # pycocotools divides by tp + fp + eps
-    assert curve["precision"][51:] == pytest.approx([2 / 3] * 50)
+    # pycocotools divides by tp + fp + eps64: that eps and the division's rounding
+    assert curve["precision"][:51] == pytest.approx([1.0] * 51, abs=rounding(1.0, ops=2, eps=EPS64))
+    assert curve["precision"][51:] == pytest.approx([2 / 3] * 50, abs=rounding(1.0, ops=2, eps=EPS64))
 
 
 def test_difficult_is_a_crowd_region_neither_counted_nor_penalised():
     gt = ground_truth(extra_boxes=[[300.0, 300.0, 340.0, 340.0]], extra_labels=[1], extra_difficult=[True])
     dets = detections(extra_boxes=[[300.0, 300.0, 340.0, 340.0]], extra_scores=[0.95], extra_labels=[1])
     result = evaluate_coco([dets], [gt], label_to_category_id=LABEL_TO_CATEGORY)
-    assert result["per_class"][1]["AP"] == pytest.approx(CLASS1_AP, abs=1e-12)
+    assert result["per_class"][1]["AP"] == pytest.approx(CLASS1_AP, abs=AP_TOL)
     # As a normal object it would lower recall and the result.
     gt["difficult"][-1] = False
     assert evaluate_coco([detections()], [gt])["per_class"][1]["AP"] < CLASS1_AP - 0.1
@@ -81,15 +89,15 @@ def test_target_area_decides_the_size_range():
     gt = ground_truth()
     gt["area"] = torch.tensor([500.0, 500.0, 10000.0])
     result = evaluate_coco([detections()], [gt])
-    assert result["APs"] == pytest.approx(1.0, abs=1e-9)
+    assert result["APs"] == pytest.approx(1.0, abs=AP_TOL)
     assert math.isnan(result["APm"])
-    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=1e-12)  # "all" ignores areas
+    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=AP_TOL)  # "all" ignores areas
 
 
 def test_identity_labels_and_empty_detections():
     result = evaluate_coco([detections()], [ground_truth()])
     assert result["per_class"][1]["category_id"] == 1 and result["per_class"][2]["category_id"] == 2
-    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=1e-12)
+    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=AP_TOL)
     empty = {
         "boxes": torch.zeros(0, 4),
         "scores": torch.zeros(0),
@@ -133,12 +141,12 @@ def test_annotation_file_form_evaluates_only_the_given_images(tmp_path):
         "labels": torch.zeros(0, dtype=torch.int64),
     }
     result = evaluate_coco_file([detections(), empty], path, [7, 9], LABEL_TO_CATEGORY)
-    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=1e-12)
+    assert result["AP"] == pytest.approx((CLASS1_AP + 0.3) / 2, abs=AP_TOL)
     assert set(result["per_class"]) == {1, 2}  # category 3 has no ground truth: left out
     # With image 11 (one more dog, not detected), class 1's points become (1/3, 1), (1/3, 1/2),
     # (2/3, 2/3): precision 1 at recall 0..0.33 (34 points), 2/3 at 0.34..0.66 (33), 0 after.
     result = evaluate_coco_file([detections(), empty], path, [7, 11], LABEL_TO_CATEGORY)
-    assert result["per_class"][1]["AP"] == pytest.approx((34 + 33 * 2 / 3) / 101, abs=1e-12)
+    assert result["per_class"][1]["AP"] == pytest.approx((34 + 33 * 2 / 3) / 101, abs=AP_TOL)
 
 
 def test_annotation_file_errors(tmp_path):
@@ -173,7 +181,7 @@ def test_write_coco_results_round_trip(tmp_path):
           "scores": torch.tensor([0.123456789]), "labels": torch.tensor([1])}],
         [1], None, decimals=2,
     )  # fmt: skip
-    assert rounded[0]["bbox"] == [1.23, 0.0, 1.77, 4.0] and rounded[0]["score"] == pytest.approx(0.1235)
+    assert rounded[0]["bbox"] == [1.23, 0.0, 1.77, 4.0] and rounded[0]["score"] == 0.1235
     assert rounded[0]["category_id"] == 1
     with pytest.raises(ValueError, match=r"labels \[2\] have no entry"):
         detections_to_coco_results(dets[:1], [1], {1: 18})

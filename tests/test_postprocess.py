@@ -4,6 +4,7 @@ import torch
 from reference import reference_detect
 from singleshot.boxes import cxcywh_to_xyxy
 from singleshot.postprocess import detect, select_top_k_per_group
+from tolerances import rounding
 
 
 def random_outputs(seed, batch=2, num_priors=400, num_classes=5, sparse=False):
@@ -38,7 +39,9 @@ def test_detect_equals_per_class_loop(top_k, max_det, clip, sparse):
         assert len(got) == len(ref) > 0
         for (s, lab, box), (rs, rlab, rbox) in zip(got, ref):
             assert s == rs and lab == rlab
-            assert box == pytest.approx(rbox, abs=1e-6)
+            # the same decode on other tensor shapes: exp may run scalar (libm) instead of
+            # vectorised (SLEEF), an ulp apart; carried through x size and +- size / 2 at <= 1.5
+            assert box == pytest.approx(rbox, abs=rounding(1.5, ops=4))
         assert det["labels"].dtype == torch.int64
         assert (det["scores"][:-1] >= det["scores"][1:]).all()
 
@@ -58,8 +61,10 @@ def test_detect_matches_torchvision_postprocess_live():
     )
     for det, ref in zip(ours, expected):
         assert det["labels"].tolist() == ref["labels"].tolist()
-        torch.testing.assert_close(det["scores"], ref["scores"])
-        torch.testing.assert_close(det["boxes"] * 300, ref["boxes"], atol=2e-4, rtol=0)
+        assert torch.equal(det["scores"], ref["scores"])  # the same softmax of the same logits
+        # torchvision decodes in pixels (anchor sides and centres, dx * w + cx, exp(dw) * w,
+        # the corners), we in fractions, then x 300: each side <= 4 roundings at <= 300
+        torch.testing.assert_close(det["boxes"] * 300, ref["boxes"], atol=rounding(300, ops=8), rtol=0)
 
 
 def test_detect_empty_and_threshold():
