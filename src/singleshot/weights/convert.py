@@ -9,7 +9,8 @@ result computes what the source model computes:
 - torchvision ``ssd300_vgg16``: SSD300 with COCO default boxes (its scales 0.07 ... 1.05
   times 300 are our 21, 45, ..., 315), 91 sparse COCO ids, and ``prior_clip="size"`` (its
   DefaultBoxGenerator clamps only the box sizes). Its normalisation, mean
-  (0.48235, 0.45882, 0.40784) with std 1/255 on 0-1 input, is (123, 117, 104) on 0-255.
+  (0.48235, 0.45882, 0.40784) with std 1/255 on 0-1 input, is (123, 117, 104) on 0-255
+  to within 9.2e-4 (its means are rounded to five decimals: 0.45882 x 255 = 116.9991).
   Reproduce its post-processing with ``detect(..., pre_nms_top_k=400, max_detections=200, clip=True)``.
 """
 
