@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,6 +9,7 @@ from PIL import Image
 import singleshot
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
+from singleshot.data import open_dataset
 from singleshot.evaluation import evaluate_model
 
 CLASSES = ["__background__", "cat", "dog"]
@@ -273,3 +275,33 @@ def test_other_class_names_are_an_error_unless_mapped(tmp_path, checkpoint, caps
         "puppy": expected["per_class"]["dog"]["AP"],
     }
     assert {n: r["category_id"] for n, r in got["per_class"].items()} == {"kitty": 9, "puppy": 4}
+
+
+def test_eval_cli_equals_the_library_on_objects_the_model_finds(tmp_path, checkpoint):
+    """VOC annotations rewritten to the checkpoint's own two best boxes per class and image (in
+    VOC's 1-based inclusive pixels), so that the APs compared lie well above 0."""
+    data = write_voc(tmp_path / "VOCfound")
+    model = singleshot.load(checkpoint)
+    written = {"cat": 0, "dog": 0}
+    for image_id, _, _ in IMAGES:
+        det = model.predict(data / "JPEGImages" / f"{image_id}.jpg")[0]
+        xml = Path(data / "Annotations" / f"{image_id}.xml").read_text().split("<object>")[0]
+        for label, name in ((1, "cat"), (2, "dog")):
+            found = det["boxes"][det["labels"] == label].round().int()
+            found = found[((found[:, 2:] - found[:, :2]) >= 2).all(1)][:2]  # whole-pixel boxes, not empty
+            written[name] += len(found)
+            for x1, y1, x2, y2 in found.tolist():
+                box = f"<xmin>{x1 + 1}</xmin><ymin>{y1 + 1}</ymin><xmax>{x2}</xmax><ymax>{y2}</ymax>"
+                xml += f"<object><name>{name}</name><difficult>0</difficult><bndbox>{box}</bndbox></object>"
+        (data / "Annotations" / f"{image_id}.xml").write_text(xml + "</annotation>")
+    out = tmp_path / "out"
+    code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--metric", "voc07",
+                 "--out", str(out), "--workers", "0", "--no-progress"])  # fmt: skip
+    assert code == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    expected = evaluate_model(model, open_dataset(data, split="test"), "voc07", progress=False)
+    assert metrics["num_ground_truth"] == written and min(written.values()) >= 4
+    for label, name in ((1, "cat"), (2, "dog")):
+        assert metrics["ap"][name] > 0.2
+        assert metrics["ap"][name] == expected["ap"][label]  # the same detections, the same arithmetic
+    assert metrics["map"] == expected["map"]
