@@ -11,7 +11,11 @@ from torch import Tensor
 from .imageio import ImageLike, to_rgb_tensor
 from .postprocess import detect
 
-__all__ = ["predict", "preprocess", "resize_bilinear"]
+__all__ = ["VGG_MEAN", "predict", "preprocess", "resize_bilinear"]
+
+# The model input convention: RGB on the 0-255 scale minus this per-channel mean (the VGG /
+# Caffe SSD / ssd.pytorch value). The one home of the default ``image_mean`` everywhere.
+VGG_MEAN: tuple[float, float, float] = (123.0, 117.0, 104.0)
 
 
 def resize_bilinear(image: Tensor, height: int, width: int) -> Tensor:

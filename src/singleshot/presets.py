@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from .inference import VGG_MEAN
 from .models.compact import CompactBackbone
 from .models.extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraSpec, build_extras
 from .models.ssd import SSD
@@ -19,8 +20,6 @@ from .models.vgg import VGG16Backbone
 from .priors import PRIOR_CLIP_MODES, PriorConfig
 
 __all__ = ["Preset", "PRESETS", "available_models", "build_model", "get_preset"]
-
-VGG_MEAN = (123.0, 117.0, 104.0)
 
 
 @dataclass(frozen=True)

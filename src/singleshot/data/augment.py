@@ -44,7 +44,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..inference import preprocess
+from ..inference import VGG_MEAN, preprocess
 from .geometric import (
     Crop,
     Expansion,
@@ -67,7 +67,6 @@ __all__ = [
 # Target keys holding one entry per object: filtered together with "boxes".
 PER_OBJECT_KEYS = ("labels", "difficult", "truncated", "iscrowd")
 
-VGG_MEAN = (123.0, 117.0, 104.0)
 EXPAND_PROBABILITY = 0.5
 FLIP_PROBABILITY = 0.5
 

@@ -11,6 +11,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
+from ..inference import VGG_MEAN
+
 __all__ = ["class_colour", "draw_boxes", "input_to_image", "sample_grid"]
 
 
@@ -70,7 +72,7 @@ def sample_grid(
     dataset: Any,
     indices: Sequence[int],
     augment: Any | None = None,
-    mean: Sequence[float] = (123.0, 117.0, 104.0),
+    mean: Sequence[float] = VGG_MEAN,
     columns: int | None = None,
     cell: int = 256,
 ) -> Image.Image:

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..inference import VGG_MEAN
 from ..priors import PriorConfig, generate_priors
 from .heads import MultiBoxHead
 
@@ -53,7 +54,7 @@ class SSD(nn.Module):
         extras: nn.ModuleList,
         num_classes: int,
         prior_config: PriorConfig,
-        image_mean: Sequence[float] = (123.0, 117.0, 104.0),
+        image_mean: Sequence[float] = VGG_MEAN,
         preset: str | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:

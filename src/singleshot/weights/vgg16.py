@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ..inference import VGG_MEAN
 from .io import as_state_dict, read_state_dict
 from .keymaps import VGG_INDEX_TO_NAME, our_vgg_module, strip_prefix
 
@@ -39,7 +40,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-SSD_MEAN = (123.0, 117.0, 104.0)
 
 # conv1_1 ... conv5_3 shapes (out, in, 3, 3) by ssd.pytorch / torchvision index, then conv6, conv7.
 _VGG_CONV_SHAPES: dict[int, tuple[int, ...]] = {
@@ -66,7 +66,7 @@ def _check_shape(where: str, key: str, tensor: Tensor, shape: Sequence[int]) -> 
 
 def reduce_vgg16(
     vgg16_state_dict: Mapping[str, Tensor],
-    image_mean: Sequence[float] = SSD_MEAN,
+    image_mean: Sequence[float] = VGG_MEAN,
     source_mean: Sequence[float] = IMAGENET_MEAN,
     source_std: Sequence[float] = IMAGENET_STD,
 ) -> dict[str, Tensor]:
@@ -170,7 +170,7 @@ def load_vgg16_backbone(model: nn.Module, source: str | os.PathLike | Mapping[st
     state = strip_prefix(state)
     if is_torchvision_vgg16(state):
         try:
-            state = reduce_vgg16(state, image_mean=getattr(model, "image_mean", SSD_MEAN))
+            state = reduce_vgg16(state, image_mean=getattr(model, "image_mean", VGG_MEAN))
         except ValueError as error:
             raise ValueError(f"{where}: {error}") from None
     elif not is_reduced_vgg16(state):
