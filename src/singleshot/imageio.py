@@ -30,9 +30,25 @@ from PIL import Image
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_image
 
-__all__ = ["read_image", "to_rgb_tensor", "image_size", "ImageLike"]
+__all__ = ["IMAGE_SUFFIXES", "read_image", "to_rgb_tensor", "image_size", "ImageLike"]
 
 ImageLike = Any  # a uint8 tensor (3, H, W), a PIL image, or a path
+
+# File suffixes (lower case) taken for images when a folder is listed or an image file is
+# looked for: formats `read_image` decodes (Pillow for those torchvision does not). In order
+# of preference, most common first.
+IMAGE_SUFFIXES: tuple[str, ...] = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".gif",
+    ".webp",
+    ".tif",
+    ".tiff",
+    ".ppm",
+    ".pgm",
+)
 
 _JPEG_START = b"\xff\xd8\xff"
 _PNG_START = b"\x89PNG\r\n\x1a\n"

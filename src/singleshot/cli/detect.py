@@ -11,8 +11,6 @@ from pathlib import Path
 
 from .fastconv import add_winograd_option
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -60,6 +58,8 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
     Raises:
         ValueError: an input matches nothing.
     """
+    from ..imageio import IMAGE_SUFFIXES
+
     found: list[Path] = []
     for item in inputs:
         path = Path(item)

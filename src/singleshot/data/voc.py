@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..imageio import IMAGE_SUFFIXES
 from .common import DetectionConcat, DetectionDataset, Record, Transforms, make_record
 from .validation import SIZE_MISMATCH, InvalidItem, Problems, check_image, progress_bar
 
@@ -28,8 +29,6 @@ VOC_CLASSES = (
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
     "tvmonitor",
 )  # fmt: skip
-
-_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".JPG", ".JPEG", ".PNG", ".bmp", ".webp")
 
 
 def read_image_set(path: Path) -> list[str]:
@@ -149,7 +148,7 @@ def _find_image(image_dir: Path, image_id: str, filename: str | None) -> Path:
         return default
     if filename and (image_dir / filename).is_file():
         return image_dir / filename
-    for suffix in _IMAGE_SUFFIXES:
+    for suffix in [*IMAGE_SUFFIXES, *(s.upper() for s in IMAGE_SUFFIXES)]:
         candidate = image_dir / f"{image_id}{suffix}"
         if candidate.is_file():
             return candidate

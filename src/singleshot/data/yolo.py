@@ -27,6 +27,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..imageio import IMAGE_SUFFIXES
 from .common import DetectionDataset, Record, Transforms, make_record, read_class_names
 from .validation import InvalidItem, Problems, check_image, progress_bar
 
@@ -41,7 +42,6 @@ __all__ = [
     "DataYaml",
 ]
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 # Pixel coordinates computed from normalised text carry float noise (0.1 * 300 is not 30
 # exactly); they are rounded to 1/10000 pixel, far below any annotation's precision.
 _PIXEL_DECIMALS = 4
