@@ -47,7 +47,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def read_class_names(path: str | Path) -> list[str]:
+def read_class_names_with_background(path: str | Path) -> list[str]:
     """Class names from a text file, one per line (blank lines ignored); index 0 = "__background__"."""
     path = Path(path)
     try:
@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from ..weights import convert_model, load_vgg16_backbone, read_state_dict, reduce_vgg16
     from ..weights.vgg16 import is_torchvision_vgg16
 
-    class_names = read_class_names(args.classes) if args.classes else None
+    class_names = read_class_names_with_background(args.classes) if args.classes else None
     vgg_only = ("num_classes", "backbone_only")
     if args.source != "vgg16" and any(getattr(args, name) for name in vgg_only):
         raise ValueError("--num-classes and --backbone-only apply to --from vgg16 only")

@@ -12,7 +12,13 @@ and reads images in stored pixel order (EXIF orientation is not applied).
 from .augment import EvalTransform, SSDAugmentation
 from .coco import COCODataset
 from .collate import collate
-from .common import BACKGROUND, DetectionConcat, DetectionDataset, read_class_names
+from .common import (
+    BACKGROUND,
+    DetectionConcat,
+    DetectionDataset,
+    read_class_names,
+    read_class_names_without_background,
+)
 from .layouts import LAYOUTS, Layout, detect_layout
 from .registry import FORMATS, describe_layout, detect_format, list_splits, open_coco, open_dataset
 from .voc import VOC_CLASSES, VOCDataset, voc_trainval_07_12
@@ -39,5 +45,6 @@ __all__ = [
     "open_coco",
     "open_dataset",
     "read_class_names",
+    "read_class_names_without_background",
     "voc_trainval_07_12",
 ]

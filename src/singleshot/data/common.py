@@ -39,6 +39,7 @@ __all__ = [
     "DetectionDataset",
     "DetectionConcat",
     "Transforms",
+    "read_class_names_without_background",
     "read_class_names",
     "make_record",
 ]
@@ -135,7 +136,7 @@ def make_record(
     )
 
 
-def read_class_names(path: str | os.PathLike) -> list[str]:
+def read_class_names_without_background(path: str | os.PathLike) -> list[str]:
     """Class names from a text file: one per line, blank lines ignored, no background.
 
     A first line "__background__" (or "background") is dropped, so a list written with
@@ -160,6 +161,11 @@ def read_class_names(path: str | os.PathLike) -> list[str]:
     if repeated:
         raise ValueError(f"{path}: class names listed more than once: {repeated}")
     return names
+
+
+# The name this function had before `singleshot convert`'s reader (which adds the background)
+# was told apart from it; kept for existing imports.
+read_class_names = read_class_names_without_background
 
 
 class DetectionDataset(Dataset):

@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from .coco import COCODataset
-from .common import DetectionDataset, read_class_names
+from .common import DetectionDataset, read_class_names_without_background
 from .voc import VOC_CLASSES, VOCDataset
 from .yolo import YAML_SPLITS, YOLODataset, load_yaml, read_data_yaml
 
@@ -124,7 +124,7 @@ def _labelmap_names(path: Path) -> list[str]:
 
 def _voc_classes(root: Path) -> list[str]:
     if (root / "classes.txt").is_file():
-        return read_class_names(root / "classes.txt")
+        return read_class_names_without_background(root / "classes.txt")
     if (root / "labelmap.txt").is_file():
         return _labelmap_names(root / "labelmap.txt")
     return list(VOC_CLASSES)
@@ -157,7 +157,10 @@ def _names_in_annotations(root: Path) -> list[str]:
 def _open_label_studio_voc(root: Path, split: str, **options: Any) -> DetectionDataset:
     _check_all(split)
     has_list = (root / "classes.txt").is_file()
-    classes = read_class_names(root / "classes.txt") if has_list else _names_in_annotations(root)
+    if has_list:
+        classes = read_class_names_without_background(root / "classes.txt")
+    else:
+        classes = _names_in_annotations(root)
     return VOCDataset(root, image_set=None, classes=classes, image_dir="images", **options)
 
 

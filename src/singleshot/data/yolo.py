@@ -28,7 +28,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..imageio import IMAGE_SUFFIXES
-from .common import DetectionDataset, Record, Transforms, make_record, read_class_names
+from .common import DetectionDataset, Record, Transforms, make_record, read_class_names_without_background
 from .validation import InvalidItem, Problems, check_image, progress_bar
 
 __all__ = [
@@ -57,7 +57,7 @@ def read_yolo_classes(path: Path) -> list[str]:
         ValueError: unreadable file, no names, or names breaking these rules; names the file.
     """
     if path.suffix.lower() not in (".yaml", ".yml"):
-        return read_class_names(path)
+        return read_class_names_without_background(path)
     return yaml_class_names(load_yaml(path), path)
 
 

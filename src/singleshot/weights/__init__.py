@@ -12,7 +12,7 @@ All file reading uses ``torch.load(..., weights_only=True)`` (or safetensors whe
 
 from .convert import SOURCES, convert, convert_model, infer_model_args, to_source
 from .io import read_state_dict
-from .names import VOC_CLASSES, coco_names_81, coco_names_91
+from .names import VOC_CLASSES_WITH_BACKGROUND, coco_names_81, coco_names_91
 from .vgg16 import backbone_state_dict, load_vgg16_backbone, reduce_vgg16
 
 __all__ = [
@@ -25,7 +25,7 @@ __all__ = [
     "load_vgg16_backbone",
     "backbone_state_dict",
     "read_state_dict",
-    "VOC_CLASSES",
+    "VOC_CLASSES_WITH_BACKGROUND",
     "coco_names_81",
     "coco_names_91",
 ]

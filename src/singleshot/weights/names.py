@@ -5,14 +5,13 @@ Index 0 is always ``"__background__"``, matching the label convention (0 = backg
 
 from __future__ import annotations
 
-__all__ = ["VOC_CLASSES", "coco_names_91", "coco_names_81", "default_class_names"]
+from ..data.common import BACKGROUND
+from ..data.voc import VOC_CLASSES
 
-VOC_CLASSES: tuple[str, ...] = (
-    "__background__",
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train",
-    "tvmonitor",
-)  # fmt: skip
+__all__ = ["VOC_CLASSES_WITH_BACKGROUND", "coco_names_91", "coco_names_81", "default_class_names"]
+
+# The 21 names of a VOC model: "__background__", then the 20 object classes of `singleshot.data.voc`.
+VOC_CLASSES_WITH_BACKGROUND: tuple[str, ...] = (BACKGROUND, *VOC_CLASSES)
 
 
 def coco_names_91() -> list[str]:
@@ -30,7 +29,7 @@ def coco_names_81() -> list[str]:
 def default_class_names(num_classes: int, dataset: str) -> list[str] | None:
     """Names for a converted model: VOC's for 21 classes, COCO's for 81 or 91, else None."""
     if num_classes == 21 and dataset == "voc":
-        return list(VOC_CLASSES)
+        return list(VOC_CLASSES_WITH_BACKGROUND)
     if num_classes == 81 and dataset == "coco":
         return coco_names_81()
     if num_classes == 91 and dataset == "coco":
