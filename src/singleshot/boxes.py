@@ -27,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 __all__ = [
     "cxcywh_to_xyxy",
     "xyxy_to_cxcywh",
+    "fractions_to_pixels",
     "iou",
     "encode",
     "decode",
@@ -53,6 +54,24 @@ def xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
     """(..., 4) xyxy -> (..., 4) cxcywh."""
     low, high = boxes[..., :2], boxes[..., 2:]
     return torch.cat(((low + high) / 2, high - low), dim=-1)
+
+
+def fractions_to_pixels(boxes: Tensor, height: int, width: int, clip: bool = True) -> Tensor:
+    """Boxes as fractions of an image -> the same boxes in that image's pixels.
+
+    Args:
+        boxes: (n, 4) xyxy, fractions of the image.
+        height, width: the image's size in pixels.
+        clip: clamp x to [0, width] and y to [0, height].
+
+    Returns:
+        A new (n, 4) xyxy tensor in pixels, on ``boxes``' device and in its dtype.
+    """
+    pixels = boxes * boxes.new_tensor([width, height, width, height])
+    if clip:
+        pixels[:, 0::2] = pixels[:, 0::2].clamp(0, width)
+        pixels[:, 1::2] = pixels[:, 1::2].clamp(0, height)
+    return pixels
 
 
 def iou(a: Tensor, b: Tensor) -> Tensor:

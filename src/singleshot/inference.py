@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .boxes import fractions_to_pixels
 from .imageio import ImageLike, to_rgb_tensor
 from .postprocess import detect
 
@@ -81,9 +82,6 @@ def predict(
     results = []
     for det, image in zip(detections, tensors):
         height, width = image.shape[-2:]
-        scale = det["boxes"].new_tensor([width, height, width, height])
-        boxes = det["boxes"] * scale
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+        boxes = fractions_to_pixels(det["boxes"], height, width)
         results.append({"boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
     return results

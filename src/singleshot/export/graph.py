@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..boxes import LOG_SIZE_CLAMP, decode
+from ..boxes import LOG_SIZE_CLAMP, decode, fractions_to_pixels
 
 __all__ = ["DetectorGraph", "TorchNMS", "multiclass_nms"]
 
@@ -163,8 +163,6 @@ def outputs_to_detections(
         det_boxes = boxes[b, :n].float()
         if image_sizes is not None:
             height, width = image_sizes[b]
-            det_boxes = det_boxes * det_boxes.new_tensor([width, height, width, height])
-            det_boxes[:, 0::2] = det_boxes[:, 0::2].clamp(0, width)
-            det_boxes[:, 1::2] = det_boxes[:, 1::2].clamp(0, height)
+            det_boxes = fractions_to_pixels(det_boxes, height, width)
         results.append({"boxes": det_boxes, "scores": scores[b, :n].float(), "labels": labels[b, :n].long()})
     return results

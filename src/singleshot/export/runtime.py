@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..boxes import fractions_to_pixels
 from ..imageio import ImageLike, to_rgb_tensor
 from ..inference import preprocess
 from ..postprocess import detect
@@ -95,9 +96,7 @@ class _ExportedDetector:
         )
         results = []
         for det, (height, width) in zip(detections, sizes):
-            boxes = det["boxes"] * det["boxes"].new_tensor([width, height, width, height])
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            boxes = fractions_to_pixels(det["boxes"], height, width)
             results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
         return results
 
