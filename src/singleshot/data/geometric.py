@@ -106,7 +106,12 @@ def _centres_inside(boxes: np.ndarray, rects: np.ndarray) -> np.ndarray:
 
 
 def _iou(rects: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    """rects (T, 4) x boxes (n, 4) xyxy -> (T, n) IoU, float64."""
+    """rects (T, 4) x boxes (n, 4) xyxy -> (T, n) IoU, float64.
+
+    `singleshot.boxes.iou`'s expression, kept here in numpy because the crop's geometry is a
+    few small float64 arrays per sample (see `sample_crop`): the torch calls of ``boxes.iou``
+    would cost several times the per-call overhead on this hot path of the data loader.
+    """
     w = np.minimum(rects[:, 2, None], boxes[:, 2]) - np.maximum(rects[:, 0, None], boxes[:, 0])
     h = np.minimum(rects[:, 3, None], boxes[:, 3]) - np.maximum(rects[:, 1, None], boxes[:, 1])
     inter = np.clip(w, 0, None) * np.clip(h, 0, None)

@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..boxes import iou as box_iou
+
 __all__ = ["evaluate_voc", "voc_ap", "VOC07_RECALL_THRESHOLDS"]
 
 # The devkit's `for t=0:0.1:1`. MATLAB builds the first half of a colon range as
@@ -150,14 +152,14 @@ def _candidate_matches(
     offsets = np.cumsum(counts) - counts
     pair_gt = gt_order[starts[pair_det] + np.arange(total) - offsets[pair_det]]
 
-    d, g = det_boxes[pair_det], gt_boxes[pair_gt]
-    iw = np.minimum(d[:, 2], g[:, 2]) - np.maximum(d[:, 0], g[:, 0])
-    ih = np.minimum(d[:, 3], g[:, 3]) - np.maximum(d[:, 1], g[:, 1])
-    overlap = (iw > 0) & (ih > 0)
-    inter = iw * ih
-    union = (d[:, 2] - d[:, 0]) * (d[:, 3] - d[:, 1]) + (g[:, 2] - g[:, 0]) * (g[:, 3] - g[:, 1]) - inter
-    iou = np.full(total, -np.inf)
-    np.divide(inter, union, out=iou, where=overlap)
+    # The IoU of each pair, float64: (total, 1, 4) against (total, 1, 4) -> (total, 1, 1).
+    d = torch.from_numpy(np.ascontiguousarray(det_boxes[pair_det], dtype=np.float64))
+    g = torch.from_numpy(np.ascontiguousarray(gt_boxes[pair_gt], dtype=np.float64))
+    pair_iou = box_iou(d[:, None], g[:, None])[:, 0, 0].numpy()
+    # A positive IoU is the devkit's overlap test (positive intersection width and height):
+    # the clamped intersection is positive exactly then, and the union is at least its area.
+    overlap = pair_iou > 0
+    iou = np.where(overlap, pair_iou, -np.inf)
 
     has_pairs = counts > 0
     best_iou[has_pairs] = np.maximum.reduceat(iou, offsets[has_pairs])
