@@ -318,3 +318,18 @@ def test_tensor_and_list_inputs_agree():
 def test_bad_inputs_raise(dets, gts, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
         evaluate_voc(dets, gts)
+
+
+def test_detections_overlapping_no_ground_truth_of_their_class_are_false_positives():
+    # the only detection of class 1 shares an image and class with a ground truth but misses it
+    detections = [{"boxes": torch.tensor([[0.0, 0.0, 1.0, 1.0]]), "scores": torch.tensor([0.9]),
+                   "labels": torch.tensor([1])}]  # fmt: skip
+    ground_truths = [{"boxes": torch.tensor([[5.0, 5.0, 6.0, 6.0]]), "labels": torch.tensor([1])}]
+    for inclusive in (True, False):
+        result = evaluate_voc(detections, ground_truths, inclusive_boxes=inclusive)
+        assert result["ap"] == {1: 0.0} and result["map"] == 0.0
+    # a second detection that hits it: recall 1 reached at precision 1/2
+    detections[0]["boxes"] = torch.tensor([[0.0, 0.0, 1.0, 1.0], [5.0, 5.0, 6.0, 6.0]])
+    detections[0]["scores"], detections[0]["labels"] = torch.tensor([0.9, 0.8]), torch.tensor([1, 1])
+    result = evaluate_voc(detections, ground_truths, use_07_metric=False, inclusive_boxes=False)
+    assert result["ap"] == {1: 0.5}

@@ -165,6 +165,8 @@ def _candidate_matches(
     best_iou[has_pairs] = np.maximum.reduceat(iou, offsets[has_pairs])
     at_best = overlap & (iou == best_iou[pair_det])
     first = np.flatnonzero(at_best)
+    if first.size == 0:  # no pair overlaps at all
+        return best_iou, best_gt
     first = first[np.concatenate(([True], pair_det[first][1:] != pair_det[first][:-1]))]
     best_gt[pair_det[first]] = pair_gt[first]
     return best_iou, best_gt
