@@ -1,6 +1,9 @@
 """No hidden global state: library calls leave the process alone, imports load only what they need."""
 
 import ctypes.util
+import os
+import subprocess
+import sys
 
 import singleshot.runtime
 from singleshot.cli import main
@@ -29,3 +32,30 @@ def test_the_command_tunes_malloc_at_start(monkeypatch, capsys):
     calls = record_malloc_tuning(monkeypatch)
     assert main(["priors", "ssd300_voc"]) == 0
     assert calls == ["tune_malloc"]
+
+
+PLOT_BOTH = """
+import json, sys
+import matplotlib
+from singleshot.evaluation import plot_pr_curves
+from singleshot.training.logging import plot_losses
+
+out = sys.argv[1]
+before = matplotlib.get_backend()
+with open(out + "/log.jsonl", "w") as log:
+    for i in (1, 2):
+        log.write(json.dumps({"kind": "train", "iteration": i, "loss": 3.0 / i, "loss_loc": 1.0,
+                              "loss_conf": 2.0 / i, "lr": 0.01}) + "\\n")
+plot_losses(out + "/log.jsonl", out + "/loss.png")
+plot_pr_curves({1: {"recall": [0.5, 1.0], "precision": [1.0, 0.5]}}, None, out + "/pr.png")
+print(before, matplotlib.get_backend())
+"""
+
+
+def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
+    environment = {**os.environ, "MPLBACKEND": "svg", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", PLOT_BOTH, str(tmp_path)], env=environment,
+                            capture_output=True, text=True, check=True)  # fmt: skip
+    assert result.stdout.split() == ["svg", "svg"]
+    assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG"
