@@ -59,3 +59,18 @@ def test_plots_leave_the_matplotlib_backend_alone(tmp_path):
     assert result.stdout.split() == ["svg", "svg"]
     assert (tmp_path / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert (tmp_path / "pr.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def modules_loaded_by(statement: str) -> set[str]:
+    """The ``singleshot`` modules a fresh interpreter has loaded after ``statement``."""
+    code = f"{statement}\nimport sys\nprint(*(m for m in sys.modules if m.startswith('singleshot')))"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", code], env=environment, capture_output=True, text=True,
+                            check=True)  # fmt: skip
+    return set(result.stdout.split())
+
+
+def test_the_data_package_does_not_import_inference():
+    loaded = modules_loaded_by("import singleshot.data")
+    assert "singleshot.data.augment" in loaded
+    assert "singleshot.inference" not in loaded

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from ..imageio import ImageLike, to_rgb_tensor
-from ..inference import preprocess
 from ..postprocess import detect
+from ..transforms import preprocess
 from .graph import outputs_to_detections
 from .to_onnx import POSTPROCESS_DEFAULTS
 

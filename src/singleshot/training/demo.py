@@ -112,7 +112,7 @@ def _clear_previous_outputs(out: Path) -> None:
 
 def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
     """Draw the detections (score >= 0.5) of the first ``count`` images of ``dataset`` into ``out``."""
-    from ..inference import resize_bilinear
+    from ..transforms import resize_bilinear
     from ..visualize import draw_detections, save_image
 
     out.mkdir(parents=True, exist_ok=True)
