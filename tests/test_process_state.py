@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import singleshot.runtime
 from singleshot.cli import main
 from singleshot.training import train
@@ -74,3 +76,21 @@ def test_the_data_package_does_not_import_inference():
     loaded = modules_loaded_by("import singleshot.data")
     assert "singleshot.data.augment" in loaded
     assert "singleshot.inference" not in loaded
+
+
+def test_importing_boxes_does_not_load_the_models():
+    loaded = modules_loaded_by("import singleshot.boxes")
+    assert "singleshot.boxes" in loaded
+    assert not {"singleshot.models", "singleshot.checkpoint", "singleshot.presets"} & loaded
+
+
+def test_the_package_names_load_on_first_use():
+    import singleshot
+    from singleshot import SSD, build_model, load
+
+    assert {"SSD", "available_models", "build_model", "load"} <= set(dir(singleshot))
+    assert singleshot.build_model is build_model and singleshot.load is load
+    assert isinstance(build_model("ssd160_compact", num_classes=3), SSD)
+    assert "ssd300_voc" in singleshot.available_models()
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        singleshot.nope  # noqa: B018
