@@ -12,12 +12,12 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .inference import VGG_MEAN
 from .models.compact import CompactBackbone
 from .models.extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraSpec, build_extras
 from .models.ssd import SSD
 from .models.vgg import VGG16Backbone
 from .priors import PRIOR_CLIP_MODES, PriorConfig
+from .transforms import VGG_MEAN
 
 __all__ = ["Preset", "PRESETS", "available_models", "build_model", "get_preset"]
 

@@ -23,8 +23,9 @@ _done = False
 def tune_malloc(trim_threshold: int = 1 << 30) -> bool:
     """Stop glibc from returning large blocks to the kernel. Returns True where applied.
 
-    Process-global and idempotent; a no-op (False) off Linux/glibc. The `singleshot`
-    command calls it at start-up; library users may call it once themselves.
+    Process-global and idempotent; a no-op (False) off Linux/glibc. Only the `singleshot`
+    command calls it (at start-up); library calls such as `singleshot.training.train`
+    leave the process alone, so library users who want the speed call it once themselves.
     """
     global _done
     if _done:

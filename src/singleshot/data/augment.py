@@ -44,7 +44,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..inference import VGG_MEAN, preprocess
+from ..transforms import VGG_MEAN, preprocess
 from .geometric import (
     Crop,
     Expansion,
@@ -285,7 +285,7 @@ class SSDAugmentation:
 class EvalTransform:
     """Resize + normalise only: the evaluation (and prediction) input.
 
-    The image is resized with `singleshot.inference.preprocess`, exactly as
+    The image is resized with `singleshot.transforms.preprocess`, exactly as
     ``model.predict`` does; boxes become fractions of the image (clipped to [0, 1]) and
     no object is dropped.
 

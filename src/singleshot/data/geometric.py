@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..inference import resize_bilinear
+from ..transforms import resize_bilinear
 
 __all__ = [
     "CROP_OPTIONS",
@@ -39,7 +39,7 @@ __all__ = [
     "MAX_EXPAND_RATIO",
     "Expansion",
     "Crop",
-    "resize_bilinear",  # re-exported from singleshot.inference
+    "resize_bilinear",  # re-exported from singleshot.transforms
     "sample_expansion",
     "sample_crop",
     "visible_region",

@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from ..inference import VGG_MEAN
+from ..transforms import VGG_MEAN
 
 __all__ = ["class_colour", "draw_boxes", "input_to_image", "sample_grid"]
 

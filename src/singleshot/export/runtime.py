@@ -19,8 +19,8 @@ from torch import Tensor
 
 from ..boxes import fractions_to_pixels
 from ..imageio import ImageLike, to_rgb_tensor
-from ..inference import preprocess
 from ..postprocess import detect
+from ..transforms import preprocess
 from .graph import outputs_to_detections
 from .to_onnx import POSTPROCESS_DEFAULTS
 

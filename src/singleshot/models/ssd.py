@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..inference import VGG_MEAN
 from ..priors import PriorConfig, generate_priors
+from ..transforms import VGG_MEAN
 from .heads import MultiBoxHead
 
 __all__ = ["SSD"]

@@ -27,7 +27,6 @@ from typing import Any
 
 import torch
 
-from ..runtime import tune_malloc
 from .config import apply_overrides, apply_values, load_recipe
 from .logging import format_duration, plot_losses
 from .trainer import train
@@ -113,7 +112,7 @@ def _clear_previous_outputs(out: Path) -> None:
 
 def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
     """Draw the detections (score >= 0.5) of the first ``count`` images of ``dataset`` into ``out``."""
-    from ..inference import resize_bilinear
+    from ..transforms import resize_bilinear
     from ..visualize import draw_detections, save_image
 
     out.mkdir(parents=True, exist_ok=True)
@@ -131,11 +130,13 @@ def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
 
 
 def run_demo(options: DemoOptions) -> DemoSummary:
-    """Run the whole demo (see the module docstring) and return its measured summary."""
+    """Run the whole demo (see the module docstring) and return its measured summary.
+
+    Does not tune malloc (`singleshot.runtime.tune_malloc`): ``singleshot demo`` does at start-up.
+    """
     from ..data import open_dataset
     from ..evaluation import plot_pr_curves
 
-    tune_malloc()
     start = time.perf_counter()
     out = Path(options.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -127,17 +127,21 @@ def read_log(path: str | os.PathLike, kind: str | None = None) -> list[dict[str,
 
 
 def plot_losses(log_path: str | os.PathLike, out_path: str | os.PathLike) -> Path:
-    """Draw the training losses (total, localisation, confidence) and learning rate of a log to a PNG."""
-    import matplotlib
+    """Draw the training losses (total, localisation, confidence) and learning rate of a log to a PNG.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Draws on matplotlib's Agg canvas directly (no pyplot), so it opens no window and leaves
+    matplotlib's global backend alone.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     records = read_log(log_path, kind="train")
     if not records:
         raise ValueError(f"{log_path}: no training records to plot")
     steps = [r["iteration"] for r in records]
-    fig, (ax_loss, ax_lr) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, height_ratios=(3, 1))
+    fig = Figure(figsize=(7, 6))
+    FigureCanvasAgg(fig)
+    ax_loss, ax_lr = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
     for key, label in (("loss", "total"), ("loss_loc", "localisation (smooth L1)"),
                        ("loss_conf", "confidence (cross-entropy)")):  # fmt: skip
         ax_loss.plot(steps, [r[key] for r in records], label=label)
@@ -152,5 +156,4 @@ def plot_losses(log_path: str | os.PathLike, out_path: str | os.PathLike) -> Pat
     fig.tight_layout()
     out_path = Path(out_path)
     fig.savefig(out_path, dpi=100)
-    plt.close(fig)
     return out_path

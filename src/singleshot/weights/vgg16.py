@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..inference import VGG_MEAN
+from ..transforms import VGG_MEAN
 from .io import as_state_dict, read_state_dict
 from .keymaps import VGG_INDEX_TO_NAME, our_vgg_module, strip_prefix
 
