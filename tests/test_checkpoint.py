@@ -171,6 +171,17 @@ def test_incompatible_preset_is_explained(compact, tmp_path):
         singleshot.load(wrong)
 
 
+def test_category_ids_must_be_integers(compact, tmp_path):
+    checkpoint = torch.load(save_checkpoint(tmp_path / "c.pt", compact), weights_only=True)
+    checkpoint["model"]["category_ids"] = [0, 17, 18]
+    torch.save(checkpoint, tmp_path / "ids.pt")
+    assert singleshot.load(tmp_path / "ids.pt").category_ids == [0, 17, 18]
+    checkpoint["model"]["category_ids"] = [0, None, "18"]
+    torch.save(checkpoint, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match=r"bad\.pt: cannot rebuild.*category_ids must be a list of integers"):
+        singleshot.load(tmp_path / "bad.pt")
+
+
 def write_safetensors_by_hand(path, tensors, metadata):
     """The safetensors layout (u64 header size, JSON header, raw little-endian data), written out."""
     header, blobs, offset = {"__metadata__": metadata}, [], 0

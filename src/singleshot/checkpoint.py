@@ -221,6 +221,9 @@ def _model_arguments(meta: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"image_mean must be three numbers, got {mean!r}")
     if not isinstance(meta["prior_config"], dict):
         raise ValueError(f"prior_config must be a mapping, got {meta['prior_config']!r}")
+    ids = meta.get("category_ids")
+    if ids is not None and not (isinstance(ids, list) and all(_is_count(i) for i in ids)):
+        raise ValueError(f"category_ids must be a list of integers, got {ids!r}")
     return {
         "name": meta["preset"],
         "num_classes": num_classes,
@@ -281,7 +284,7 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = 
     model.image_mean = tuple(float(m) for m in meta["image_mean"])
     category_ids = meta.get("category_ids")
     if category_ids is not None and len(category_ids) == model.num_classes:
-        model.category_ids = [int(i) for i in category_ids]
+        model.category_ids = list(category_ids)
     try:
         model.load_state_dict(checkpoint["state_dict"], strict=True)
     except RuntimeError as error:
