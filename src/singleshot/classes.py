@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["ClassMatch", "match_classes", "read_class_map", "load_class_map"]
+__all__ = ["ClassMatch", "match_classes", "read_class_map", "load_class_map", "map_for"]
 
 
 @dataclass(frozen=True)
@@ -101,6 +101,13 @@ def _check_map(class_map: Mapping[str, str], model: Sequence[str], dataset: Sequ
     targets = [name for name in class_map.values() if name not in model[1:]]
     if targets:
         raise ValueError(f"the class map names model classes the model lacks: {_listing(targets)}")
+
+
+def map_for(class_map: Mapping[str, str] | None, dataset_names: Sequence[str]) -> dict[str, str]:
+    """The entries of ``class_map`` (dataset name -> model name) whose dataset name is one of
+    ``dataset_names`` (index 0 = background): one map can serve several datasets."""
+    own = set(dataset_names[1:])
+    return {name: target for name, target in (class_map or {}).items() if name in own}
 
 
 def match_classes(

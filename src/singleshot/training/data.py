@@ -10,7 +10,7 @@ from typing import Any
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from ..classes import ClassMatch, match_classes
+from ..classes import ClassMatch, map_for, match_classes
 from ..data.collate import collate
 from .sampler import EndlessSampler, sample_generator
 
@@ -216,9 +216,7 @@ def relabel(
     ``class_map`` {dataset name: name in ``classes``} entries for classes this dataset lacks
     are left out (one map serves several datasets). Raises ValueError as `match_classes`.
     """
-    own = [name for name in dataset.classes[1:]]
-    usable = {k: v for k, v in (class_map or {}).items() if k in own}
-    match = match_classes(classes, dataset.classes, usable)
+    match = match_classes(classes, dataset.classes, map_for(class_map, dataset.classes))
     if list(dataset.classes) == list(classes):
         return dataset, None
     return Relabeled(dataset, match, classes), match.note

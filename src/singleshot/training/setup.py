@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..checkpoint import load_checkpoint
-from ..classes import ClassMatch, match_classes
+from ..classes import ClassMatch, map_for, match_classes
 from ..models.ssd import SSD
 from ..presets import build_model
 from ..priors import PriorConfig
@@ -126,7 +126,7 @@ def relate_classes(
         raise ValueError(f"the training set: {error}") from None
     val_match = None
     if val_dataset is not None:
-        usable = {k: v for k, v in (class_map or {}).items() if k in val_dataset.classes}
+        usable = map_for(class_map, val_dataset.classes)
         try:
             val_match = match_classes(names, val_dataset.classes, usable, model_count=count)
         except ValueError as error:
