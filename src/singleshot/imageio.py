@@ -20,6 +20,7 @@ size without decoding the pixels.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -96,12 +97,13 @@ def _tensor_to_rgb_uint8(image: Tensor, where: str = "image") -> Tensor:
     return image.contiguous()
 
 
-def _refuse_bombs(path: Path) -> None:
+def _refuse_bombs(content: bytes, path: Path) -> None:
     """Raise ValueError when the header claims more pixels than Pillow's decompression-bomb limit
     (2 x ``Image.MAX_IMAGE_PIXELS``): torchvision would allocate the whole image before decoding
-    a byte of it (a 4 KB PNG claiming 60000 x 60000 pixels crashed the process)."""
+    a byte of it (a 4 KB PNG claiming 60000 x 60000 pixels crashed the process). Reads the
+    header from ``content``, the file's bytes already in memory."""
     try:
-        with Image.open(path) as pil:
+        with Image.open(io.BytesIO(content)) as pil:
             pil.size  # noqa: B018 (opening reads the header and applies the limit)
     except Image.DecompressionBombError as error:
         raise ValueError(f"{path}: refused to decode ({error})") from None
@@ -140,7 +142,7 @@ def read_image(path: str | os.PathLike) -> Tensor:
         raise ValueError(f"{path}: cannot read image ({error.strerror or error})") from None
     if not content:
         raise ValueError(f"{path}: empty file")
-    _refuse_bombs(path)
+    _refuse_bombs(content, path)
     if _for_torchvision(content, path):
         data = torch.frombuffer(bytearray(content), dtype=torch.uint8)
         try:
