@@ -57,6 +57,7 @@ _PIL_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError)
 
 
 def _pil_to_rgb_uint8(image: Image.Image) -> Tensor:
+    array: np.ndarray
     if image.mode.startswith("I;16") or image.mode in ("I", "F"):
         # 16-bit, 32-bit integer or float single channel: scale the range down to 8 bits.
         array = np.asarray(image, dtype=np.float64)

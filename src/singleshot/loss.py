@@ -113,12 +113,10 @@ class MultiBoxLoss(nn.Module):
             [t["boxes"] for t in targets], [t["labels"] for t in targets], priors.device
         )
         if valid.any() and bool(((labels[valid] < 1) | (labels[valid] >= self.num_classes)).any()):
-            image = int(
-                ((labels < 1) | (labels >= self.num_classes)).logical_and(valid).any(1).nonzero()[0, 0]
-            )
+            bad = int(((labels < 1) | (labels >= self.num_classes)).logical_and(valid).any(1).nonzero()[0, 0])
             raise ValueError(
-                f"image {image} of the batch: labels must be in 1..{self.num_classes - 1}, "
-                f"got {targets[image]['labels'].tolist()}"
+                f"image {bad} of the batch: labels must be in 1..{self.num_classes - 1}, "
+                f"got {targets[bad]['labels'].tolist()}"
             )
         priors = priors.float()
         with torch.no_grad():

@@ -6,6 +6,7 @@ import colorsys
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +92,6 @@ def save_image(image: Tensor, path: str | os.PathLike, quality: int = 90) -> Pat
     array = np.ascontiguousarray(image.detach().cpu().permute(1, 2, 0).numpy())
     if array.shape[2] == 1:
         array = array[:, :, 0]
-    options = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    options: dict[str, Any] = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
     Image.fromarray(array).save(path, **options)
     return path

@@ -13,7 +13,7 @@ import math
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 
@@ -86,7 +86,7 @@ def _categories(data: dict[str, Any], path: Path, drop: set[int]) -> tuple[list[
     return [by_id[i] for i in ids], {category_id: k + 1 for k, category_id in enumerate(ids)}
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     """An integer id or size as JSON gives it (true and false are not numbers)."""
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -203,11 +203,12 @@ class COCODataset(DetectionDataset):
         declared = (image.get("height"), image.get("width"))
         stored = check_image(image_path, verify)
         if stored is None:
-            if not all(_is_int(v) and 0 < v < _MAX_SIDE for v in declared):
+            height, width = declared
+            if not (_is_int(height) and _is_int(width) and 0 < height < _MAX_SIDE and 0 < width < _MAX_SIDE):
                 raise InvalidItem(
                     path, f"image {image_id}: no valid width/height {declared[::-1]} and verify_images='none'"
                 )
-            stored = (int(declared[0]), int(declared[1]))
+            stored = (height, width)
         elif all(_is_int(v) for v in declared) and declared != stored:
             problems.warn(SIZE_MISMATCH)
         boxes, labels, crowd, names = [], [], [], []

@@ -149,8 +149,9 @@ def sample_crop(
     usable = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     levels = np.array([-1.0 if option is None else option for option in options])
     for _ in range(MAX_OPTION_DRAWS // OPTION_DRAWS_AT_ONCE):
-        u = torch.rand(OPTION_DRAWS_AT_ONCE, 1 + 4 * max_trials, generator=generator, dtype=torch.float64)
-        u = u.numpy()
+        u = torch.rand(
+            OPTION_DRAWS_AT_ONCE, 1 + 4 * max_trials, generator=generator, dtype=torch.float64
+        ).numpy()
         choices = np.minimum((u[:, 0] * len(options)).astype(np.int64), len(options) - 1)
         trials = u[:, 1:].reshape(-1, 4)  # draw a's trials are rows a * max_trials + [0, max_trials)
         w = width * (MIN_CROP_SCALE + (1.0 - MIN_CROP_SCALE) * trials[:, 0])

@@ -145,7 +145,7 @@ def _open_voc(root: Path, split: str, **options: Any) -> DetectionDataset:
 
 
 def _names_in_annotations(root: Path) -> list[str]:
-    names = set()
+    names: set[str] = set()
     for xml_path in (root / "Annotations").glob("*.xml"):
         try:
             names.update((n.text or "").strip() for n in ET.parse(xml_path).getroot().iter("name"))

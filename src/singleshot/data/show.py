@@ -45,7 +45,7 @@ def draw_boxes(
     picture = Image.fromarray(image.permute(1, 2, 0).contiguous().numpy(), "RGB")
     if scale != 1.0:
         size = (max(1, round(picture.width * scale)), max(1, round(picture.height * scale)))
-        picture = picture.resize(size, Image.BILINEAR)
+        picture = picture.resize(size, Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(picture)
     font = ImageFont.load_default()
     flags = difficult.tolist() if difficult is not None else [False] * len(labels)

@@ -321,12 +321,14 @@ class YOLODataset(DetectionDataset):
     ) -> None:
         self.root = Path(root)
         self.split = split
-        self.classes_file = None
+        self.classes_file: Path | None = None
         if classes is None:
             self.classes_file = (
                 Path(classes_file) if classes_file is not None else _default_classes_file(self.root)
             )
-        names = list(classes) if classes is not None else read_yolo_classes(self.classes_file)
+            names = read_yolo_classes(self.classes_file)
+        else:
+            names = list(classes)
         self.explicit = images is not None
         if images is not None:
             image_paths = list_images(images)

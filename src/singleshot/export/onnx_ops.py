@@ -36,9 +36,10 @@ def _multiclass_nms_onnx(boxes, scores, iou_threshold: float, score_threshold: f
     return op.NonMaxSuppression(
         boxes,
         scores,
-        op.Constant(value_ints=[_INT64_MAX]),
-        op.Constant(value_floats=[iou_threshold]),
-        op.Constant(value_floats=[score_threshold]),
+        # onnxscript's stubs type Constant's result as any tensor type
+        op.Constant(value_ints=[_INT64_MAX]),  # type: ignore[arg-type]
+        op.Constant(value_floats=[iou_threshold]),  # type: ignore[arg-type]
+        op.Constant(value_floats=[score_threshold]),  # type: ignore[arg-type]
         center_point_box=0,
     )
 
