@@ -34,9 +34,9 @@ from typing import Any, BinaryIO
 
 import torch
 
+from .fileio import is_safetensors_file, read_safetensors, torch_load_data
 from .models.ssd import SSD
 from .priors import PriorConfig
-from .weights.io import is_safetensors_file, read_safetensors, torch_load_data
 
 __all__ = [
     "CHECKPOINT_FORMAT",
