@@ -36,7 +36,11 @@ class L2Norm(nn.Module):
     (B, C, H, W) -> (B, C, H, W): ``weight[c] * x[:, c] / max(||x[:, :, h, w]||, eps)``,
     computed in float32 whatever the input's dtype (in float16, eps = 1e-10 rounds to 0 and
     an all-zero position would give 0 / 0), and returned in the input's dtype.
+
+    ``is_norm``: the optimizer puts its scale in the "norm" parameter group.
     """
+
+    is_norm = True
 
     def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10) -> None:
         super().__init__()
