@@ -1,5 +1,7 @@
 """A model as parts: each part initialises itself, and the presets build exactly as before."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -110,3 +112,135 @@ def test_a_spec_builds_the_preset_and_records_its_parts():
     model = build_ssd(spec.replace(num_classes=4), reset=False)
     assert model.num_classes == 4 and model.priors.shape == (8732, 4)
     assert isinstance(model.extras, SSDExtras) and len(model.extras) == 4
+
+
+class TinyBackbone(nn.Module):
+    """A user's own backbone: two sources at strides 8 and 16."""
+
+    part_name = "tiny"
+
+    def __init__(self, width: int = 8) -> None:
+        super().__init__()
+        self.width = width
+        self.down8 = nn.Conv2d(3, width, 3, stride=8, padding=1)
+        self.down16 = nn.Conv2d(width, 2 * width, 3, stride=2, padding=1)
+        self.out_channels = (width, 2 * width)
+
+    def config(self) -> dict:
+        return {"width": self.width}
+
+    def forward(self, x):
+        a = torch.relu(self.down8(x))
+        return [a, torch.relu(self.down16(a))]
+
+
+def tiny_model(seed: int = 0) -> SSD:
+    torch.manual_seed(seed)
+    backbone = TinyBackbone(width=6)
+    config = PRESETS["ssd160_compact"].prior_config
+    config = type(config).from_dict({**config.to_dict(), "feature_maps": [20, 10, 5], "steps": [8, 16, 32],
+                                     "min_sizes": [16, 36, 68], "max_sizes": [36, 68, 100],
+                                     "aspect_ratios": [[2], [2, 3], [2]]})  # fmt: skip
+    extras = SSDExtras(12, [{"mid_channels": 8, "out_channels": 16, "kernel": 3, "stride": 2, "padding": 1}])
+    model = SSD(backbone=backbone, extras=extras, num_classes=3, prior_config=config,
+                class_names=["__background__", "a", "b"], image_std=(58.0, 57.0, 57.5),
+                postprocess=PostprocessConfig(score_threshold=0.2, max_detections=None))  # fmt: skip
+    return model.eval()
+
+
+def outputs_equal(loaded, model, size):
+    """Same outputs, bit for bit; ``model`` in the weight layout `singleshot.load` gives."""
+    a, b = loaded, copy.deepcopy(model).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(5)) * 60
+    with torch.no_grad():
+        return all(torch.equal(u, v) for u, v in zip(a(x), b(x)))
+
+
+def test_a_model_built_from_parts_round_trips_with_its_user_backbone(tmp_path):
+    from singleshot.checkpoint import load_checkpoint, save_checkpoint
+
+    model = tiny_model()
+    path = save_checkpoint(tmp_path / "tiny.pt", model)
+    meta = load_checkpoint(path)["model"]
+    assert meta["preset"] is None
+    assert meta["parts"]["backbone"] == {"name": "tiny", "config": {"width": 6}}
+    assert meta["image_std"] == [58.0, 57.0, 57.5]
+    assert meta["postprocess"]["score_threshold"] == 0.2 and meta["postprocess"]["max_detections"] is None
+    loaded = singleshot.load(path, parts={"tiny": TinyBackbone})
+    assert isinstance(loaded.backbone, TinyBackbone) and loaded.backbone.width == 6
+    assert loaded.image_std == (58.0, 57.0, 57.5) and loaded.postprocess == model.postprocess
+    assert loaded.class_names == ["__background__", "a", "b"] and loaded.preset is None
+    assert torch.equal(loaded.priors, model.priors)
+    assert outputs_equal(loaded, model, 160)
+    # without the class the file's part name is unknown: a ValueError naming the file and the part
+    with pytest.raises(ValueError, match=r"tiny\.pt: cannot rebuild.*unknown backbone part 'tiny'"):
+        singleshot.load(path)
+
+
+def test_a_model_whose_parts_cannot_describe_themselves_is_refused(tmp_path):
+    from singleshot.checkpoint import save_checkpoint
+
+    model = tiny_model()
+    model.extras = nn.ModuleList(list(model.extras))  # a plain list of blocks has no part_name
+    with pytest.raises(ValueError, match=r"x\.pt: this model cannot be checkpointed: the model's extras"):
+        save_checkpoint(tmp_path / "x.pt", model)
+
+    class Subclass(TinyBackbone):  # inherits part_name: must not pass for its parent
+        pass
+
+    model = tiny_model()
+    model.backbone = Subclass(width=6)
+    with pytest.raises(ValueError, match="'Subclass' is not a model part"):
+        save_checkpoint(tmp_path / "y.pt", model)
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("name", ["ssd300_voc", "ssd160_compact"])
+def test_preset_models_round_trip_with_a_custom_prior_config(tmp_path, name):
+    from singleshot.checkpoint import save_checkpoint
+
+    config = PRESETS[name].prior_config
+    custom = type(config).from_dict({**config.to_dict(), "min_sizes": [m * 0.9 for m in config.min_sizes]})
+    torch.manual_seed(4)
+    model = singleshot.build_model(name, num_classes=4, prior_config=custom, prior_clip="size").eval()
+    loaded = singleshot.load(save_checkpoint(tmp_path / "m.pt", model))
+    assert loaded.preset == name and loaded.prior_config == custom.with_clip("size")
+    assert loaded.image_std == (1.0, 1.0, 1.0) and loaded.postprocess == PostprocessConfig()
+    assert torch.equal(loaded.priors, model.priors)
+    assert outputs_equal(loaded, model, config.image_size)
+
+
+def test_a_version_1_file_of_the_old_layout_loads(tmp_path):
+    """The layout written before parts: no image_std, postprocess or parts."""
+    torch.manual_seed(1)
+    model = singleshot.build_model("ssd160_compact", class_names=["__background__", "cat"]).eval()
+    old = {
+        "format": "singleshot",
+        "version": 1,
+        "model": {
+            "preset": "ssd160_compact",
+            "num_classes": 2,
+            "class_names": ["__background__", "cat"],
+            "prior_config": model.prior_config.to_dict(),
+            "image_mean": [120.0, 110.0, 100.0],
+            "category_ids": [0, 17],
+        },
+        "state_dict": model.state_dict(),
+        "training": {"iteration": 3},
+    }
+    torch.save(old, tmp_path / "old.pt")
+    loaded = singleshot.load(tmp_path / "old.pt")
+    assert loaded.image_mean == (120.0, 110.0, 100.0) and loaded.image_std == (1.0, 1.0, 1.0)
+    assert loaded.postprocess == PostprocessConfig(0.01, 0.45, 200, 200, False)
+    assert loaded.category_ids == [0, 17] and loaded.preset == "ssd160_compact"
+    assert outputs_equal(loaded, model, 160)
+    # a file without a preset must name its parts
+    old["model"]["preset"] = None
+    torch.save(old, tmp_path / "anonymous.pt")
+    with pytest.raises(ValueError, match=r"anonymous\.pt: cannot rebuild.*must record its parts"):
+        singleshot.load(tmp_path / "anonymous.pt")
+    old["model"]["preset"] = "ssd160_compact"
+    old["model"]["image_std"] = [1.0, 0.0, 1.0]
+    torch.save(old, tmp_path / "std.pt")
+    with pytest.raises(ValueError, match=r"std\.pt: cannot rebuild.*image_std must be three positive"):
+        singleshot.load(tmp_path / "std.pt")

@@ -137,7 +137,10 @@ class Part:
             raise ValueError(f"the {role} part must be a mapping with a name, got {data!r}")
         name, config = data["name"], data.get("config", {})
         if name not in parts:
-            raise ValueError(f"unknown {role} part {name!r}; known: {', '.join(sorted(parts))}")
+            raise ValueError(
+                f"unknown {role} part {name!r} (known: {', '.join(sorted(parts))}; "
+                f"pass your own class as parts={{{name!r}: YourClass}})"
+            )
         if not isinstance(config, Mapping):
             raise ValueError(f"the {role} part {name!r} has a config that is not a mapping: {config!r}")
         _check_plain(config, f"the {role} part {name!r}'s config")
