@@ -244,3 +244,35 @@ def test_a_version_1_file_of_the_old_layout_loads(tmp_path):
     torch.save(old, tmp_path / "std.pt")
     with pytest.raises(ValueError, match=r"std\.pt: cannot rebuild.*image_std must be three positive"):
         singleshot.load(tmp_path / "std.pt")
+
+
+def test_image_std_divides_the_mean_subtracted_input_exactly():
+    from singleshot.data import EvalTransform, SSDAugmentation
+    from singleshot.transforms import preprocess
+
+    image = torch.randint(0, 256, (3, 40, 60), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = (123.0, 117.0, 104.0), (58.395, 57.12, 57.375)
+    plain = preprocess([image], 32, mean)
+    scaled = preprocess([image], 32, mean, std=std)
+    assert torch.equal(scaled, plain / torch.tensor(std).view(1, 3, 1, 1))
+    assert not torch.equal(scaled, plain)
+    assert torch.equal(preprocess([image], 32, mean, std=(1.0, 1.0, 1.0)), plain)  # ones: the same bits
+    target = {"boxes": torch.tensor([[5.0, 5.0, 30.0, 20.0]]), "labels": torch.tensor([1])}
+    x, _ = EvalTransform(32, mean, std=std)(image, target)
+    assert torch.equal(x, scaled[0])
+    g = torch.Generator()
+    a, _ = SSDAugmentation(32, mean)(image, target, generator=g.manual_seed(3))
+    b, _ = SSDAugmentation(32, mean, std=std)(image, target, generator=g.manual_seed(3))
+    assert torch.equal(b, a / torch.tensor(std).view(3, 1, 1))
+
+
+def test_predict_normalises_with_the_models_image_std():
+    model = tiny_model()
+    image = torch.randint(0, 256, (3, 50, 70), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.append(args[0].clone()))
+    model.predict(image)
+    from singleshot.transforms import preprocess
+
+    expected = preprocess([image], 160, model.image_mean) / torch.tensor(model.image_std).view(1, 3, 1, 1)
+    assert torch.equal(seen[0], expected)

@@ -31,7 +31,8 @@ def predict(
     if not tensors:
         return []
     parameter = next(model.parameters())
-    x = preprocess(tensors, model.image_size, model.image_mean, device=parameter.device)
+    std = getattr(model, "image_std", None)
+    x = preprocess(tensors, model.image_size, model.image_mean, device=parameter.device, std=std)
     if parameter.dtype != torch.float32:
         x = x.to(parameter.dtype)
     was_training = model.training
