@@ -276,3 +276,18 @@ def test_predict_normalises_with_the_models_image_std():
 
     expected = preprocess([image], 160, model.image_mean) / torch.tensor(model.image_std).view(1, 3, 1, 1)
     assert torch.equal(seen[0], expected)
+
+
+def test_predict_takes_left_out_settings_from_the_model_and_explicit_ones_win():
+    model = tiny_model()  # postprocess: score 0.2, no cap
+    image = torch.randint(0, 256, (3, 60, 60), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():  # a confident background-free head: many boxes over any threshold
+        model.head.conf[0].bias.copy_(torch.tensor([0.0, 3.0, 0.0] * (model.head.conf[0].bias.numel() // 3)))
+    own = model.predict(image)[0]
+    assert len(own["scores"]) > 200 and own["scores"].min() > 0.2  # no cap, threshold 0.2
+    capped = model.predict(image, score_threshold=0.2, max_detections=200)[0]
+    assert torch.equal(capped["scores"], own["scores"][:200])
+    model.postprocess = PostprocessConfig()
+    assert torch.equal(
+        model.predict(image)[0]["scores"], model.predict(image, 0.01, 0.45, 200, 200)[0]["scores"]
+    )

@@ -28,7 +28,7 @@ from torch import nn
 from ..priors import PriorConfig
 from ..transforms import VGG_MEAN
 
-__all__ = ["Part", "PostprocessConfig", "SSDSpec", "part_name", "UNIT_STD"]
+__all__ = ["Part", "PostprocessConfig", "SSDSpec", "part_name", "UNIT_STD", "MODEL_DEFAULT"]
 
 UNIT_STD: tuple[float, float, float] = (1.0, 1.0, 1.0)
 ROLES = ("backbone", "extras", "head")
@@ -64,6 +64,16 @@ def _check_plain(value: Any, where: str) -> None:
     raise ValueError(
         f"{where} must be plain data (numbers, strings, lists, dicts), got {type(value).__name__}"
     )
+
+
+class _ModelDefault:
+    """An argument left out of `SSD.predict`: the model's ``postprocess`` setting applies."""
+
+    def __repr__(self) -> str:
+        return "<model.postprocess>"
+
+
+MODEL_DEFAULT: Any = _ModelDefault()
 
 
 @dataclass(frozen=True)

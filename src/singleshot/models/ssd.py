@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from ..priors import PriorConfig, generate_priors
 from ..transforms import VGG_MEAN
 from .heads import MultiBoxHead
+from .spec import MODEL_DEFAULT as _MODEL_DEFAULT
 from .spec import UNIT_STD, PostprocessConfig
 
 __all__ = ["SSD", "source_channels"]
@@ -141,15 +142,19 @@ class SSD(nn.Module):
     def predict(
         self,
         images: Any,
-        score_threshold: float = 0.01,
-        nms_threshold: float = 0.45,
-        pre_nms_top_k: int = 200,
-        max_detections: int | None = 200,
+        score_threshold: float = _MODEL_DEFAULT,
+        nms_threshold: float = _MODEL_DEFAULT,
+        pre_nms_top_k: int = _MODEL_DEFAULT,
+        max_detections: int | None = _MODEL_DEFAULT,
     ) -> list[dict[str, Tensor]]:
         """Detect objects in images of any size.
 
         Args:
             images: one image or a list: uint8 tensors (3, H, W) RGB, PIL images or file paths.
+            score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in
+                `singleshot.postprocess.detect` (max_detections None = no cap); left out, the
+                model's ``postprocess`` setting applies (0.01, 0.45, 200, 200 for the presets).
+                Boxes are clipped before NMS when ``postprocess.clip`` is set.
 
         Returns:
             One dict per image: ``boxes`` float (N, 4) xyxy in the original image's pixels
