@@ -1,8 +1,11 @@
 """Named model configurations ("presets") and `build_model`.
 
-A preset fixes the backbone, the extra layers and the default-box layout. The VOC
-and COCO variants differ only in their box sizes (the paper's Table / ssd.pytorch's
-``voc`` and ``coco`` configs) and default class counts.
+A preset is a name for an `SSDSpec`: the parts (backbone, extra layers, heads, each a
+class with its settings), the default-box layout, the input normalisation (mean, std)
+and the post-processing defaults. The VOC and COCO variants differ only in their box
+sizes (the paper's Table / ssd.pytorch's ``voc`` and ``coco`` configs) and default class
+counts. A new backbone is one module with its part classes and one entry in `PRESETS`;
+`part_classes` picks its parts up for the checkpoint loader.
 """
 
 from __future__ import annotations
