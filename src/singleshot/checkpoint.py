@@ -6,12 +6,21 @@ A checkpoint is a dict saved with `torch.save` and read back with
     {
         "format": "singleshot",
         "version": 1,
-        "model": {"preset": str, "num_classes": int, "class_names": list[str] | None,
+        "model": {"preset": str | None, "num_classes": int, "class_names": list[str] | None,
                   "prior_config": dict, "image_mean": [r, g, b],
-                  "category_ids": list[int] | None},   # the training set's id per label (COCO)
+                  "category_ids": list[int] | None,    # the training set's id per label (COCO)
+                  # optional (absent in older files: 1.0, today's defaults, the preset's parts):
+                  "image_std": [r, g, b], "postprocess": dict,
+                  "parts": {"backbone" | "extras" | "head": {"name": str, "config": dict}}},
         "state_dict": {name: Tensor},
         "training": {...},        # optional: optimizer, scheduler, iteration, RNG states...
     }
+
+A model with a ``preset`` name is rebuilt from that preset (its recorded ``parts`` are
+then informative); a model without one (built from parts, `singleshot.models.build_ssd`
+or ``SSD(...)``) from its ``parts``, whose names resolve to the built-in part classes,
+those the presets use, or a user's own passed as ``parts={"name": cls}``. A name that
+resolves to nothing is refused: nothing is ever imported because a file names it.
 
 Files are written atomically (temporary file in the same folder, fsync, rename), so a
 crash while saving never leaves a truncated checkpoint in place of a good one.
@@ -25,7 +34,6 @@ either format never runs code from the file.
 from __future__ import annotations
 
 import json
-import math
 import os
 import tempfile
 from collections.abc import Callable
@@ -34,9 +42,10 @@ from typing import Any, BinaryIO
 
 import torch
 
+from .fileio import is_safetensors_file, read_safetensors, torch_load_data
+from .models.build import build_ssd, describe
+from .models.spec import SSDSpec, read_fields
 from .models.ssd import SSD
-from .priors import PriorConfig
-from .weights.io import is_safetensors_file, read_safetensors, torch_load_data
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -54,16 +63,23 @@ CHECKPOINT_VERSION = 1
 
 
 def model_metadata(model: SSD) -> dict[str, Any]:
-    """What `model_from_checkpoint` needs to rebuild ``model``'s architecture."""
-    if model.preset is None:
-        raise ValueError("only models built from a preset (singleshot.build_model) can be checkpointed")
+    """What `model_from_checkpoint` needs to rebuild ``model``'s architecture.
+
+    Raises:
+        ValueError: a part of the model cannot describe itself (no own ``part_name`` or
+            ``config()``; see `singleshot.models.spec`).
+    """
+    try:
+        spec = describe(model)
+        description = spec.to_dict()
+    except ValueError as error:
+        raise ValueError(f"this model cannot be checkpointed: {error}") from None
+    parts = description.pop("parts")
     return {
         "preset": model.preset,
-        "num_classes": model.num_classes,
-        "class_names": list(model.class_names) if model.class_names is not None else None,
-        "prior_config": model.prior_config.to_dict(),
-        "image_mean": list(model.image_mean),
+        **description,
         "category_ids": getattr(model, "category_ids", None),
+        "parts": parts,
     }
 
 
@@ -111,15 +127,19 @@ def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any
             f"{path}: this model's convolutions were converted by use_winograd (inference only, "
             "transformed filters); save the model as loaded or trained instead"
         )
+    try:
+        meta = model_metadata(model)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if Path(path).suffix == ".safetensors":
         if training is not None:
             raise ValueError(f"{path}: safetensors checkpoints hold no training state; use a .pt file")
-        return _save_safetensors(path, state, model_metadata(model))
+        return _save_safetensors(path, state, meta)
     checkpoint: dict[str, Any] = {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "model": model_metadata(model),
+        "model": meta,
         "state_dict": state,
     }
     if training is not None:
@@ -208,36 +228,34 @@ _BUILD_ERRORS = (
 )
 
 
-def _model_arguments(meta: dict[str, Any]) -> dict[str, Any]:
-    """`build_model`'s arguments from a checkpoint's model description, checked."""
-    num_classes, names, mean = meta["num_classes"], meta.get("class_names"), meta["image_mean"]
-    if not isinstance(meta["preset"], str):
-        raise ValueError(f"preset must be a name, got {meta['preset']!r}")
-    if not _is_count(num_classes) or num_classes < 2:
-        raise ValueError(f"num_classes must be an integer >= 2, got {num_classes!r}")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
-        raise ValueError(f"class_names must be a list of names, got {names!r}")
-    if not (isinstance(mean, (list, tuple)) and len(mean) == 3 and all(_is_finite(m) for m in mean)):
-        raise ValueError(f"image_mean must be three numbers, got {mean!r}")
-    if not isinstance(meta["prior_config"], dict):
-        raise ValueError(f"prior_config must be a mapping, got {meta['prior_config']!r}")
+def _model_spec(meta: dict[str, Any], parts: dict[str, type] | None) -> SSDSpec:
+    """The `SSDSpec` a checkpoint's model description asks for, checked (ValueError)."""
+    from .presets import part_classes, preset_spec
+
+    preset = meta["preset"]
+    if preset is not None and not isinstance(preset, str):
+        raise ValueError(f"preset must be a name or null, got {preset!r}")
     ids = meta.get("category_ids")
     if ids is not None and not (isinstance(ids, list) and all(_is_count(i) for i in ids)):
         raise ValueError(f"category_ids must be a list of integers, got {ids!r}")
-    return {
-        "name": meta["preset"],
-        "num_classes": num_classes,
-        "class_names": names,
-        "prior_config": PriorConfig.from_dict(meta["prior_config"]),
-    }
+    fields = read_fields(meta)
+    if preset is None:
+        if meta.get("parts") is None:
+            raise ValueError("a model without a preset must record its parts")
+        return SSDSpec.from_dict(meta, part_classes(parts))
+    spec = preset_spec(
+        preset,
+        num_classes=fields["num_classes"],
+        class_names=fields["class_names"],
+        prior_config=fields["prior_config"],
+    )
+    return spec.replace(
+        image_mean=fields["image_mean"], image_std=fields["image_std"], postprocess=fields["postprocess"]
+    )
 
 
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_finite(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _check_weights(state: dict[str, Any], expected: dict[str, torch.Tensor], where: str) -> None:
@@ -257,31 +275,38 @@ def _fits(value: Any, expected: torch.Tensor) -> bool:
     return value.dtype == expected.dtype or (value.is_floating_point() and expected.is_floating_point())
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = "checkpoint") -> SSD:
+def model_from_checkpoint(
+    checkpoint: dict[str, Any],
+    path: str | os.PathLike = "checkpoint",
+    parts: dict[str, type] | None = None,
+) -> SSD:
     """Rebuild the model a (validated) checkpoint describes and load its weights strictly.
+
+    ``parts``: the user's own part classes by the name the file records (see `load`).
 
     The architecture is first built without memory (on the "meta" device) and the file's
     weights checked against it, so a corrupt description (a huge class count, a malformed
     default-box layout) is refused before anything is allocated.
     """
-    from .presets import build_model
-
     meta = checkpoint["model"]
     try:
-        arguments = _model_arguments(meta)
+        spec = _model_spec(meta, parts)
         with torch.device("meta"):
-            blueprint = build_model(**arguments)
+            blueprint = build_ssd(spec, preset=meta["preset"])
         if blueprint.priors.shape[0] > _MAX_PRIORS:
             raise ValueError(f"its prior_config asks for {blueprint.priors.shape[0]} default boxes")
     except _BUILD_ERRORS as error:
         raise ValueError(f"{path}: cannot rebuild the model it describes: {error}") from None
-    where = f"preset {meta['preset']!r} with {meta['num_classes']} classes"
+    if meta["preset"] is not None:
+        where = f"preset {meta['preset']!r} with {meta['num_classes']} classes"
+    else:
+        names = "/".join(part.name for part in (spec.backbone, spec.extras, spec.head))
+        where = f"parts {names} with {meta['num_classes']} classes"
     try:
         _check_weights(checkpoint["state_dict"], blueprint.state_dict(), where)
     except ValueError as error:
         raise ValueError(f"{path}: {error}") from None
-    model = build_model(**arguments)
-    model.image_mean = tuple(float(m) for m in meta["image_mean"])
+    model = build_ssd(spec, preset=meta["preset"])
     category_ids = meta.get("category_ids")
     if category_ids is not None and len(category_ids) == model.num_classes:
         model.category_ids = list(category_ids)
@@ -292,15 +317,21 @@ def model_from_checkpoint(checkpoint: dict[str, Any], path: str | os.PathLike = 
     return model
 
 
-def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> SSD:
+def load(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", parts: dict[str, type] | None = None
+) -> SSD:
     """A ready model (in eval mode, with ``class_names``) from a singleshot checkpoint.
 
     ``map_location``: the device the model lands on ("cpu", "cuda", "cuda:1", ...). Its
     weights take the memory layout its forward feeds them (channels-last unless
     ``model.channels_last`` is off), so that no convolution converts them on every call.
+
+    ``parts``: part classes of your own, by the name the checkpoint records (their
+    ``part_name``), e.g. ``load("mine.pt", parts={"mynet": MyBackbone})``; the built-in
+    parts and those of the presets are always known.
     """
     checkpoint = load_checkpoint(path, map_location="cpu")
-    model = model_from_checkpoint(checkpoint, path).to(map_location)
+    model = model_from_checkpoint(checkpoint, path, parts).to(map_location)
     if model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model.eval()

@@ -3,27 +3,46 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
 from .boxes import fractions_to_pixels
 from .imageio import ImageLike, to_rgb_tensor
+from .models.spec import MODEL_DEFAULT, PostprocessConfig
 from .postprocess import detect
 from .transforms import VGG_MEAN, preprocess, resize_bilinear  # re-exported: public API (README)
 
-__all__ = ["VGG_MEAN", "predict", "preprocess", "resize_bilinear"]
+__all__ = ["VGG_MEAN", "MODEL_DEFAULT", "predict", "preprocess", "resize_bilinear"]
+
+
+def _settings(model, **given: Any) -> dict[str, Any]:
+    """`detect`'s settings: the ones given, the others from ``model.postprocess`` (or
+    `PostprocessConfig`'s defaults for a model without one)."""
+    defaults = getattr(model, "postprocess", None) or PostprocessConfig()
+    settings = {"clip": defaults.clip}
+    for name, value in given.items():
+        settings[name] = getattr(defaults, name) if value is MODEL_DEFAULT else value
+    return settings
 
 
 def predict(
     model,
     images: ImageLike | Sequence[ImageLike],
-    score_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    pre_nms_top_k: int = 200,
-    max_detections: int | None = 200,
+    score_threshold: float = MODEL_DEFAULT,
+    nms_threshold: float = MODEL_DEFAULT,
+    pre_nms_top_k: int = MODEL_DEFAULT,
+    max_detections: int | None = MODEL_DEFAULT,
 ) -> list[dict[str, Tensor]]:
     """See `singleshot.SSD.predict`."""
+    settings = _settings(
+        model,
+        score_threshold=score_threshold,
+        nms_threshold=nms_threshold,
+        pre_nms_top_k=pre_nms_top_k,
+        max_detections=max_detections,
+    )
     if isinstance(images, (list, tuple)):
         tensors = [to_rgb_tensor(image) for image in images]
     else:
@@ -31,7 +50,8 @@ def predict(
     if not tensors:
         return []
     parameter = next(model.parameters())
-    x = preprocess(tensors, model.image_size, model.image_mean, device=parameter.device)
+    std = getattr(model, "image_std", None)
+    x = preprocess(tensors, model.image_size, model.image_mean, device=parameter.device, std=std)
     if parameter.dtype != torch.float32:
         x = x.to(parameter.dtype)
     was_training = model.training
@@ -40,15 +60,7 @@ def predict(
         with torch.inference_mode():
             loc, conf = model(x)
             scores = torch.softmax(conf.float(), dim=-1)
-            detections = detect(
-                loc.float(),
-                scores,
-                model.priors.float(),
-                score_threshold=score_threshold,
-                nms_threshold=nms_threshold,
-                pre_nms_top_k=pre_nms_top_k,
-                max_detections=max_detections,
-            )
+            detections = detect(loc.float(), scores, model.priors.float(), **settings)
     finally:
         model.train(was_training)
     results = []

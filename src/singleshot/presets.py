@@ -1,37 +1,80 @@
 """Named model configurations ("presets") and `build_model`.
 
-A preset fixes the backbone, the extra layers and the default-box layout. The VOC
-and COCO variants differ only in their box sizes (the paper's Table / ssd.pytorch's
-``voc`` and ``coco`` configs) and default class counts.
+A preset is a name for an `SSDSpec`: the parts (backbone, extra layers, heads, each a
+class with its settings), the default-box layout, the input normalisation (mean, std)
+and the post-processing defaults. The VOC and COCO variants differ only in their box
+sizes (the paper's Table / ssd.pytorch's ``voc`` and ``coco`` configs) and default class
+counts. A new backbone is one module with its part classes and one entry in `PRESETS`;
+`part_classes` picks its parts up for the checkpoint loader.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
-from torch import nn
-
+from .models.build import build_ssd
 from .models.compact import CompactBackbone
-from .models.extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraSpec, build_extras
+from .models.extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraSpec, SSDExtras
+from .models.heads import MultiBoxHead
+from .models.spec import Part, PostprocessConfig, SSDSpec, part_name
 from .models.ssd import SSD
 from .models.vgg import VGG16Backbone
 from .priors import PRIOR_CLIP_MODES, PriorConfig
-from .transforms import VGG_MEAN
 
-__all__ = ["Preset", "PRESETS", "available_models", "build_model", "get_preset"]
+__all__ = [
+    "Preset",
+    "PRESETS",
+    "available_models",
+    "build_model",
+    "get_preset",
+    "preset_spec",
+    "part_classes",
+]
 
 
 @dataclass(frozen=True)
 class Preset:
+    """A named model: its description and the parts' default settings (``spec``)."""
+
     name: str
     description: str
-    prior_config: PriorConfig
-    num_classes: int
-    backbone: Callable[[], nn.Module]
-    extras: tuple[ExtraSpec, ...]
-    extras_batch_norm: bool = False
-    image_mean: tuple[float, float, float] = VGG_MEAN
+    spec: SSDSpec
+
+    @property
+    def prior_config(self) -> PriorConfig:
+        return self.spec.prior_config
+
+    @property
+    def num_classes(self) -> int:
+        return self.spec.num_classes
+
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        return self.spec.image_mean
+
+    @property
+    def image_std(self) -> tuple[float, float, float]:
+        return self.spec.image_std
+
+    @property
+    def postprocess(self) -> PostprocessConfig:
+        return self.spec.postprocess
+
+
+def _extras(specs: tuple[ExtraSpec, ...], batch_norm: bool = False) -> Part:
+    return Part(SSDExtras, {"specs": [asdict(spec) for spec in specs], "batch_norm": batch_norm})
+
+
+def _ssd(backbone: Part, extras: Part, prior_config: PriorConfig, num_classes: int) -> SSDSpec:
+    """The paper's detector layout (multibox heads, VGG mean, ssd.pytorch's post-processing)."""
+    return SSDSpec(
+        backbone=backbone,
+        extras=extras,
+        head=Part(MultiBoxHead),
+        prior_config=prior_config,
+        num_classes=num_classes,
+    )
 
 
 def _prior_config(image_size, feature_maps, steps, min_sizes, max_sizes, aspect_ratios) -> PriorConfig:
@@ -85,21 +128,41 @@ COMPACT_PRIORS = _prior_config(
 )
 COMPACT_EXTRAS = (ExtraSpec(96, 192, 3, 2, 1), ExtraSpec(64, 128, 3, 1, 0), ExtraSpec(64, 128, 3, 1, 0))
 
+_VGG16 = Part(VGG16Backbone)
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("ssd300_voc", "SSD300, VGG16, VOC default boxes", SSD300_VOC_PRIORS, 21, VGG16Backbone,
-               SSD300_EXTRAS),
-        Preset("ssd300_coco", "SSD300, VGG16, COCO default boxes", SSD300_COCO_PRIORS, 81, VGG16Backbone,
-               SSD300_EXTRAS),
-        Preset("ssd512_voc", "SSD512, VGG16, VOC default boxes", SSD512_VOC_PRIORS, 21, VGG16Backbone,
-               SSD512_EXTRAS),
-        Preset("ssd512_coco", "SSD512, VGG16, COCO default boxes", SSD512_COCO_PRIORS, 81, VGG16Backbone,
-               SSD512_EXTRAS),
+        Preset("ssd300_voc", "SSD300, VGG16, VOC default boxes",
+               _ssd(_VGG16, _extras(SSD300_EXTRAS), SSD300_VOC_PRIORS, 21)),
+        Preset("ssd300_coco", "SSD300, VGG16, COCO default boxes",
+               _ssd(_VGG16, _extras(SSD300_EXTRAS), SSD300_COCO_PRIORS, 81)),
+        Preset("ssd512_voc", "SSD512, VGG16, VOC default boxes",
+               _ssd(_VGG16, _extras(SSD512_EXTRAS), SSD512_VOC_PRIORS, 21)),
+        Preset("ssd512_coco", "SSD512, VGG16, COCO default boxes",
+               _ssd(_VGG16, _extras(SSD512_EXTRAS), SSD512_COCO_PRIORS, 81)),
         Preset("ssd160_compact", "SSD on a small BatchNorm backbone, 160 px input; trains on a CPU",
-               COMPACT_PRIORS, 21, CompactBackbone, COMPACT_EXTRAS, extras_batch_norm=True),
+               _ssd(Part(CompactBackbone), _extras(COMPACT_EXTRAS, batch_norm=True), COMPACT_PRIORS, 21)),
     )
 }  # fmt: skip
+
+# Parts every checkpoint may name, besides those the presets use.
+BUILTIN_PARTS: tuple[type, ...] = (VGG16Backbone, CompactBackbone, SSDExtras, MultiBoxHead)
+
+
+def part_classes(extra: Mapping[str, type] | None = None) -> dict[str, type]:
+    """Part name -> class: the built-in parts, those the presets use, then ``extra`` (a
+    user's own parts, by the name a checkpoint records; they win over the others)."""
+    table: dict[str, type] = {}
+    for preset in PRESETS.values():
+        for part in (preset.spec.backbone, preset.spec.extras, preset.spec.head):
+            table[part.name] = part.cls
+    for cls in BUILTIN_PARTS:
+        table[part_name(cls)] = cls
+    for name, cls in (extra or {}).items():
+        if not (isinstance(name, str) and isinstance(cls, type)):
+            raise ValueError(f"parts must map names to classes, got {name!r}: {cls!r}")
+        table[name] = cls
+    return table
 
 
 def available_models() -> list[str]:
@@ -115,22 +178,29 @@ def get_preset(name: str) -> Preset:
 
 
 def init_ssd_weights(model: SSD) -> None:
-    """The paper's initialisation: Xavier-uniform extras and heads with zero biases.
+    """The paper's initialisation, by each part's own ``reset_parameters``: He-normal VGG
+    backbone convolutions, Xavier-uniform extras and heads, zero biases."""
+    model.reset_parameters()
 
-    The backbone keeps its own initialisation (He-normal convolutions), ready to be
-    overwritten by ImageNet weights (`singleshot.weights`).
-    """
-    for module in model.backbone.modules():
-        if isinstance(module, nn.Conv2d):
-            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-            if module.bias is not None:
-                nn.init.zeros_(module.bias)
-    for part in (model.extras, model.head):
-        for module in part.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+
+def preset_spec(
+    name: str,
+    num_classes: int | None = None,
+    prior_clip: str | None = None,
+    class_names: list[str] | None = None,
+    prior_config: PriorConfig | None = None,
+) -> SSDSpec:
+    """A preset's `SSDSpec` with `build_model`'s arguments applied (see there)."""
+    preset = get_preset(name)
+    if prior_clip is not None and prior_clip not in PRIOR_CLIP_MODES:
+        raise ValueError(f"prior_clip must be None or one of {PRIOR_CLIP_MODES}, got {prior_clip!r}")
+    if num_classes is None:
+        num_classes = len(class_names) if class_names is not None else preset.num_classes
+    return preset.spec.replace(
+        num_classes=num_classes,
+        class_names=tuple(class_names) if class_names is not None else None,
+        prior_config=(prior_config or preset.prior_config).with_clip(prior_clip),
+    )
 
 
 def build_model(
@@ -152,20 +222,5 @@ def build_model(
         prior_config: replaces the preset's default-box layout (e.g. one tuned with
             ``singleshot data coverage``); it must have one level per source of the network.
     """
-    preset = get_preset(name)
-    if prior_clip is not None and prior_clip not in PRIOR_CLIP_MODES:
-        raise ValueError(f"prior_clip must be None or one of {PRIOR_CLIP_MODES}, got {prior_clip!r}")
-    if num_classes is None:
-        num_classes = len(class_names) if class_names is not None else preset.num_classes
-    backbone = preset.backbone()
-    model = SSD(
-        backbone=backbone,
-        extras=build_extras(backbone.out_channels[-1], preset.extras, batch_norm=preset.extras_batch_norm),
-        num_classes=num_classes,
-        prior_config=(prior_config or preset.prior_config).with_clip(prior_clip),
-        image_mean=preset.image_mean,
-        preset=name,
-        class_names=class_names,
-    )
-    init_ssd_weights(model)
-    return model
+    spec = preset_spec(name, num_classes, prior_clip, class_names, prior_config)
+    return build_ssd(spec, preset=name)

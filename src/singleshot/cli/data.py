@@ -270,8 +270,18 @@ def run_show(args: argparse.Namespace) -> int:
         from ..data.augment import SSDAugmentation
 
         generator = torch.Generator().manual_seed(args.seed)
-        augment = SSDAugmentation(preset.prior_config.image_size, preset.image_mean, generator=generator)
-    grid = sample_grid(dataset, indices, augment, preset.image_mean, columns=args.columns, cell=args.cell)
+        augment = SSDAugmentation(
+            preset.prior_config.image_size, preset.image_mean, generator=generator, std=preset.image_std
+        )
+    grid = sample_grid(
+        dataset,
+        indices,
+        augment,
+        preset.image_mean,
+        columns=args.columns,
+        cell=args.cell,
+        std=preset.image_std,
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     grid.save(out)

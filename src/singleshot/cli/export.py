@@ -93,6 +93,8 @@ def verify_export(model, path, fmt: str, with_postprocess: bool, postprocess: di
     size = model.image_size
     mean = torch.tensor(model.image_mean).view(1, 3, 1, 1)
     x = torch.rand(2, 3, size, size, generator=generator) * 255 - mean
+    if any(s != 1.0 for s in model.image_std):
+        x = x / torch.tensor(model.image_std).view(1, 3, 1, 1)
     runner = OnnxDetector(path) if fmt == "onnx" else TorchScriptDetector(path)
     got = runner.run(x)
     with torch.no_grad():

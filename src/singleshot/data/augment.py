@@ -44,7 +44,7 @@ from torch import Tensor
 from torchvision import tv_tensors
 from torchvision.transforms.v2 import functional as TF
 
-from ..transforms import VGG_MEAN, preprocess
+from ..transforms import VGG_MEAN, preprocess, std_divisor
 from .geometric import (
     Crop,
     Expansion,
@@ -227,6 +227,8 @@ class SSDAugmentation:
         size: output side S (300 or 512 for the paper's models).
         mean: RGB mean on the 0-255 scale (the model's ``image_mean``); also the fill.
         generator: default source of randomness.
+        std: RGB divisor on the 0-255 scale applied after the mean (the model's
+            ``image_std``); None or all ones: none.
     """
 
     def __init__(
@@ -234,6 +236,7 @@ class SSDAugmentation:
         size: int = 300,
         mean: Sequence[float] = VGG_MEAN,
         generator: torch.Generator | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         if int(size) < 1:
             raise ValueError(f"size must be a positive integer, got {size}")
@@ -243,6 +246,8 @@ class SSDAugmentation:
         self.mean = tuple(float(m) for m in mean)
         self.generator = generator
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
+        self._std = std_divisor(std, (3, 1, 1))
+        self.std = None if std is None else tuple(float(s) for s in std)
 
     def plan(
         self, width: int, height: int, boxes: Tensor, generator: torch.Generator | None = None
@@ -276,6 +281,8 @@ class SSDAugmentation:
         boxes = _clip_to_image(boxes, width, height)
         plan = self.plan(width, height, boxes, self.generator if generator is None else generator)
         x = render(image, plan, self.size, self._mean)
+        if self._std is not None:
+            x = x.div_(self._std)
         return x, _with_objects(target, transform_boxes(boxes, plan), plan.crop.keep)
 
     def __repr__(self) -> str:
@@ -292,15 +299,20 @@ class EvalTransform:
     Args:
         size: output side S.
         mean: RGB mean on the 0-255 scale (the model's ``image_mean``).
+        std: RGB divisor on the 0-255 scale (the model's ``image_std``); None: none.
     """
 
-    def __init__(self, size: int = 300, mean: Sequence[float] = VGG_MEAN) -> None:
+    def __init__(
+        self, size: int = 300, mean: Sequence[float] = VGG_MEAN, std: Sequence[float] | None = None
+    ) -> None:
         if int(size) < 1:
             raise ValueError(f"size must be a positive integer, got {size}")
         if len(mean) != 3:
             raise ValueError(f"mean must hold 3 values (R, G, B), got {len(mean)}")
         self.size = int(size)
         self.mean = tuple(float(m) for m in mean)
+        std_divisor(std, (3, 1, 1))  # checks it
+        self.std = None if std is None else tuple(float(s) for s in std)
 
     def __call__(
         self, image: Tensor, target: dict[str, Any], generator: torch.Generator | None = None
@@ -315,7 +327,7 @@ class EvalTransform:
         boxes = _read_boxes(target, where)
         height, width = image.shape[-2:]
         scale = boxes.new_tensor([width, height, width, height])
-        x = preprocess([image], self.size, self.mean)[0]
+        x = preprocess([image], self.size, self.mean, std=self.std)[0]
         return x, _with_objects(target, (boxes / scale).clamp_(0.0, 1.0), None)
 
     def __repr__(self) -> str:

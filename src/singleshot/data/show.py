@@ -11,7 +11,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from ..transforms import VGG_MEAN
+from ..transforms import VGG_MEAN, std_divisor
 
 __all__ = ["class_colour", "draw_boxes", "input_to_image", "sample_grid"]
 
@@ -62,9 +62,13 @@ def draw_boxes(
     return picture
 
 
-def input_to_image(x: Tensor, mean: Sequence[float]) -> Tensor:
-    """A network input back to a picture: float (3, S, S) minus mean -> uint8 (3, S, S)."""
-    restored = x.detach().float().cpu() + torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+def input_to_image(x: Tensor, mean: Sequence[float], std: Sequence[float] | None = None) -> Tensor:
+    """A network input back to a picture: float (3, S, S) (RGB - mean) / std -> uint8 (3, S, S)."""
+    restored = x.detach().float().cpu()
+    std_t = std_divisor(std, (3, 1, 1))
+    if std_t is not None:
+        restored = restored * std_t
+    restored = restored + torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
     return restored.round().clamp(0, 255).to(torch.uint8)
 
 
@@ -75,6 +79,7 @@ def sample_grid(
     mean: Sequence[float] = VGG_MEAN,
     columns: int | None = None,
     cell: int = 256,
+    std: Sequence[float] | None = None,
 ) -> Image.Image:
     """A grid of samples with their boxes and class names.
 
@@ -85,6 +90,7 @@ def sample_grid(
             target) -> (x float (3, S, S) minus ``mean``, target with boxes as fractions)``
             (e.g. `singleshot.data.SSDAugmentation`) to show what the network sees.
         mean: the mean ``augment`` subtracts.
+        std: the divisor ``augment`` applies after the mean (None: none).
         columns: grid columns (None = about square).
         cell: side of each grid cell in pixels; samples are scaled to fit, keeping aspect.
     """
@@ -98,7 +104,7 @@ def sample_grid(
         boxes = target["boxes"].reshape(-1, 4)
         if augment is not None:
             x, target = augment(image, target)
-            image = input_to_image(x, mean)
+            image = input_to_image(x, mean, std)
             side = torch.tensor([image.shape[2], image.shape[1]] * 2, dtype=torch.float32)
             boxes = target["boxes"].reshape(-1, 4).float() * side
         scale = cell / max(image.shape[1], image.shape[2])

@@ -5,9 +5,10 @@
 >>> detections = OnnxDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # as model.predict
 
 The exported graphs take a normalised batch, float32 (B, 3, S, S): RGB on the 0-255 scale,
-resized to S x S (bilinear, no antialiasing) minus the model's ``image_mean`` (both are
-stored in the file's metadata). With post-processing they return ``boxes`` (B, K, 4) xyxy
-as fractions of the input, ``scores`` (B, K), ``labels`` (B, K) and ``counts`` (B,).
+resized to S x S (bilinear, no antialiasing) minus the model's ``image_mean``, divided by
+its ``image_std`` (all three are stored in the file's metadata). With post-processing they
+return ``boxes`` (B, K, 4) xyxy as fractions of the input, ``scores`` (B, K), ``labels``
+(B, K) and ``counts`` (B,).
 """
 
 from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detections

@@ -42,6 +42,11 @@ class _ExportedDetector:
         return tuple(float(m) for m in self.metadata["image_mean"])
 
     @property
+    def image_std(self) -> tuple[float, ...]:
+        """1.0 for files exported before the models had one."""
+        return tuple(float(s) for s in self.metadata.get("image_std") or (1.0, 1.0, 1.0))
+
+    @property
     def class_names(self) -> list[str] | None:
         return self.metadata.get("class_names")
 
@@ -76,7 +81,7 @@ class _ExportedDetector:
         tensors = [to_rgb_tensor(image) for image in items]
         if not tensors:
             return []
-        x = preprocess(tensors, self.image_size, self.image_mean)
+        x = preprocess(tensors, self.image_size, self.image_mean, std=self.image_std)
         outputs = self.run(x)
         sizes = [tuple(t.shape[-2:]) for t in tensors]
         if self.with_postprocess:

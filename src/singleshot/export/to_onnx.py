@@ -40,8 +40,11 @@ def export_metadata(model, with_postprocess: bool, postprocess: dict[str, Any] |
         "category_ids": getattr(model, "category_ids", None),
         "image_size": model.image_size,
         "image_mean": list(model.image_mean),
+        "image_std": list(getattr(model, "image_std", (1.0, 1.0, 1.0))),
         "prior_config": model.prior_config.to_dict(),
-        "input": "images: float32 (B, 3, S, S), RGB 0-255 resized to S x S (bilinear) minus image_mean",
+        "input": (
+            "images: float32 (B, 3, S, S), (RGB 0-255 resized to S x S (bilinear) - image_mean) / image_std"
+        ),
         "outputs": (["boxes", "scores", "labels", "counts"] if with_postprocess else ["loc", "conf"]),
         "postprocess": postprocess if with_postprocess else None,
     }

@@ -1,8 +1,28 @@
-"""Network parts: VGG16 base, extra layers, multibox heads and the SSD module."""
+"""Network parts (VGG16 and compact backbones, extra layers, multibox heads), the SSD
+module, and the description of a model as data (`SSDSpec`, `build_ssd`, `describe`)."""
 
-from .extras import ExtraBlock, ExtraSpec, build_extras
+from .build import build_ssd, describe
+from .compact import CompactBackbone
+from .extras import ExtraBlock, ExtraSpec, SSDExtras, build_extras
 from .heads import MultiBoxHead
+from .spec import Part, PostprocessConfig, SSDSpec, part_name
 from .ssd import SSD
 from .vgg import L2Norm, VGG16Backbone
 
-__all__ = ["SSD", "MultiBoxHead", "ExtraBlock", "ExtraSpec", "build_extras", "L2Norm", "VGG16Backbone"]
+__all__ = [
+    "SSD",
+    "MultiBoxHead",
+    "ExtraBlock",
+    "ExtraSpec",
+    "SSDExtras",
+    "build_extras",
+    "L2Norm",
+    "VGG16Backbone",
+    "CompactBackbone",
+    "Part",
+    "PostprocessConfig",
+    "SSDSpec",
+    "part_name",
+    "build_ssd",
+    "describe",
+]

@@ -11,6 +11,8 @@ from collections import OrderedDict
 
 from torch import Tensor, nn
 
+from .init import he_normal_convs, reset_batch_norms
+
 __all__ = ["CompactBackbone"]
 
 
@@ -29,11 +31,16 @@ class CompactBackbone(nn.Module):
 
     Args:
         widths: channels of the five stages (strides 2, 2, 2, 2, 2 from the input).
+
+    A backbone part (see `singleshot.models.spec`): ``part_name`` "compact".
     """
+
+    part_name = "compact"
 
     def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128, 192)) -> None:
         super().__init__()
         w1, w2, w3, w4, w5 = widths
+        self.widths = tuple(int(w) for w in widths)
         self.to_stride8 = nn.Sequential(
             _conv_bn(3, w1, 2),
             _conv_bn(w1, w2, 2),
@@ -44,6 +51,15 @@ class CompactBackbone(nn.Module):
         )
         self.to_stride16 = nn.Sequential(_conv_bn(w4, w5, 2), _conv_bn(w5, w5))
         self.out_channels = (w4, w5)
+
+    def config(self) -> dict:
+        """Constructor keyword arguments, as plain data."""
+        return {"widths": list(self.widths)}
+
+    def reset_parameters(self) -> None:
+        """He-normal convolutions; BatchNorm at weight 1, bias 0, fresh statistics."""
+        he_normal_convs(self)
+        reset_batch_norms(self)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         stride8 = self.to_stride8(x)

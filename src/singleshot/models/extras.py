@@ -7,11 +7,14 @@ convolution that shrinks the grid; its output is one more source for the heads.
 from __future__ import annotations
 
 from collections import OrderedDict
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
 
 from torch import nn
 
-__all__ = ["ExtraSpec", "ExtraBlock", "build_extras", "SSD300_EXTRAS", "SSD512_EXTRAS"]
+from .init import reset_batch_norms, xavier_uniform_convs
+
+__all__ = ["ExtraSpec", "ExtraBlock", "SSDExtras", "build_extras", "SSD300_EXTRAS", "SSD512_EXTRAS"]
 
 
 @dataclass(frozen=True)
@@ -71,10 +74,38 @@ class ExtraBlock(nn.Sequential):
         self.out_channels = spec.out_channels
 
 
-def build_extras(in_channels: int, specs: tuple[ExtraSpec, ...], batch_norm: bool = False) -> nn.ModuleList:
+class SSDExtras(nn.ModuleList):
+    """The chain of extra blocks: the first reads ``in_channels``, each next one the previous output.
+
+    An extras part (see `singleshot.models.spec`): ``part_name`` "ssd_extras", settings
+    ``specs`` (`ExtraSpec` or its fields as a mapping, one per block) and ``batch_norm``.
+    Parameter names are ``<block index>.<layer>.weight`` (``extras.0.reduce.weight`` in an SSD).
+    """
+
+    part_name = "ssd_extras"
+
+    def __init__(
+        self, in_channels: int, specs: Sequence[ExtraSpec | Mapping], batch_norm: bool = False
+    ) -> None:
+        specs = tuple(s if isinstance(s, ExtraSpec) else ExtraSpec(**s) for s in specs)
+        blocks = []
+        for spec in specs:
+            blocks.append(ExtraBlock(in_channels, spec, batch_norm=batch_norm))
+            in_channels = spec.out_channels
+        super().__init__(blocks)
+        self.specs = specs
+        self.batch_norm = bool(batch_norm)
+
+    def config(self) -> dict:
+        """Constructor keyword arguments (beyond ``in_channels``), as plain data."""
+        return {"specs": [asdict(spec) for spec in self.specs], "batch_norm": self.batch_norm}
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: Xavier-uniform weights, zero biases (BatchNorm reset)."""
+        xavier_uniform_convs(self)
+        reset_batch_norms(self)
+
+
+def build_extras(in_channels: int, specs: tuple[ExtraSpec, ...], batch_norm: bool = False) -> SSDExtras:
     """Chain the blocks: the first reads ``in_channels``, each next one the previous output."""
-    blocks = []
-    for spec in specs:
-        blocks.append(ExtraBlock(in_channels, spec, batch_norm=batch_norm))
-        in_channels = spec.out_channels
-    return nn.ModuleList(blocks)
+    return SSDExtras(in_channels, specs, batch_norm=batch_norm)

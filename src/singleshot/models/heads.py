@@ -7,6 +7,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from .init import xavier_uniform_convs
+
 __all__ = ["MultiBoxHead"]
 
 
@@ -16,7 +18,11 @@ class MultiBoxHead(nn.Module):
     forward: list of sources (B, C_k, H_k, W_k) -> ``loc`` (B, P, 4), ``conf`` (B, P, num_classes)
     with P = sum(H_k * W_k * A_k), flattened level -> row -> column -> box (the order of
     Caffe SSD, ssd.pytorch and torchvision, so that their weights carry over).
+
+    A head part (see `singleshot.models.spec`): ``part_name`` "multibox", no settings.
     """
+
+    part_name = "multibox"
 
     def __init__(
         self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int
@@ -31,6 +37,14 @@ class MultiBoxHead(nn.Module):
         self.conf = nn.ModuleList(
             nn.Conv2d(c, a * num_classes, 3, padding=1) for c, a in zip(in_channels, boxes_per_location)
         )
+
+    def config(self) -> dict:
+        """Constructor keyword arguments beyond (in_channels, boxes_per_location, num_classes): none."""
+        return {}
+
+    def reset_parameters(self) -> None:
+        """The paper's initialisation: Xavier-uniform weights, zero biases."""
+        xavier_uniform_convs(self)
 
     @staticmethod
     def _flatten(x: Tensor, width: int) -> Tensor:

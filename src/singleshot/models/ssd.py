@@ -11,14 +11,29 @@ from torch import Tensor, nn
 from ..priors import PriorConfig, generate_priors
 from ..transforms import VGG_MEAN
 from .heads import MultiBoxHead
+from .spec import MODEL_DEFAULT as _MODEL_DEFAULT
+from .spec import UNIT_STD, PostprocessConfig
 
-__all__ = ["SSD"]
+__all__ = ["SSD", "source_channels"]
+
+
+def source_channels(backbone: nn.Module, extras: nn.Module, prior_config: PriorConfig) -> list[int]:
+    """Channels of each source the heads read; ValueError unless there is one per prior level."""
+    channels = list(backbone.out_channels) + [block.out_channels for block in extras]
+    if len(channels) != len(prior_config.feature_maps):
+        raise ValueError(
+            f"the network has {len(channels)} sources but the prior config "
+            f"{len(prior_config.feature_maps)} levels"
+        )
+    return channels
 
 
 class SSD(nn.Module):
     """Single Shot MultiBox Detector.
 
-    Built from explicit parts (use `singleshot.build_model` for the presets):
+    Built from explicit parts (use `singleshot.build_model` for the presets, or
+    `singleshot.models.build_ssd` for an `SSDSpec`); the modules are used as given
+    (no re-initialisation: see `reset_parameters`).
 
     Args:
         backbone: module mapping x (B, 3, S, S) to a list of sources, with an
@@ -30,13 +45,19 @@ class SSD(nn.Module):
         image_mean: RGB mean on the 0-255 scale, subtracted from inputs by `predict`.
         preset: name of the preset this model was built from, if any (saved in checkpoints).
         class_names: optional names, index 0 = "__background__".
+        head: module mapping the sources to (loc, conf); None = a `MultiBoxHead`.
+        image_std: RGB divisor on the 0-255 scale, applied after the mean (1.0 = none).
+        postprocess: `predict`'s default settings (None = `PostprocessConfig()`).
+
+    A model whose parts describe themselves (see `singleshot.models.spec`) can be saved
+    with `singleshot.checkpoint.save_checkpoint`.
 
     Attributes:
         priors: (P, 4) float32 cxcywh default boxes as fractions of the image (a buffer
             that moves with the model but is not saved: it is derived from ``prior_config``;
             it stays float32 when the model is cast to another dtype).
 
-    forward: x float (B, 3, S, S), RGB 0-255 minus ``image_mean`` -> ``loc`` (B, P, 4)
+    forward: x float (B, 3, S, S), (RGB 0-255 - ``image_mean``) / ``image_std`` -> ``loc`` (B, P, 4)
     encoded offsets and ``conf`` (B, P, num_classes) logits, in train and eval mode alike.
 
     ``forward`` hands the convolutions a channels-last copy of ``x`` (set
@@ -57,6 +78,9 @@ class SSD(nn.Module):
         image_mean: Sequence[float] = VGG_MEAN,
         preset: str | None = None,
         class_names: Sequence[str] | None = None,
+        head: nn.Module | None = None,
+        image_std: Sequence[float] = UNIT_STD,
+        postprocess: PostprocessConfig | None = None,
     ) -> None:
         super().__init__()
         if num_classes < 2:
@@ -65,17 +89,20 @@ class SSD(nn.Module):
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.backbone = backbone
         self.extras = extras
-        source_channels = list(backbone.out_channels) + [block.out_channels for block in extras]
-        if len(source_channels) != len(prior_config.feature_maps):
-            raise ValueError(
-                f"the network has {len(source_channels)} sources but the prior config "
-                f"{len(prior_config.feature_maps)} levels"
-            )
-        self.head = MultiBoxHead(source_channels, prior_config.boxes_per_location, num_classes)
+        channels = source_channels(backbone, extras, prior_config)
+        if head is None:
+            head = MultiBoxHead(channels, prior_config.boxes_per_location, num_classes)
+        elif getattr(head, "num_classes", num_classes) != num_classes:
+            raise ValueError(f"the head predicts {head.num_classes} classes, not {num_classes}")
+        self.head = head
         self.num_classes = num_classes
         self.prior_config = prior_config
         self.image_size = prior_config.image_size
         self.image_mean = tuple(float(m) for m in image_mean)
+        if len(image_std) != 3 or not all(float(v) > 0 for v in image_std):
+            raise ValueError(f"image_std must be three positive numbers, got {tuple(image_std)}")
+        self.image_std = tuple(float(v) for v in image_std)
+        self.postprocess = postprocess if postprocess is not None else PostprocessConfig()
         self.preset = preset
         self.class_names = list(class_names) if class_names is not None else None
         # The training set's own id of each label (COCO category ids), when it had them.
@@ -92,6 +119,14 @@ class SSD(nn.Module):
             self.priors = priors.to(self.priors.device)
         return self
 
+    def reset_parameters(self) -> None:
+        """Initialise each part by its own ``reset_parameters`` (backbone, extras, head, in that
+        order; a part without one is left as it is)."""
+        for part in (self.backbone, self.extras, self.head):
+            reset = getattr(part, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
     def sources(self, x: Tensor) -> list[Tensor]:
         """The feature maps the heads read: (B, C_k, H_k, W_k) for each level k."""
         features = list(self.backbone(x))
@@ -107,15 +142,19 @@ class SSD(nn.Module):
     def predict(
         self,
         images: Any,
-        score_threshold: float = 0.01,
-        nms_threshold: float = 0.45,
-        pre_nms_top_k: int = 200,
-        max_detections: int | None = 200,
+        score_threshold: float = _MODEL_DEFAULT,
+        nms_threshold: float = _MODEL_DEFAULT,
+        pre_nms_top_k: int = _MODEL_DEFAULT,
+        max_detections: int | None = _MODEL_DEFAULT,
     ) -> list[dict[str, Tensor]]:
         """Detect objects in images of any size.
 
         Args:
             images: one image or a list: uint8 tensors (3, H, W) RGB, PIL images or file paths.
+            score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in
+                `singleshot.postprocess.detect` (max_detections None = no cap); left out, the
+                model's ``postprocess`` setting applies (0.01, 0.45, 200, 200 for the presets).
+                Boxes are clipped before NMS when ``postprocess.clip`` is set.
 
         Returns:
             One dict per image: ``boxes`` float (N, 4) xyxy in the original image's pixels

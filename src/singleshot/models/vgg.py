@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .init import he_normal_convs
+
 __all__ = ["L2Norm", "VGG16Backbone", "VGG16_LAYERS"]
 
 # (name, in, out) of the 3x3 convolutions, with "pool" marking 2x2 max pools.
@@ -36,7 +38,11 @@ class L2Norm(nn.Module):
     (B, C, H, W) -> (B, C, H, W): ``weight[c] * x[:, c] / max(||x[:, :, h, w]||, eps)``,
     computed in float32 whatever the input's dtype (in float16, eps = 1e-10 rounds to 0 and
     an all-zero position would give 0 / 0), and returned in the input's dtype.
+
+    ``is_norm``: the optimizer puts its scale in the "norm" parameter group.
     """
+
+    is_norm = True
 
     def __init__(self, channels: int, scale: float = 20.0, eps: float = 1e-10) -> None:
         super().__init__()
@@ -74,8 +80,11 @@ class VGG16Backbone(nn.Module):
 
     forward: x (B, 3, S, S) -> [conv4_3 L2-normalised (B, 512, S/8, S/8) rounded up,
     conv7 (B, 1024, S/16, S/16) rounded up] (38 and 19 at S = 300; 64 and 32 at 512).
+
+    A backbone part (see `singleshot.models.spec`): ``part_name`` "vgg16", no settings.
     """
 
+    part_name = "vgg16"
     out_channels = (512, 1024)
 
     def __init__(self) -> None:
@@ -92,6 +101,16 @@ class VGG16Backbone(nn.Module):
             ("relu7", nn.ReLU(inplace=True)),
         ]
         self.to_conv7 = nn.Sequential(OrderedDict(upper))
+
+    def config(self) -> dict:
+        """Constructor keyword arguments (none: the layout is fixed)."""
+        return {}
+
+    def reset_parameters(self) -> None:
+        """He-normal convolutions with zero biases, the conv4_3 scale back to 20; ready to be
+        overwritten by ImageNet weights (`singleshot.weights`)."""
+        he_normal_convs(self)
+        self.l2norm.reset_parameters()
 
     def forward(self, x: Tensor) -> list[Tensor]:
         conv4_3 = self.to_conv4_3(x)

@@ -7,7 +7,9 @@ Parameters fall in three groups:
   (Caffe SSD trained biases at twice the rate and without decay; ssd.pytorch, lufficc/SSD
   and torchvision's reference script dropped both, and that remains the default here).
 - ``norm``: BatchNorm weights/biases and the L2Norm scale; base rate, ``norm_weight_decay``
-  (Caffe SSD did not decay the conv4_3 scale).
+  (Caffe SSD did not decay the conv4_3 scale). Besides torch's normalisation layers, any
+  module whose class sets ``is_norm = True`` (as `singleshot.models.vgg.L2Norm` does) counts,
+  so a new part needs no entry here.
 """
 
 from __future__ import annotations
@@ -15,12 +17,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..models.vgg import L2Norm
 from .config import OptimizerConfig
 
 __all__ = ["parameter_groups", "build_optimizer"]
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, L2Norm)
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, _NORM_TYPES) or getattr(type(module), "is_norm", False) is True
 
 
 def parameter_groups(model: nn.Module, config: OptimizerConfig) -> list[dict]:
@@ -35,7 +40,7 @@ def parameter_groups(model: nn.Module, config: OptimizerConfig) -> list[dict]:
             if not param.requires_grad or id(param) in seen:
                 continue
             seen.add(id(param))
-            if isinstance(module, _NORM_TYPES):
+            if _is_norm(module):
                 groups["norm"].append(param)
             elif name == "bias":
                 groups["biases"].append(param)

@@ -168,7 +168,7 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
 def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
     from ..data import SSDAugmentation
 
-    return SSDAugmentation(model.image_size, model.image_mean, **options)
+    return SSDAugmentation(model.image_size, model.image_mean, std=model.image_std, **options)
 
 
 def default_evaluator(model, dataset, metric, batch_size, device, progress, classes=None) -> dict[str, Any]:
