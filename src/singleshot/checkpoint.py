@@ -104,13 +104,6 @@ def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any
     A ``.safetensors`` path writes the safetensors format (needs the ``safetensors`` package;
     it holds no training state).
     """
-    from .winograd import WinogradConv2d
-
-    if any(isinstance(module, WinogradConv2d) for module in model.modules()):
-        raise ValueError(
-            f"{path}: this model's convolutions were converted by use_winograd (inference only, "
-            "transformed filters); save the model as loaded or trained instead"
-        )
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     if Path(path).suffix == ".safetensors":
         if training is not None:

@@ -20,6 +20,7 @@ __all__ = [
     "cache_dir",
     "clear_kernels",
     "cpu_identity",
+    "cpu_name",
     "kernel_key",
     "kernel_path",
     "list_kernels",
@@ -47,6 +48,14 @@ def cpu_identity() -> str:
         return f"{platform.machine()} {platform.processor()}"
     wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
     return "\n".join(dict.fromkeys(wanted))  # the first CPU's lines; the others repeat them
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for messages), or the machine type where /proc/cpuinfo has none."""
+    for line in cpu_identity().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.machine() or "unknown CPU"
 
 
 def kernel_key(compiler: str) -> str:

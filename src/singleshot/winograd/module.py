@@ -14,6 +14,7 @@ from torch import Tensor, nn
 
 from .build import load_kernels
 from .conv import transform_weight, winograd_conv3x3
+from .ops import NOT_EXPORTABLE
 
 __all__ = ["FusedReLU", "WinogradConv2d", "is_winograd_eligible", "revert_winograd", "use_winograd"]
 
@@ -77,10 +78,7 @@ class WinogradConv2d(nn.Module):
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("WinogradConv2d is for inference: it has no backward")
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
-            raise RuntimeError(
-                "a model converted by use_winograd cannot be exported to TorchScript or ONNX (its C "
-                "kernels are a singleshot operator): call singleshot.winograd.revert_winograd(model) first"
-            )
+            raise RuntimeError(NOT_EXPORTABLE)
         return winograd_conv3x3(x.float(), self.u, self.bias, self.relu)
 
     def to_conv2d(self) -> nn.Conv2d:

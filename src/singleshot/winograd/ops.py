@@ -21,13 +21,18 @@ from torch import Tensor
 
 from .build import load_kernels
 
-__all__ = ["CHUNK_ELEMENTS", "TILE", "check_arguments", "winograd_conv3x3_op"]
+__all__ = ["CHUNK_ELEMENTS", "NOT_EXPORTABLE", "TILE", "check_arguments", "winograd_conv3x3_op"]
 
 TILE = 4
 # Tiles per chunk times channels: the chunk's transformed inputs (36 x tiles x channels
 # floats, 9.4 MB) stay in the last-level cache until the product reads them. Measured
 # best at 512 tiles for 128 channels, 128 for 512.
 CHUNK_ELEMENTS = 65536
+
+NOT_EXPORTABLE = (
+    "a model converted by use_winograd cannot be exported to TorchScript or ONNX (its C kernels are "
+    "the operator singleshot::winograd_conv3x3): call singleshot.winograd.revert_winograd(model) first"
+)
 
 _pool: ThreadPoolExecutor | None = None
 _pool_lock = threading.Lock()
@@ -131,5 +136,7 @@ def winograd_conv3x3_op(x: Tensor, u: Tensor, bias: Tensor | None, relu: bool) -
 @winograd_conv3x3_op.register_fake
 def _(x: Tensor, u: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
     check_arguments(x, u, bias)
+    if torch.onnx.is_in_onnx_export():  # read here, at run time: Dynamo folds it to False in forward
+        raise RuntimeError(NOT_EXPORTABLE)
     shape = (x.shape[0], u.shape[2], x.shape[2], x.shape[3])
     return torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=torch.channels_last)
