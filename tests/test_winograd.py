@@ -3,8 +3,6 @@ chunking and threading of the tiles, the model conversion, and the kernel build'
 
 from __future__ import annotations
 
-import warnings
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -22,7 +20,7 @@ from singleshot.winograd import (
     winograd_conv3x3,
 )
 from singleshot.winograd import build as kernel_build
-from singleshot.winograd import conv as winograd_module
+from singleshot.winograd import ops as winograd_ops
 from tolerances import WINOGRAD_GAIN, network, reduction, rounding
 
 
@@ -127,13 +125,15 @@ def test_chunks_and_threads_do_not_change_the_result(compiler, monkeypatch, thre
     bias = torch.randn(32)
     u = transform_weight(weight)
     whole = winograd_conv3x3(x, u, bias, relu=True)
-    monkeypatch.setattr(winograd_module, "CHUNK_ELEMENTS", 2048)
+    pool = winograd_ops._helpers()
+    monkeypatch.setattr(winograd_ops, "CHUNK_ELEMENTS", 2048)
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         chunked = winograd_conv3x3(x, u, bias, relu=True)
     finally:
         torch.set_num_threads(previous)
+    assert winograd_ops._helpers() is pool  # one pool, whatever the thread count
     # other chunks give the products other matrix shapes, which GEMM kernels may sum in
     # other orders (the transforms themselves are per tile)
     assert max_error(chunked, whole) <= winograd_tol(x, weight, bias)
@@ -221,10 +221,13 @@ def fresh_build(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_kernels_build_once_into_the_cache(compiler, fresh_build, monkeypatch):
+def test_kernels_build_once_into_the_cache(compiler, fresh_build, monkeypatch, capsys):
     kernel_build.load_kernels()
     built = list(fresh_build.glob("winograd-*.so"))
     assert len(built) == 1
+    # the first build says so, in one line naming the compiler and the file
+    note = capsys.readouterr().err.splitlines()
+    assert len(note) == 1 and "compiling the Winograd kernels" in note[0] and str(built[0]) in note[0]
     monkeypatch.setattr(kernel_build, "_loaded", None)
 
     def no_compiling(*args, **kwargs):
@@ -233,6 +236,7 @@ def test_kernels_build_once_into_the_cache(compiler, fresh_build, monkeypatch):
     monkeypatch.setattr(kernel_build, "_compile", no_compiling)
     kernel_build.load_kernels()
     assert list(fresh_build.glob("winograd-*.so")) == built
+    assert capsys.readouterr().err == ""
 
 
 def test_missing_compiler_is_a_clear_error(fresh_build, monkeypatch):
@@ -253,16 +257,3 @@ def test_failing_compiler_is_a_clear_error(fresh_build, monkeypatch, tmp_path_fa
     with pytest.raises(KernelBuildError, match="failed:\n.*out of paper"):
         kernel_build.load_kernels()
     assert not list(fresh_build.glob("winograd-*.so"))
-
-
-def test_a_converted_model_is_neither_saved_nor_traced(compiler, tmp_path):
-    from singleshot.checkpoint import save_checkpoint
-
-    model = build_model("ssd160_compact").eval()
-    assert use_winograd(model) == ["backbone.to_stride16.1.conv"]  # the only 3x3 conv with 128+ channels
-    with pytest.raises(ValueError, match="use_winograd"):
-        save_checkpoint(tmp_path / "converted.pt", model)
-    assert not (tmp_path / "converted.pt").exists()
-    with pytest.raises(RuntimeError, match="cannot be traced"), torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore", FutureWarning)  # torch.jit.trace's deprecation note
-        torch.jit.trace(model, torch.zeros(1, 3, 160, 160), check_trace=False)

@@ -120,13 +120,6 @@ def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any
     A ``.safetensors`` path writes the safetensors format (needs the ``safetensors`` package;
     it holds no training state).
     """
-    from .winograd import WinogradConv2d
-
-    if any(isinstance(module, WinogradConv2d) for module in model.modules()):
-        raise ValueError(
-            f"{path}: this model's convolutions were converted by use_winograd (inference only, "
-            "transformed filters); save the model as loaded or trained instead"
-        )
     try:
         meta = model_metadata(model)
     except ValueError as error:

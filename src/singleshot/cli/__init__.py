@@ -14,7 +14,7 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("priors", "train", "demo", "convert", "export", "detect", "eval", "data")
+COMMAND_MODULES = ("priors", "train", "demo", "convert", "export", "detect", "eval", "data", "build_kernels")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,19 +3,31 @@
     model = singleshot.load("ssd300_voc.pt")
     singleshot.winograd.use_winograd(model)   # in place; inference only
     detections = model.predict(images)
+    singleshot.winograd.revert_winograd(model)  # plain nn.Conv2d again, same parameters
 
-See `singleshot.winograd.conv` for the method and `singleshot.winograd.build` for how the
-C tile transforms are compiled (once per machine, with its C compiler).
+An optional accelerator: `singleshot.winograd.conv` has the method,
+`singleshot.winograd.ops` the operator ``torch.ops.singleshot.winograd_conv3x3`` around
+the C tile transforms, `singleshot.winograd.build` and `singleshot.winograd.cache` how
+they are compiled (once per machine, with its C compiler; ``singleshot build-kernels``)
+and cached, `singleshot.winograd.module` the model conversion and its undoing.
 """
 
-from .build import KernelBuildError, load_kernels
-from .conv import WinogradConv2d, is_winograd_eligible, transform_weight, use_winograd, winograd_conv3x3
+from .build import KernelBuildError, build_kernels, load_kernels
+from .cache import cache_dir, clear_kernels, list_kernels
+from .conv import transform_weight, winograd_conv3x3
+from .module import FusedReLU, WinogradConv2d, is_winograd_eligible, revert_winograd, use_winograd
 
 __all__ = [
+    "FusedReLU",
     "KernelBuildError",
     "WinogradConv2d",
+    "build_kernels",
+    "cache_dir",
+    "clear_kernels",
     "is_winograd_eligible",
+    "list_kernels",
     "load_kernels",
+    "revert_winograd",
     "transform_weight",
     "use_winograd",
     "winograd_conv3x3",

@@ -1,27 +1,27 @@
 """Compiling the Winograd tile transforms (``kernels.c``) with the machine's C compiler.
 
 The library is built once per source, compiler and CPU (``-O3 -march=native``, so the
-transforms use this CPU's vector width) and cached under ``$SINGLESHOT_CACHE`` (default
-``$XDG_CACHE_HOME/singleshot`` or ``~/.cache/singleshot``); later processes load the
-cached file in milliseconds. The compiler is ``$CC`` or the first of ``cc``, ``gcc``,
-``clang`` on the PATH. Without one, `load_kernels` raises `KernelBuildError` saying so.
+transforms use this CPU's vector width) and cached (see `singleshot.winograd.cache`);
+later processes load the cached file in milliseconds. The first build prints one line
+to stderr, since it takes a few seconds; ``singleshot build-kernels`` runs it on request.
+The compiler is ``$CC`` or the first of ``cc``, ``gcc``, ``clang`` on the PATH. Without
+one, `load_kernels` raises `KernelBuildError` saying so.
 """
 
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import os
-import platform
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
-__all__ = ["KernelBuildError", "cache_dir", "find_compiler", "load_kernels"]
+from .cache import FLAGS, SOURCE, cache_dir, kernel_path
 
-SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
+__all__ = ["KernelBuildError", "build_kernels", "cache_dir", "find_compiler", "load_kernels"]
+
 NATIVE = "-march=native"
 
 _loaded: ctypes.CDLL | None = None
@@ -43,24 +43,15 @@ def find_compiler() -> str | None:
     return None
 
 
-def cache_dir() -> Path:
-    """Where built kernels are kept (created on first build)."""
-    configured = os.environ.get("SINGLESHOT_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "singleshot"
-
-
-def _cpu_identity() -> str:
-    """The CPU's model and instruction-set flags: a library built with -march=native must not
-    be loaded on another CPU (a shared home folder), so they are part of the cache key."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
-    return "\n".join(dict.fromkeys(wanted))  # the first CPU's lines; the others repeat them
+def _require_compiler() -> str:
+    compiler = find_compiler()
+    if compiler is None:
+        wanted = f"$CC={os.environ['CC']!r} was not found" if os.environ.get("CC") else "no cc, gcc or clang"
+        raise KernelBuildError(
+            f"Winograd convolutions need a C compiler to build their kernels once: {wanted} on the "
+            "PATH (install gcc, or set $CC)"
+        )
+    return compiler
 
 
 def _compile(compiler: str, target: Path) -> None:
@@ -79,29 +70,32 @@ def _compile(compiler: str, target: Path) -> None:
     raise KernelBuildError(f"compiling {SOURCE} with {compiler} failed:\n{errors}")
 
 
+def build_kernels() -> tuple[Path, bool]:
+    """Build the library for this compiler and CPU unless cached.
+
+    Returns:
+        (its path, whether it was compiled now). Raises `KernelBuildError` without a
+        working compiler or a writable cache.
+    """
+    compiler = _require_compiler()
+    target = kernel_path(compiler)
+    if target.exists():
+        return target, False
+    note = f"singleshot: compiling the Winograd kernels once for this CPU: {compiler} -> {target}"
+    print(note, file=sys.stderr)
+    try:
+        _compile(compiler, target)
+    except OSError as error:
+        raise KernelBuildError(f"could not build the kernels in {target.parent}: {error}") from None
+    return target, True
+
+
 def load_kernels() -> ctypes.CDLL:
     """The compiled transforms, built on first use; raises `KernelBuildError` when impossible."""
     global _loaded
     if _loaded is not None:
         return _loaded
-    compiler = find_compiler()
-    if compiler is None:
-        wanted = f"$CC={os.environ['CC']!r} was not found" if os.environ.get("CC") else "no cc, gcc or clang"
-        raise KernelBuildError(
-            f"Winograd convolutions need a C compiler to build their kernels once: {wanted} on the "
-            "PATH (install gcc, or set $CC)"
-        )
-    key = hashlib.sha256(
-        b"\0".join(
-            [SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), _cpu_identity().encode()]
-        )
-    ).hexdigest()[:16]
-    target = cache_dir() / f"winograd-{key}.so"
-    if not target.exists():
-        try:
-            _compile(compiler, target)
-        except OSError as error:
-            raise KernelBuildError(f"could not build the kernels in {target.parent}: {error}") from None
+    target, _ = build_kernels()
     try:
         library = ctypes.CDLL(str(target))
     except OSError as error:

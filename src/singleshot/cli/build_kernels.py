@@ -1,0 +1,69 @@
+"""``singleshot build-kernels``: build, list or clear the Winograd C kernels of CPU inference."""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "build-kernels",
+        help="build (or --list, or --clear) the C kernels of Winograd CPU inference",
+        description=(
+            "Compile the Winograd convolution kernels that `detect` and `eval` use on the CPU, once "
+            "for this CPU and C compiler ($CC, else cc, gcc or clang), into the cache "
+            "($SINGLESHOT_CACHE, else $XDG_CACHE_HOME/singleshot or ~/.cache/singleshot). Without "
+            "this step they are built on first use. Then print the cache, the compiler, the kernel "
+            "key (a hash of the source, compiler, flags and CPU) and the built files."
+        ),
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--list", action="store_true", help="only print the cache's state; build nothing")
+    group.add_argument(
+        "--clear", action="store_true", help="delete the built kernels (nothing else in the cache)"
+    )
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..winograd.build import KernelBuildError, build_kernels
+    from ..winograd.cache import cache_dir, clear_kernels
+
+    if args.clear:
+        removed = clear_kernels()
+        for path in removed:
+            print(f"removed {path}")
+        print(f"{len(removed)} built kernel file(s) removed from {cache_dir()}")
+        return 0
+    if not args.list:
+        try:
+            path, compiled = build_kernels()
+        except KernelBuildError as error:
+            raise ValueError(str(error)) from None
+        print(f"{'built' if compiled else 'already built'}: {path}")
+    describe()
+    return 0
+
+
+def describe() -> None:
+    """Print the cache folder, the compiler, this machine's kernel key and the built files."""
+    from ..winograd.build import find_compiler
+    from ..winograd.cache import cache_dir, cpu_name, kernel_path, list_kernels
+
+    origin = "$SINGLESHOT_CACHE" if os.environ.get("SINGLESHOT_CACHE") else "default"
+    print(f"cache:    {cache_dir()} ({origin})")
+    compiler = find_compiler()
+    wanted = f"$CC={os.environ['CC']!r} not found" if os.environ.get("CC") else "no cc, gcc or clang"
+    print(f"compiler: {compiler or f'none ({wanted} on the PATH)'}")
+    current = kernel_path(compiler) if compiler else None
+    key = "none (no compiler)"
+    if current is not None:
+        key = f"{current.stem.removeprefix('winograd-')} (hash of the source, compiler, flags and CPU)"
+    print(f"cpu:      {cpu_name()}")
+    print(f"key:      {key}")
+    built = list_kernels()
+    print(f"built:    {len(built)} file(s)")
+    for path in built:
+        mark = "  <- this CPU and compiler" if path == current else ""
+        print(f"  {path.name}  {path.stat().st_size // 1024} KiB{mark}")

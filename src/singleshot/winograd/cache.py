@@ -1,0 +1,87 @@
+"""Where built Winograd kernels live, and how they are named, listed and removed.
+
+The cache root is ``$SINGLESHOT_CACHE`` if set (the folder that also holds downloads and
+converted checkpoints), else ``$XDG_CACHE_HOME/singleshot`` or ``~/.cache/singleshot``.
+A built library is ``winograd-<key>.so`` in that folder, the key hashing the C source,
+the compiler, the compile flags and the CPU (a library built with ``-march=native``
+must not be loaded on another CPU sharing the home folder).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+from pathlib import Path
+
+__all__ = [
+    "FLAGS",
+    "SOURCE",
+    "cache_dir",
+    "clear_kernels",
+    "cpu_identity",
+    "cpu_name",
+    "kernel_key",
+    "kernel_path",
+    "list_kernels",
+]
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
+PATTERN = "winograd-*.so"
+
+
+def cache_dir() -> Path:
+    """The cache root (created on first build)."""
+    configured = os.environ.get("SINGLESHOT_CACHE")
+    if configured:
+        return Path(configured)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "singleshot"
+
+
+def cpu_identity() -> str:
+    """The CPU's model and instruction-set flags, as /proc/cpuinfo gives them for the first CPU."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return f"{platform.machine()} {platform.processor()}"
+    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
+    return "\n".join(dict.fromkeys(wanted))  # the first CPU's lines; the others repeat them
+
+
+def cpu_name() -> str:
+    """The CPU's model name (for messages), or the machine type where /proc/cpuinfo has none."""
+    for line in cpu_identity().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return platform.machine() or "unknown CPU"
+
+
+def kernel_key(compiler: str) -> str:
+    """16 hex digits naming the library that ``compiler`` builds from this source for this CPU."""
+    parts = [SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), cpu_identity().encode()]
+    return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+
+
+def kernel_path(compiler: str) -> Path:
+    """The cached library's path for ``compiler`` (it may not exist yet)."""
+    return cache_dir() / f"winograd-{kernel_key(compiler)}.so"
+
+
+def list_kernels() -> list[Path]:
+    """The built libraries in the cache, sorted by name (for every compiler and CPU seen)."""
+    folder = cache_dir()
+    return sorted(folder.glob(PATTERN)) if folder.is_dir() else []
+
+
+def clear_kernels() -> list[Path]:
+    """Delete the built libraries (nothing else in the cache root); returns what was deleted.
+
+    A process that already loaded one keeps its mapped copy; the next process rebuilds.
+    """
+    removed = []
+    for path in list_kernels():
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
