@@ -58,6 +58,9 @@ FLAG_KEYS = {
     "backbone_weights": "backbone_weights",
     "init_from": "init_from",
     "class_map": "class_map",
+    "ema_decay": "ema_decay",
+    "early_stop_patience": "early_stop_patience",
+    "early_stop_min_delta": "early_stop_min_delta",
 }
 
 
@@ -73,16 +76,27 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--config", metavar="RECIPE", help="YAML recipe: a file or a shipped recipe name")
+    parser.add_argument("--list-recipes", action="store_true", help="print the shipped recipes and exit")
+    _data_arguments(parser.add_argument_group("data"))
+    _run_arguments(parser.add_argument_group("run"))
+    _model_arguments(parser.add_argument_group("model and optimisation"))
+    _evaluation_arguments(parser.add_argument_group("evaluation, checkpoints and logging"))
     add = parser.add_argument
-    add("--config", metavar="RECIPE", help="YAML recipe: a file or a shipped recipe name")
-    add("--list-recipes", action="store_true", help="print the shipped recipes and exit")
-    add("--model", help="model preset: ssd300_voc, ssd300_coco, ssd512_voc, ssd512_coco or ssd160_compact")
     add(
-        "--data",
-        nargs="+",
-        metavar="PATH",
-        help="dataset root (VOC folder, COCO or YOLO root); several roots concatenate their training splits",
+        "--resume", nargs="?", const="", metavar="CHECKPOINT", help="continue a run (default RUN_DIR/last.pt)"
     )
+    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="set any config key, e.g. --set optimizer.momentum=0.95 --set schedule.name=cosine")  # fmt: skip
+    add("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(func=run)
+
+
+def _data_arguments(group) -> None:
+    add = group.add_argument
+    add("--data", nargs="+", metavar="PATH",
+        help="dataset root (VOC folder, COCO or YOLO root); "
+        "several roots concatenate their training splits")  # fmt: skip
     add("--val-data", metavar="PATH", help="root of the evaluation split (default: the first --data)")
     add(
         "--images",
@@ -94,13 +108,21 @@ def register(subparsers) -> None:
         "with --images and no --val-data/--val-images, no evaluation")  # fmt: skip
     add("--val-annotations", metavar="FILE", help="COCO instances JSON of --val-images")
     add("--format", choices=("voc", "coco", "yolo"), help="dataset format (default: detected)")
-    add("--out", metavar="RUN_DIR", help="run folder for checkpoints and logs (default runs/train)")
     add("--train-split", help="training split (default trainval)")
     add("--val-split", help="evaluation split (default test); 'none' disables evaluation")
+    add("--class-map", metavar="FILE",
+        help=f"relate training roots and --val-data whose class names differ: {CLASS_MAP_HELP}")  # fmt: skip
+    add("--workers", type=int, help="loader processes per training process (default: 0 on CPU, <= 8 on GPU)")
+    add("--on-bad-sample", choices=("stop", "skip"),
+        help="a training image unreadable during the run: "
+        "stop naming it (default) or skip and count it")  # fmt: skip
+
+
+def _run_arguments(group) -> None:
+    add = group.add_argument
+    add("--out", metavar="RUN_DIR", help="run folder for checkpoints and logs (default runs/train)")
     add("--iterations", type=int, help="number of training iterations")
     add("--batch-size", type=int, help="images per iteration, total over all processes")
-    add("--lr", type=float, help="base learning rate (for the total batch)")
-    add("--workers", type=int, help="loader processes per training process (default: 0 on CPU, <= 8 on GPU)")
     add("--device", help="auto (default: CUDA if available), cpu, cuda or cuda:N")
     add("--amp", choices=("none", "auto", "bf16", "fp16"), help="mixed precision on CUDA (default auto)")
     add("--seed", type=int, help="seed of initialisation, data order and augmentation")
@@ -109,48 +131,41 @@ def register(subparsers) -> None:
         type=float,
         help="wall-clock budget: stop cleanly (checkpoint, evaluation) when spent",
     )
-    add("--eval-every", type=int, help="evaluate every N iterations (0: only at the end)")
-    add("--eval-metric", choices=("voc07", "voc12", "coco"), help="metric choosing best.pt")
-    add("--checkpoint-every", type=int, help="write last.pt every N iterations")
-    add("--log-every", type=int, help="log (JSONL, TensorBoard) every N iterations")
-    add("--clip-grad-norm", type=float, help="clip the gradients' global L2 norm to this value")
     add("--on-nonfinite", choices=("stop", "skip"), help="on a NaN/inf loss: stop (default) or skip the step")
-    add(
-        "--on-bad-sample",
-        choices=("stop", "skip"),
-        help="a training image unreadable during the run: stop naming it (default) or skip and count it",
-    )
+
+
+def _model_arguments(group) -> None:
+    add = group.add_argument
+    add("--model", help="model preset: ssd300_voc, ssd300_coco, ssd512_voc, ssd512_coco or ssd160_compact")
+    add("--lr", type=float, help="base learning rate (for the total batch)")
+    add("--clip-grad-norm", type=float, help="clip the gradients' global L2 norm to this value")
     add("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under multi-GPU DDP")
     add("--freeze-bn", action="store_true", default=None, help="keep BatchNorm layers in eval mode")
-    add(
-        "--channels-last",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="channels-last memory format (default on: faster on oneDNN CPUs and tensor cores)",
-    )
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+        help="channels-last memory format (default on: faster on oneDNN CPUs and tensor cores)")  # fmt: skip
     add("--paper-bias", action="store_true", help="Caffe SSD bias rules: 2x learning rate, no weight decay")
     add(
         "--backbone-weights",
         metavar="FILE",
         help="VGG16 ImageNet weights (vgg16_reducedfc.pth or torchvision)",
     )
-    add(
-        "--init-from",
-        metavar="CHECKPOINT",
-        help="fine-tune a trained detector (class heads re-initialised for other class names)",
-    )
-    add(
-        "--class-map",
-        metavar="FILE",
-        help=f"relate training roots and --val-data whose class names differ: {CLASS_MAP_HELP}",
-    )
-    add(
-        "--resume", nargs="?", const="", metavar="CHECKPOINT", help="continue a run (default RUN_DIR/last.pt)"
-    )
-    add("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="set any config key, e.g. --set optimizer.momentum=0.95 --set schedule.name=cosine")  # fmt: skip
-    add("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=run)
+    add("--init-from", metavar="CHECKPOINT",
+        help="fine-tune a trained detector (class heads re-initialised for other class names)")  # fmt: skip
+    add("--ema-decay", type=float, metavar="DECAY",
+        help="evaluate and save an exponential moving average of the weights with this decay, e.g. 0.9998 "
+        "(warmed up as DECAY * (1 - exp(-updates / ema_tau)), ema_tau 2000 by default)")  # fmt: skip
+
+
+def _evaluation_arguments(group) -> None:
+    add = group.add_argument
+    add("--eval-every", type=int, help="evaluate every N iterations (0: only at the end)")
+    add("--eval-metric", choices=("voc07", "voc12", "coco"), help="metric choosing best.pt")
+    add("--early-stop-patience", type=int, metavar="N",
+        help="stop after N evaluations in a row without an mAP gain (needs --eval-every)")  # fmt: skip
+    add("--early-stop-min-delta", type=float, metavar="GAIN",
+        help="the smallest mAP gain that counts as one for --early-stop-patience (default 0)")  # fmt: skip
+    add("--checkpoint-every", type=int, help="write last.pt every N iterations")
+    add("--log-every", type=int, help="log (JSONL, TensorBoard) every N iterations")
 
 
 def flag_values(args: argparse.Namespace) -> dict[str, object]:
@@ -221,6 +236,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"trained {result.iteration} iterations in {result.elapsed_s / 60:.1f} min", end="")
         print(f", {result.skipped_steps} skipped" if result.skipped_steps else "", end="")
         print(f", {result.bad_samples} unreadable images skipped" if result.bad_samples else "")
+        if result.stop_reason == "early_stopping":
+            print(
+                f"stopped early: no {config.eval_metric} mAP gain in {config.early_stop_patience} evaluations"
+            )
         if result.follows_clock_from is not None:
             print(f"the time budget bound: the learning rate followed the clock from iteration "
                   f"{result.follows_clock_from} (not bit-reproducible)")  # fmt: skip

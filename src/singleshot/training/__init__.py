@@ -14,6 +14,7 @@ from .config import (
     load_recipe,
 )
 from .data import BadSampleError
+from .hooks import HookBase
 from .trainer import NonFiniteLossError, Trainer, TrainResult, train
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "available_recipes",
     "load_recipe",
     "BadSampleError",
+    "HookBase",
     "NonFiniteLossError",
     "Trainer",
     "TrainResult",

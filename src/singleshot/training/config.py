@@ -174,6 +174,15 @@ class TrainConfig:
         log_every / checkpoint_every / eval_every: in iterations (eval_every 0 = only at the end).
         eval_metric: "voc07", "voc12" or "coco"; the best checkpoint is chosen by its mAP.
         eval_batch_size: images per evaluation batch.
+        ema_decay: keep an exponential moving average of the weights with this decay, in
+            (0, 1) (e.g. 0.9998), and evaluate and save it as the model (see
+            `singleshot.training.ema`); None = off.
+        ema_tau: the average's warm-up time constant, in updates: update ``u`` uses the decay
+            ``ema_decay * (1 - exp(-u / ema_tau))`` (YOLOv5's form); 0 = the constant ``ema_decay``.
+        early_stop_patience: stop the run after this many evaluations in a row without an
+            mAP gain of more than ``early_stop_min_delta`` (needs ``eval_every`` > 0 and a
+            validation set; see `singleshot.training.early_stop`); None = off.
+        early_stop_min_delta: the smallest mAP gain counted as an improvement.
         backbone_weights: ImageNet VGG16 backbone (ssd.pytorch ``vgg16_reducedfc.pth`` or a
             torchvision VGG16 state dict) loaded before training.
         init_from: a singleshot checkpoint to fine-tune from; class heads are re-initialised
@@ -219,6 +228,10 @@ class TrainConfig:
     eval_every: int = 0
     eval_metric: str = "voc07"
     eval_batch_size: int = 8
+    ema_decay: float | None = None
+    ema_tau: float = 2000.0
+    early_stop_patience: int | None = None
+    early_stop_min_delta: float = 0.0
     backbone_weights: str | None = None
     init_from: str | None = None
     class_map: str | None = None
@@ -251,6 +264,7 @@ class TrainConfig:
             raise ValueError(f"clip_grad_norm must be > 0, got {self.clip_grad_norm}")
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ValueError(f"max_minutes must be > 0, got {self.max_minutes}")
+        self._validate_hooks()
         for folder, json_file in (("images", "annotations"), ("val_images", "val_annotations")):
             if (getattr(self, folder) is None) != (getattr(self, json_file) is None):
                 raise ValueError(f"{folder} and {json_file} go together (a COCO image folder and its JSON)")
@@ -260,6 +274,20 @@ class TrainConfig:
             )
         self.optimizer.validate()
         self.schedule.validate()
+
+    def _validate_hooks(self) -> None:
+        """The EMA and early-stopping settings."""
+        if self.ema_decay is not None and not 0 < self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in (0, 1) (e.g. 0.9998), got {self.ema_decay}")
+        if self.ema_tau < 0:
+            raise ValueError(f"ema_tau must be >= 0 (0: constant decay), got {self.ema_tau}")
+        if self.early_stop_patience is not None:
+            if self.early_stop_patience < 1:
+                raise ValueError(f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
+            if self.eval_every == 0:
+                raise ValueError("early_stop_patience counts evaluations: set eval_every > 0")
+        if self.early_stop_min_delta < 0:
+            raise ValueError(f"early_stop_min_delta must be >= 0, got {self.early_stop_min_delta}")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (YAML- and checkpoint-safe)."""

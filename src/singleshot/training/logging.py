@@ -1,6 +1,6 @@
 """What a run reports: a JSONL log of every logged step, TensorBoard when installed, a progress bar.
 
-``log.jsonl`` holds one JSON object per line, of three kinds::
+``log.jsonl`` holds one JSON object per line, mostly of three kinds::
 
     {"kind": "train", "iteration": 200, "loss": 3.1, "loss_loc": 1.0, "loss_conf": 2.1,
      "lr": 0.001, "images_per_s": 41.0, "elapsed_s": 39.0, "eta_s": 1210.0, "skipped": 0,
@@ -8,7 +8,10 @@
     {"kind": "eval", "iteration": 1000, "metric": "voc07", "map": 0.71, "ap": {"cat": 0.8, ...}}
     {"kind": "bad_sample", "iteration": 310, "image": "JPEGImages/0042.jpg", "reason": "..."}
 
-(``bad_sample``: an image skipped as unreadable with ``on_bad_sample="skip"``.)
+(``bad_sample``: an image skipped as unreadable with ``on_bad_sample="skip"``.) Two
+rarer kinds: ``schedule`` (the time budget binds the learning rate from that iteration)
+and ``early_stop`` (``{"iteration", "best_map", "best_iteration", "patience"}``: early
+stopping ended the run).
 
 ``iteration`` counts completed updates. Losses are means over the steps since the
 previous line (and over all processes under DDP).

@@ -32,7 +32,10 @@ class TrainResult:
     as unreadable (``on_bad_sample="skip"``, all processes); ``metrics`` the last evaluation's
     result (None if none ran); ``history`` the logged training records; ``elapsed_s`` the
     run's training time, across resumes; ``follows_clock_from``: the iteration from which
-    a time budget bound the learning rate (None: the run did not depend on the clock).
+    a time budget bound the learning rate (None: the run did not depend on the clock);
+    ``stop_reason``: why the run ended before its last iteration: "time_budget",
+    "early_stopping", or the reason a hook gave `Trainer.stop` (None: it did not).
+    With ``ema_decay`` set, ``model`` is the average of the weights (what the checkpoints hold).
     """
 
     out: Path
@@ -48,6 +51,7 @@ class TrainResult:
     bad_samples: int = 0
     history: list[dict[str, Any]] = field(default_factory=list)
     model: Any = None
+    stop_reason: str | None = None
 
 
 class StepWindow:

@@ -5,10 +5,12 @@ One call does a whole run::
     from singleshot.training import TrainConfig, train
     result = train(TrainConfig(model="ssd300_voc", data="VOCdevkit/VOC2007", out="runs/voc"))
 
-Per iteration: learning rate from the schedule, the next batch of the endless sampler,
-forward (autocast on CUDA), MultiBox loss, a finite check agreed by all processes,
-backward (scaled for fp16), optional clipping, the optimizer step. Rank 0 logs, writes
-checkpoints (``last.pt``, ``best.pt`` by mAP) and evaluates.
+Per iteration (`Trainer.run_step`): the next batch of the endless sampler, forward
+(autocast on CUDA), MultiBox loss, a finite check agreed by all processes, the learning
+rate from the schedule, backward (scaled for fp16), optional clipping, the optimizer step.
+Around it, hooks (`singleshot.training.hooks`) handle non-finite losses, the EMA of the
+weights, logging, evaluation with ``best.pt``, early stopping, ``last.pt`` and the time
+budget; rank 0 logs, evaluates and writes checkpoints.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import functools
 import math
 import os
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +35,10 @@ from . import distributed
 from .config import TrainConfig
 from .data import Transform, default_workers, make_train_loader, open_run_datasets
 from .determinism import deterministic_algorithms
+from .hooks import HookBase, default_hooks, note_clock
 from .logging import RunLogger
 from .optim import build_optimizer
-from .results import NonFiniteLossError, StepWindow, TrainResult
+from .results import NonFiniteLossError, TrainResult
 from .schedule import LRSchedule
 from .setup import (
     Evaluator,
@@ -48,11 +52,16 @@ from .setup import (
 )
 from .state import capture_rng_state, restore_rng_state
 
-__all__ = ["train", "Trainer", "TrainResult", "NonFiniteLossError"]
+__all__ = ["train", "Trainer", "TrainResult", "NonFiniteLossError", "HookBase"]
 
 
 class Trainer:
-    """A prepared run; `run` executes it. See `train` for the arguments and process-wide settings."""
+    """A prepared run; `run` executes it. See `train` for the arguments and process-wide settings.
+
+    The loop (`run`) calls `run_step` for each iteration and the hooks around it (see
+    `singleshot.training.hooks`): the built-in ones for ``config`` (`default_hooks`), then
+    ``hooks``, the caller's own `HookBase` instances.
+    """
 
     def __init__(
         self,
@@ -63,6 +72,7 @@ class Trainer:
         transform: Transform | None = None,
         evaluator: Evaluator | None = None,
         progress: bool = True,
+        hooks: Sequence[HookBase] = (),
     ) -> None:
         config.validate()
         self.config = config
@@ -78,49 +88,45 @@ class Trainer:
             config, train_dataset, val_dataset, class_map
         )
         self.progress = progress
-
         checkpoint = load_checkpoint(resume) if resume else None
         if checkpoint is not None and "training" not in checkpoint:
             raise ValueError(f"{resume}: has no training state to resume (a bare model checkpoint)")
-        if checkpoint is not None:
-            model = model_from_checkpoint(checkpoint, resume)
-        else:
-            model = build_training_model(config, self.train_dataset.classes)
-            model.category_ids = dataset_category_ids(self.train_dataset, model.num_classes)
+        model = self._model(checkpoint, resume)
         self.train_dataset, val_classes, notes = relate_classes(
             model, self.train_dataset, self.val_dataset, class_map
         )
         self.class_notes = root_notes + notes
         self.evaluator = evaluator or functools.partial(default_evaluator, classes=val_classes)
         self.model = self._place(model)
+        self.output_model: nn.Module = self.model
         self.transform = transform or default_transform(self.model, config.augment)
         self.criterion = MultiBoxLoss(model.num_classes, sync_positives=self.dist.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.schedule = LRSchedule(self.optimizer, config.schedule, config.iterations)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-        self.iteration = 0
-        self.position = 0
-        self.skipped = 0
-        self.bad_samples = 0
-        self.best_map: float | None = None
-        self.best_iteration: int | None = None
-        self.rng_state = None
-        self.elapsed_before = 0.0  # training time of the run's earlier processes (resume)
-        self.clock_start = time.perf_counter()
+        self._reset_state()
+        self.hooks: list[HookBase] = []
+        self.register_hooks(default_hooks(config) + list(hooks))
         if checkpoint is not None:
-            self._restore(checkpoint["training"])
+            self._restore(checkpoint["training"], resume)
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
     # -- set-up ---------------------------------------------------------------------------
+    def _model(self, checkpoint: dict[str, Any] | None, resume: Any) -> SSD:
+        if checkpoint is not None:
+            return model_from_checkpoint(checkpoint, resume)
+        model = build_training_model(self.config, self.train_dataset.classes)
+        model.category_ids = dataset_category_ids(self.train_dataset, model.num_classes)
+        return model
+
     def _place(self, model: SSD) -> SSD:
         model = model.to(self.device)
-        # SSD.forward converts its input to channels-last when model.channels_last is set;
-        # the run's setting applies while training, the model's own during evaluation.
-        self.inference_channels_last = getattr(model, "channels_last", False)
+        # The run's model takes the run's memory format, once: SSD.forward converts its input
+        # to channels-last when model.channels_last is set, and evaluation runs it as it is.
         model.channels_last = self.config.channels_last
         if self.config.channels_last:
             model = model.to(memory_format=torch.channels_last)
@@ -130,7 +136,23 @@ class Trainer:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         return model
 
-    def _restore(self, state: dict[str, Any]) -> None:
+    def _reset_state(self) -> None:
+        self.iteration = self.position = self.skipped = self.bad_samples = 0
+        self.best_map: float | None = None
+        self.best_iteration: int | None = None
+        self.rng_state = None
+        self.elapsed_before = 0.0  # training time of the run's earlier processes (resume)
+        self.clock_start = time.perf_counter()
+
+    def register_hooks(self, hooks: Sequence[HookBase]) -> None:
+        """Append hooks (called after those registered before them); each learns its trainer."""
+        for hook in hooks:
+            if not isinstance(hook, HookBase):
+                raise TypeError(f"hooks must be HookBase instances, got {type(hook).__name__}")
+            hook.trainer = self
+            self.hooks.append(hook)
+
+    def _restore(self, state: dict[str, Any], where: Any) -> None:
         # The saved state brings momentum buffers; rates and decays follow the current config
         # (a resumed run may change them, e.g. --lr).
         current = [(g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
@@ -148,6 +170,18 @@ class Trainer:
         self.best_iteration = state.get("best_iteration")
         self.rng_state = state.get("rng")
         self.elapsed_before = float(state.get("elapsed_s", 0.0))
+        self._restore_hooks(state.get("hooks", {}), where)
+
+    def _restore_hooks(self, states: dict[str, Any], where: Any) -> None:
+        keys = {hook.state_key for hook in self.hooks}
+        if "ema" in states and "ema" not in keys:
+            raise ValueError(
+                f"{where}: the run keeps an EMA of its weights (its model weights are the average, the "
+                "trained ones are in the training state): resume it with ema_decay set"
+            )
+        for hook in self.hooks:
+            if hook.state_key is not None and hook.state_key in states:
+                hook.load_state_dict(states[hook.state_key])
 
     def training_state(self) -> dict[str, Any]:
         """Everything `--resume` needs, as plain data (see `singleshot.checkpoint`)."""
@@ -165,10 +199,124 @@ class Trainer:
             "best_iteration": self.best_iteration,
             "world_size": self.dist.world_size,
             "elapsed_s": time.perf_counter() - self.clock_start,
+            "hooks": {h.state_key: h.state_dict() for h in self.hooks if h.state_key is not None},
         }
 
     # -- the loop -------------------------------------------------------------------------
-    def _train_mode(self) -> None:
+    def run(self, stop_at: int | None = None) -> TrainResult:
+        """Train until ``config.iterations`` (or ``stop_at``, the time budget, a hook's stop); see `train`."""
+        with deterministic_algorithms(self.config.deterministic):
+            return self._run(stop_at)
+
+    def stop(self, reason: str) -> None:
+        """End the run after the current step's hooks (for hooks; ``reason`` goes to the result)."""
+        self.stop_reason = reason
+
+    @property
+    def final_step(self) -> bool:
+        """Whether the step just done is the run's last (end, time budget or a hook's stop)."""
+        return self.iteration >= self.end or self.over_budget or self.stop_reason is not None
+
+    def _run(self, stop_at: int | None) -> TrainResult:
+        config = self.config
+        self.end = config.iterations if stop_at is None else min(stop_at, config.iterations)
+        self.logger = RunLogger(self.out, config.iterations, self.iteration, active=self.dist.is_main,
+                                progress=self.progress)  # fmt: skip
+        self.batches = iter(self._loader())
+        for note in self.class_notes:
+            self.logger.message(f"note: {note}")
+        if self.rng_state is not None:  # after the loader drew its worker seed, as a fresh run did
+            restore_rng_state(self.rng_state)
+        self.budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
+        self.history: list[dict[str, Any]] = []
+        self.metrics: dict[str, Any] | None = None
+        self.last_checkpoint = self.best_checkpoint = None
+        self.stop_reason: str | None = None
+        self.over_budget = False
+        # The budget counts the run's training time across resumes.
+        self.start = self.clock_start = time.perf_counter() - self.elapsed_before
+        self.train_mode()
+        try:
+            self._call("before_train")
+            while self.iteration < self.end and self.stop_reason is None:
+                self._call("before_step")
+                self.run_step()
+                self.iteration += 1
+                self.position += config.batch_size
+                self._call("after_step")
+            self._call("after_train")
+        finally:
+            self.logger.close()
+            del self.batches
+        return self._result()
+
+    def _call(self, method: str) -> None:
+        for hook in self.hooks:
+            getattr(hook, method)()
+
+    def _loader(self) -> Any:
+        config, device = self.config, self.device
+        workers = default_workers(device.type) if config.workers is None else config.workers
+        return make_train_loader(
+            self.train_dataset, self.transform, self.local_batch, config.seed, rank=self.dist.rank,
+            world_size=self.dist.world_size, start_position=self.position, workers=workers,
+            pin_memory=device.type == "cuda", use_difficult=config.use_difficult,
+            cache_images=config.cache_images, on_bad_sample=config.on_bad_sample,
+        )  # fmt: skip
+
+    def _result(self) -> TrainResult:
+        main = self.dist.is_main
+        best_path = self.best_checkpoint
+        if best_path is None and (self.out / "best.pt").is_file():
+            best_path = self.out / "best.pt"
+        return TrainResult(
+            out=self.out,
+            iteration=self.iteration,
+            last_checkpoint=self.last_checkpoint if main else None,
+            best_checkpoint=best_path if main else None,
+            best_map=self.best_map,
+            skipped_steps=self.skipped,
+            bad_samples=self.bad_samples,
+            elapsed_s=time.perf_counter() - self.start,
+            stopped_by_budget=self.stop_reason == "time_budget",
+            follows_clock_from=self.schedule.follows_clock_from,
+            metrics=self.metrics,
+            history=self.history,
+            model=self.output_model,
+            stop_reason=self.stop_reason,
+        )
+
+    def run_step(self) -> None:
+        """One iteration: batch, forward and loss, the processes' agreement, the update.
+
+        Sets ``data_seconds``, ``over_budget``, ``step_losses`` ((loc, conf) floats, None when
+        the loss was not finite) and ``nonfinite`` (the loss terms and targets, for
+        `NonFiniteGuard`, or None).
+        """
+        tick = time.perf_counter()
+        x, targets = next(self.batches)
+        self._count_bad_samples(targets)
+        x, targets = self._batch_to_device(x, targets)
+        self.data_seconds = time.perf_counter() - tick
+        loss_loc, loss_conf = self._forward_loss(x, targets)
+        loss = loss_loc + loss_conf
+        # One all-reduce: any process's non-finite loss, and the most time spent.
+        nonfinite, time_spent = distributed.all_max(
+            [not bool(torch.isfinite(loss)), (time.perf_counter() - self.start) / self.budget_s], self.device
+        )
+        self.over_budget = time_spent >= 1.0
+        if self.schedule.set_iteration(self.iteration, min(time_spent, 1.0)):
+            note_clock(self.logger, self.iteration, self.config.iterations, time_spent)
+        self.step_losses = self.nonfinite = None
+        if nonfinite > 0:
+            self.nonfinite = ((loss_loc, loss_conf), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self._step(loss)
+            self.step_losses = (loss_loc.item(), loss_conf.item())
+
+    def train_mode(self) -> None:
+        """Training mode for ``model`` (BatchNorm layers kept in eval mode with ``config.freeze_bn``)."""
         self.model.train()
         if self.config.freeze_bn:
             freeze_batch_norm(self.model)
@@ -193,120 +341,6 @@ class Trainer:
         ]  # fmt: skip
         return x, moved
 
-    def run(self, stop_at: int | None = None) -> TrainResult:
-        """Train until ``config.iterations`` (or ``stop_at``, or the time budget); see `train`."""
-        with deterministic_algorithms(self.config.deterministic):
-            return self._run(stop_at)
-
-    def _run(self, stop_at: int | None) -> TrainResult:
-        config = self.config
-        end = config.iterations if stop_at is None else min(stop_at, config.iterations)
-        main = self.dist.is_main
-        logger = RunLogger(self.out, config.iterations, self.iteration, active=main, progress=self.progress)
-        loader = make_train_loader(
-            self.train_dataset,
-            self.transform,
-            self.local_batch,
-            config.seed,
-            rank=self.dist.rank,
-            world_size=self.dist.world_size,
-            start_position=self.position,
-            workers=default_workers(self.device.type) if config.workers is None else config.workers,
-            pin_memory=self.device.type == "cuda",
-            use_difficult=config.use_difficult,
-            cache_images=config.cache_images,
-            on_bad_sample=config.on_bad_sample,
-        )
-        batches = iter(loader)
-        for note in self.class_notes:
-            logger.message(f"note: {note}")
-        if self.rng_state is not None:  # after the loader drew its worker seed, as a fresh run did
-            restore_rng_state(self.rng_state)
-        budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
-        history: list[dict[str, Any]] = []
-        metrics = None
-        last_path = best_path = None
-        stopped_by_budget = False
-        window = StepWindow()
-        # The budget counts the run's training time across resumes.
-        start = self.clock_start = time.perf_counter() - self.elapsed_before
-        self._train_mode()
-        try:
-            while self.iteration < end:
-                tick = time.perf_counter()
-                x, targets = next(batches)
-                self._count_bad_samples(targets, logger)
-                x, targets = self._batch_to_device(x, targets)
-                window.data_s += time.perf_counter() - tick
-                # A skipped step must not leave its forward's BatchNorm statistics behind.
-                saved_buffers = self._buffer_snapshot() if config.on_nonfinite == "skip" else None
-                loss_loc, loss_conf = self._forward_loss(x, targets)
-                loss = loss_loc + loss_conf
-                # One all-reduce: any process's non-finite loss, and the most time spent.
-                nonfinite, time_spent = distributed.all_max(
-                    [not bool(torch.isfinite(loss)), (time.perf_counter() - start) / budget_s], self.device
-                )
-                nonfinite, over_budget = nonfinite > 0, time_spent >= 1.0
-                if self.schedule.set_iteration(self.iteration, min(time_spent, 1.0)):
-                    self._note_clock(logger, time_spent)
-                if nonfinite:
-                    self._handle_nonfinite(loss_loc, loss_conf, targets, logger, saved_buffers)
-                else:
-                    self._step(loss)
-                    window.add(loss_loc.item(), loss_conf.item())
-                self.iteration += 1
-                self.position += config.batch_size
-                window.steps += 1
-                window.seconds += time.perf_counter() - tick
-                last = self.iteration == end or over_budget
-                if self.iteration % config.log_every == 0 or last:
-                    record = self._log_record(window, start)
-                    history.append(record)
-                    logger.write(record)
-                    window = StepWindow()
-                lr = self.optimizer.param_groups[0]["lr"]
-                logger.advance(1, window.postfix(lr, config.batch_size) if window.steps else None)
-                evaluate_now = config.eval_every and self.iteration % config.eval_every == 0
-                if self.val_dataset is not None and (evaluate_now or last):
-                    metrics = self._evaluate(logger)
-                    best_path = self._update_best(metrics) or best_path
-                if self.iteration % config.checkpoint_every == 0 or last:
-                    last_path = self._save("last.pt")
-                if over_budget and self.iteration < end:
-                    stopped_by_budget = True
-                    logger.message(f"time budget spent at iteration {self.iteration}")
-                    break
-        finally:
-            logger.close()
-            del batches
-        if best_path is None and (self.out / "best.pt").is_file():
-            best_path = self.out / "best.pt"
-        return TrainResult(
-            out=self.out,
-            iteration=self.iteration,
-            last_checkpoint=last_path if main else None,
-            best_checkpoint=best_path if main else None,
-            best_map=self.best_map,
-            skipped_steps=self.skipped,
-            bad_samples=self.bad_samples,
-            elapsed_s=time.perf_counter() - start,
-            stopped_by_budget=stopped_by_budget,
-            follows_clock_from=self.schedule.follows_clock_from,
-            metrics=metrics,
-            history=history,
-            model=self.model,
-        )
-
-    def _note_clock(self, logger: RunLogger, time_spent: float) -> None:
-        share = self.iteration / max(self.config.iterations, 1)
-        logger.write({"kind": "schedule", "iteration": self.iteration, "follows_clock": True,
-                      "budget_share": time_spent, "iteration_share": share})  # fmt: skip
-        logger.message(
-            f"the time budget binds: {100 * time_spent:.1f}% of it spent at {100 * share:.1f}% of the "
-            f"iterations; from iteration {self.iteration} the learning rate follows the clock, so this "
-            "run depends on the machine's timing and is not bit-reproducible"
-        )
-
     def _step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
@@ -316,96 +350,22 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    def _count_bad_samples(self, targets: list[dict[str, Any]], logger: RunLogger) -> None:
+    def _count_bad_samples(self, targets: list[dict[str, Any]]) -> None:
         """Log the images this batch passed over as unreadable, and count them over all processes."""
         bad = [item for target in targets for item in target.get("bad_samples", ())]
         for name, reason in bad:
-            logger.write({"kind": "bad_sample", "iteration": self.iteration, "image": name, "reason": reason})
-            logger.message(f"iteration {self.iteration}: skipped an unreadable training image: {reason}")
+            self.logger.write({"kind": "bad_sample", "iteration": self.iteration, "image": name,
+                               "reason": reason})  # fmt: skip
+            self.logger.message(f"iteration {self.iteration}: skipped an unreadable training image: {reason}")
         if self.config.on_bad_sample == "skip":
             self.bad_samples += distributed.all_sum(len(bad), self.device)
 
-    def _buffer_snapshot(self) -> dict[str, Tensor]:
-        return {name: b.clone() for name, b in self.model.named_buffers() if name != "priors"}
-
-    def _handle_nonfinite(self, loss_loc, loss_conf, targets, logger, saved_buffers=None) -> None:
-        losses = {"loss_loc": float(loss_loc.detach()), "loss_conf": float(loss_conf.detach())}
-        image_ids = [str(t["image_id"]) for t in targets]
-        if self.dist.distributed:  # report the whole global batch, and a process's non-finite terms
-            gathered: list[Any] = [None] * self.dist.world_size
-            torch.distributed.all_gather_object(gathered, (losses, image_ids))
-            image_ids = [i for _, ids in gathered for i in ids]
-            bad = [terms for terms, _ in gathered if not all(math.isfinite(v) for v in terms.values())]
-            losses = bad[0] if bad else losses
-        if self.config.on_nonfinite == "stop":
-            raise NonFiniteLossError(self.iteration, losses, image_ids)
-        self.skipped += 1
-        if saved_buffers is not None:
-            with torch.no_grad():
-                for name, buffer in self.model.named_buffers():
-                    if name in saved_buffers:
-                        buffer.copy_(saved_buffers[name])
-        self.optimizer.zero_grad(set_to_none=True)
-        logger.message(f"skipped iteration {self.iteration}: non-finite loss {losses}, images {image_ids}")
-
-    def _log_record(self, window: StepWindow, start: float) -> dict[str, Any]:
-        losses = torch.tensor([window.loc, window.conf, float(window.counted)], dtype=torch.float64)
-        if self.dist.distributed:
-            losses = losses.to(self.device)
-            torch.distributed.all_reduce(losses)
-            losses = losses.cpu()
-        loc, conf, counted = losses.tolist()
-        counted = max(counted, 1.0)
-        per_step = window.seconds / max(window.steps, 1)
-        return {
-            "kind": "train",
-            "iteration": self.iteration,
-            "loss": (loc + conf) / counted,
-            "loss_loc": loc / counted,
-            "loss_conf": conf / counted,
-            "lr": self.optimizer.param_groups[0]["lr"],
-            "images_per_s": self.config.batch_size / per_step if per_step > 0 else 0.0,
-            "data_wait_fraction": window.data_s / window.seconds if window.seconds > 0 else 0.0,
-            "elapsed_s": time.perf_counter() - start,
-            "eta_s": per_step * (self.config.iterations - self.iteration),
-            "skipped": self.skipped,
-            "bad_samples": self.bad_samples,
-        }
-
-    def _evaluate(self, logger: RunLogger) -> dict[str, Any] | None:
-        metrics = None
-        if self.dist.is_main:
-            self.model.channels_last = self.inference_channels_last
-            metrics = self.evaluator(
-                self.model,
-                self.val_dataset,
-                self.config.eval_metric,
-                self.config.eval_batch_size,
-                self.device,
-                False,
-            )
-            ap = {str(k): float(v) for k, v in metrics.get("ap", {}).items()}
-            logger.write({"kind": "eval", "iteration": self.iteration, "metric": self.config.eval_metric,
-                          "map": float(metrics["map"]), "ap": ap})  # fmt: skip
-            logger.message(f"iteration {self.iteration}: {self.config.eval_metric} mAP {metrics['map']:.4f}")
-            self.model.channels_last = self.config.channels_last
-        distributed.barrier()
-        self._train_mode()
-        return metrics
-
-    def _update_best(self, metrics: dict[str, Any] | None) -> Path | None:
-        if metrics is None or not self.dist.is_main:
-            return None
-        value = float(metrics["map"])
-        if self.best_map is not None and value <= self.best_map:
-            return None
-        self.best_map, self.best_iteration = value, self.iteration
-        return self._save("best.pt")
-
-    def _save(self, name: str) -> Path | None:
+    # -- what hooks call ------------------------------------------------------------------
+    def save(self, name: str) -> Path | None:
+        """Write ``output_model`` and the training state to ``out/name`` (rank 0; None elsewhere)."""
         if not self.dist.is_main:
             return None
-        return save_checkpoint(self.out / name, self.model, self.training_state())
+        return save_checkpoint(self.out / name, self.output_model, self.training_state())
 
 
 def train(
@@ -417,6 +377,7 @@ def train(
     evaluator: Evaluator | None = None,
     progress: bool = True,
     stop_at: int | None = None,
+    hooks: Sequence[HookBase] = (),
 ) -> TrainResult:
     """Train an SSD as ``config`` says (under torchrun: one DDP process of the run).
 
@@ -434,6 +395,8 @@ def train(
         progress: show a progress bar (rank 0).
         stop_at: stop after this iteration as an interrupted run would (``last.pt`` written,
             evaluation run); the schedule still spans ``config.iterations``.
+        hooks: the caller's own `singleshot.training.hooks.HookBase` instances, called after
+            the built-in ones (see that module for the order and what they see).
 
     Raises:
         NonFiniteLossError: a NaN/inf loss with ``on_nonfinite="stop"``.
@@ -443,5 +406,5 @@ def train(
     at start-up, a library user may call `singleshot.runtime.tune_malloc` once before
     training for the same speed on CPU.
     """
-    trainer = Trainer(config, train_dataset, val_dataset, resume, transform, evaluator, progress)
+    trainer = Trainer(config, train_dataset, val_dataset, resume, transform, evaluator, progress, hooks)
     return trainer.run(stop_at=stop_at)
