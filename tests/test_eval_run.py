@@ -166,3 +166,39 @@ def test_format_table_voc_and_coco():
     lines = format_table(coco, {2: "dog"}).splitlines()
     assert lines[0].split() == ["class", "AP", "AP50", "AP75"]
     assert lines[2].split() == ["dog", "100.00", "100.00", "100.00"]
+
+
+def test_evaluate_detections_reads_the_dataset_through_its_protocols(tmp_path):
+    from types import SimpleNamespace
+
+    from singleshot.data import open_coco
+    from singleshot.evaluation import evaluate_detections
+    from singleshot.evaluation.run import COCOCategories, COCOFileSource, NamedClasses
+
+    detections = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "scores": torch.tensor([0.9]),
+                   "labels": torch.tensor([1])}]  # fmt: skip
+    targets = [{"boxes": torch.tensor([[0.0, 0.0, 10.0, 10.0]]), "labels": torch.tensor([1]),
+                "difficult": torch.tensor([False]), "image_id": 7, "size": (20, 20)}]  # fmt: skip
+    # ids but no annotation file: scored against the targets, with the dataset's ids and names
+    ids_only = SimpleNamespace(label_to_category_id={1: 44}, classes=["__background__", "bottle"])
+    assert isinstance(ids_only, COCOCategories) and not isinstance(ids_only, COCOFileSource)
+    result = evaluate_detections(detections, targets, "coco", ids_only)
+    assert result["per_class"][1]["category_id"] == 44 and result["AP"] == pytest.approx(1.0)
+    direct = evaluate_coco(detections, targets, None, {1: 44}, ids_only.classes)
+    np.testing.assert_array_equal(result["stats"], direct["stats"])  # nan where COCO has no objects
+    # a file-backed COCO dataset follows all three protocols; a VOC-like one only NamedClasses
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGB", (20, 20)).save(images / "a.png")
+    annotations = tmp_path / "instances.json"
+    annotations.write_text(
+        '{"images": [{"id": 7, "file_name": "a.png", "width": 20, "height": 20}], "annotations": '
+        '[{"id": 1, "image_id": 7, "category_id": 44, "bbox": [0, 0, 10, 10], "area": 100, "iscrowd": 0}], '
+        '"categories": [{"id": 44, "name": "bottle"}]}'
+    )
+    dataset = open_coco(images, annotations)
+    assert all(isinstance(dataset, p) for p in (COCOFileSource, COCOCategories, NamedClasses))
+    assert dataset.difficult_name == "crowd"
+    from_file = evaluate_detections(detections, targets, "coco", dataset)
+    assert from_file["per_class"][1]["category_id"] == 44 and from_file["AP"] == pytest.approx(1.0)
+    assert not isinstance(SimpleNamespace(classes=["__background__"]), COCOCategories)

@@ -171,3 +171,18 @@ def test_config_validation():
         PriorConfig(300, (38,), (8,), (30,), (60,), ((0.5,),))
     config = PRESETS["ssd512_voc"].prior_config
     assert PriorConfig.from_dict(config.to_dict()) == config
+
+
+def test_level_box_sizes_are_the_priors_of_one_cell():
+    from singleshot.presets import get_preset
+    from singleshot.priors import level_box_sizes
+
+    config = get_preset("ssd300_voc").prior_config.with_clip("none")
+    s, s_max = 30 / 300, 60 / 300
+    root = math.sqrt(2.0)
+    expected = [(s, s), (math.sqrt(s * s_max),) * 2, (s * root, s / root), (s / root, s * root)]
+    np.testing.assert_allclose(level_box_sizes(config, 0), expected, rtol=1e-15, atol=0)
+    # the first cell's priors (cx, cy, w, h) carry these sizes, rounded to float32 once
+    first_cell = generate_priors(config)[: len(expected), 2:]
+    assert torch.equal(first_cell, torch.tensor(expected, dtype=torch.float64).float())
+    assert len(level_box_sizes(config, 2)) == config.boxes_per_location[2] == 6

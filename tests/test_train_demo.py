@@ -3,8 +3,10 @@
 import json
 
 import singleshot
+from singleshot.cli import main
 from singleshot.data import open_dataset
 from singleshot.evaluation import evaluate_model
+from singleshot.evaluation.report import REQUIRED_KEYS
 from singleshot.presets import available_models
 from singleshot.training import load_recipe
 from singleshot.training.demo import DemoOptions, run_demo
@@ -47,6 +49,20 @@ def test_demo_writes_its_outputs_and_reports_measured_numbers(tmp_path):
     assert present and set(metrics["ap"]) == {names[label] for label in present}
     for label in present:
         assert metrics["ap"][names[label]] == again["ap"][label]
+
+    # `singleshot eval` on the demo's checkpoint and test split writes the same schema, same numbers
+    evaluated = tmp_path / "eval"
+    code = main(["eval", "--checkpoint", str(out / "last.pt"), "--data", str(out / "data"), "--out",
+                 str(evaluated), "--workers", "0", "--no-progress"])  # fmt: skip
+    assert code == 0
+    by_eval = json.loads((evaluated / "metrics.json").read_text())
+    shared = set(REQUIRED_KEYS) | {"num_ground_truth", "num_detections", "true_positives", "iou_threshold"}
+    assert shared <= set(metrics) and shared <= set(by_eval)
+    assert "curves" not in metrics and "curves" not in by_eval
+    for key in ("metric", "map", "ap", "num_images", "num_ground_truth", "split", "data"):
+        assert metrics[key] == by_eval[key], key
+    assert metrics["num_images"] == metrics["num_test_images"] == 6
+    assert metrics["checkpoint"] == by_eval["checkpoint"] == str(out / "last.pt")
 
     # the loss curve comes from the log of this run
     records = read_log(out / "log.jsonl", kind="train")

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-__all__ = ["PriorConfig", "generate_priors", "PRIOR_CLIP_MODES", "count_outside"]
+__all__ = ["PriorConfig", "generate_priors", "PRIOR_CLIP_MODES", "count_outside", "level_box_sizes"]
 
 PRIOR_CLIP_MODES = ("center", "size", "none")
 
@@ -103,8 +103,12 @@ class PriorConfig:
         )
 
 
-def _level_sizes(config: PriorConfig, level: int) -> list[tuple[float, float]]:
-    """The (w, h) of the boxes of one grid cell, as fractions of the image, in Python floats."""
+def level_box_sizes(config: PriorConfig, level: int) -> list[tuple[float, float]]:
+    """The (w, h) of the default boxes of one grid cell at ``level``, as fractions of the image.
+
+    In the order of the priors at each location: s, sqrt(s s'), then (s sqrt(r), s / sqrt(r)) and
+    its transpose per aspect ratio r; Python floats (the priors round them to float32 once).
+    """
     s = config.min_sizes[level] / config.image_size
     s_prime = math.sqrt(s * (config.max_sizes[level] / config.image_size))
     sizes = [(s, s), (s_prime, s_prime)]
@@ -121,7 +125,7 @@ def _unclipped(config: PriorConfig) -> Tensor:
         cells_per_image = config.image_size / config.steps[level]
         centres = (torch.arange(grid, dtype=torch.float64) + 0.5) / cells_per_image
         cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # row-major: i (y) then j (x)
-        sizes = torch.tensor(_level_sizes(config, level), dtype=torch.float64)  # (A, 2)
+        sizes = torch.tensor(level_box_sizes(config, level), dtype=torch.float64)  # (A, 2)
         anchors = sizes.shape[0]
         centre = torch.stack((cx, cy), dim=-1).reshape(-1, 1, 2).expand(-1, anchors, 2)
         size = sizes[None].expand(grid * grid, anchors, 2)

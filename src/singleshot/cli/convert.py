@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -47,67 +46,30 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def read_class_names_with_background(path: str | Path) -> list[str]:
-    """Class names from a text file, one per line (blank lines ignored); index 0 = "__background__"."""
-    path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read class names: {error}") from None
-    names = [line.strip() for line in lines if line.strip()]
-    if not names:
-        raise ValueError(f"{path}: no class names in the file")
-    if names[0] != "__background__":
-        names.insert(0, "__background__")
-    if len(set(names)) != len(names):
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        raise ValueError(f"{path}: duplicate class names: {', '.join(duplicates)}")
-    return names
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
-    from ..checkpoint import save_checkpoint
-    from ..weights import convert_model, load_vgg16_backbone, read_state_dict, reduce_vgg16
-    from ..weights.vgg16 import is_torchvision_vgg16
+    from ..checkpoint import atomic_save, save_checkpoint
+    from ..weights import (
+        convert_file,
+        model_from_vgg16,
+        read_class_names_with_background,
+        reduced_vgg16_backbone,
+    )
 
     class_names = read_class_names_with_background(args.classes) if args.classes else None
     vgg_only = ("num_classes", "backbone_only")
     if args.source != "vgg16" and any(getattr(args, name) for name in vgg_only):
         raise ValueError("--num-classes and --backbone-only apply to --from vgg16 only")
-    state = read_state_dict(args.input)
-
     if args.source == "vgg16" and args.backbone_only:
-        from ..checkpoint import atomic_save
-        from ..weights.keymaps import strip_prefix
-
-        state = strip_prefix(state)
-        reduced = reduce_vgg16(state) if is_torchvision_vgg16(state) else state
-        # load into a throwaway model: validates layout and shapes with file-naming errors
-        from ..presets import build_model
-
-        load_vgg16_backbone(build_model("ssd300_voc"), reduced)
-        atomic_save(reduced, args.output)
+        atomic_save(reduced_vgg16_backbone(args.input), args.output)
         print(f"wrote {args.output}: SSD base network (conv1_1 ... conv7) in vgg16_reducedfc.pth layout")
         return 0
-
     if args.source == "vgg16":
-        from ..presets import build_model
-
-        torch.manual_seed(args.seed)
-        model = build_model(
-            args.preset or "ssd300_voc", num_classes=args.num_classes, class_names=class_names
-        )
-        try:
-            load_vgg16_backbone(model, state)
-        except ValueError as error:
-            raise ValueError(f"{args.input}: {error}") from None
+        model = model_from_vgg16(
+            args.input, args.preset or "ssd300_voc", num_classes=args.num_classes,
+            class_names=class_names, seed=args.seed,
+        )  # fmt: skip
     else:
-        try:
-            model = convert_model(state, args.source, preset=args.preset, class_names=class_names)
-        except ValueError as error:
-            raise ValueError(f"{args.input}: {error}") from None
+        model = convert_file(args.input, args.source, preset=args.preset, class_names=class_names)
     save_checkpoint(args.output, model)
     print(
         f"wrote {args.output}: {model.preset}, {model.num_classes} classes, "

@@ -208,8 +208,8 @@ def check_split(
                 dataset = open_dataset(path, format=format, split=split, **options)
     except ValueError as error:
         return f"== {split}: cannot be read\n  {error}", 1
-    crowd = "crowd" if type(dataset).__name__ == "COCODataset" else "difficult"
-    lines = [f"== {split}: {dataset!r}", format_stats(dataset_stats(dataset), crowd_name=crowd)]
+    stats = format_stats(dataset_stats(dataset), crowd_name=dataset.difficult_name)
+    lines = [f"== {split}: {dataset!r}", stats]
     for kind, count in dataset.warnings.items():
         lines.append(f"warning: {count} {kind}")
     if dataset.skipped:

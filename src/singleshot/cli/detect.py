@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import glob
 import sys
-from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 
 from .fastconv import add_winograd_option
@@ -144,29 +143,8 @@ def label_to_category_map(model, categories: str | None = None) -> dict[int, int
     return None
 
 
-def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
-def _read(path: Path):
-    from ..imageio import read_image
-
-    try:
-        return read_image(path), None
-    except ValueError as error:
-        return None, str(error)
-
-
-def run(args: argparse.Namespace) -> int:
+def _check_options(args: argparse.Namespace) -> None:
     import torch
-    from tqdm import tqdm
-
-    from ..checkpoint import load
-    from ..evaluation import write_coco_results
-    from ..inference import predict
-    from ..visualize import draw_detections, save_image
-    from .fastconv import apply_winograd
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
@@ -174,13 +152,32 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError("--device cuda: no CUDA device is available")
     if args.half and args.device != "cuda":
         raise ValueError("--half needs --device cuda (CPUs have no fast float16 convolutions)")
-    paths = collect_images(args.inputs)
+
+
+def _load_model(args: argparse.Namespace):
+    """(model ready to run, {label: category id} or None); errors come before any image is read."""
+    from ..checkpoint import load
+    from .fastconv import apply_winograd
+
     model = load(args.checkpoint, map_location=args.device)
-    label_map = label_to_category_map(model, args.categories)  # errors before any work
+    label_map = label_to_category_map(model, args.categories)
     if args.half:
         model = model.half()
     else:
         apply_winograd(model, args.winograd, args.device)
+    return model, label_map
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from ..evaluation import write_coco_results
+    from ..pipeline import predict_files
+    from ..visualize import draw_detections, save_image
+
+    _check_options(args)
+    paths = collect_images(args.inputs)
+    model, label_map = _load_model(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     names = dict(zip(paths, output_names(paths)))
@@ -188,30 +185,17 @@ def run(args: argparse.Namespace) -> int:
 
     done_paths, detections, skipped = [], [], []
     progress = tqdm(total=len(paths), unit="img", desc="detect", disable=args.no_progress or len(paths) < 2)
-    batches = list(_batches(paths, args.batch_size))
-    # Decoding the next batch (in a thread) overlaps with the current forward pass.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(lambda: [_read(p) for p in batches[0]])
-        for index, batch in enumerate(batches):
-            current = pending.result()
-            if index + 1 < len(batches):
-                pending = pool.submit(lambda b=batches[index + 1]: [_read(p) for p in b])
-            good = []
-            for path, (image, error) in zip(batch, current):
-                if image is None:
-                    skipped.append((path, error))
-                    tqdm.write(f"skipped {error}", file=sys.stderr)
-                else:
-                    good.append((path, image))
-            if good:
-                results = predict(model, [image for _, image in good], score_threshold=args.threshold)
-                for (path, image), det in zip(good, results):
-                    done_paths.append(path)
-                    detections.append(det)
-                    if not args.no_draw:
-                        drawn = draw_detections(image, det, model.class_names, score_threshold=0.0)
-                        save_image(drawn, out / names[path])
-            progress.update(len(batch))
+    for item in predict_files(model, paths, batch_size=args.batch_size, score_threshold=args.threshold):
+        progress.update(1)
+        if item.error is not None:
+            skipped.append((item.path, item.error))
+            tqdm.write(f"skipped {item.error}", file=sys.stderr)
+            continue
+        done_paths.append(item.path)
+        detections.append(item.detections)
+        if not args.no_draw:
+            drawn = draw_detections(item.image, item.detections, model.class_names, score_threshold=0.0)
+            save_image(drawn, out / names[item.path])
     progress.close()
 
     json_path = write_coco_results(

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,40 +55,13 @@ def register(subparsers) -> None:
         default="cpu",
         help="torch device to run the model on: cpu, cuda, cuda:1 ... (default cpu)",
     )
-    add("--score-threshold", type=float, default=0.01,
-        help="keep detections scoring above this before NMS (default 0.01, as the paper; higher is "
-             "faster but lowers AP)")  # fmt: skip
+    add("--score-threshold", type=float, default=None,
+        help="keep detections scoring above this before NMS (default: the model's, 0.01 for the VGG "
+             "presets as in the paper; higher is faster but lowers AP)")  # fmt: skip
     add("--workers", type=int, default=2, help="processes reading and decoding images (default 2; 0 = none)")
     add_winograd_option(parser)
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
-
-
-def _json_safe(value: Any) -> Any:
-    """Numbers, containers and arrays as JSON (nan -> null, int keys -> strings)."""
-    if hasattr(value, "tolist"):
-        value = value.tolist()
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def metrics_document(result: Mapping[str, Any], class_names: Sequence[str] | None, **context: Any) -> dict:
-    """The metrics.json content: the result (without curves) with per-class entries keyed by name."""
-    from ..evaluation import class_name
-
-    document: dict[str, Any] = dict(context)
-    for key, value in result.items():
-        if key == "curves":
-            continue
-        if isinstance(value, Mapping) and value and all(isinstance(k, int) for k in value):
-            value = {class_name(class_names, k): v for k, v in value.items()}
-        document[key] = value
-    return _json_safe(document)
 
 
 def open_eval_data(args: argparse.Namespace) -> tuple[Any, str, str | None]:
@@ -105,13 +75,8 @@ def open_eval_data(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     return open_dataset(args.data, format=args.format, split=args.split), args.data, args.split
 
 
-def run(args: argparse.Namespace) -> int:
+def _device(args: argparse.Namespace):
     import torch
-
-    from ..checkpoint import load
-    from ..evaluation import evaluate_model, format_table, plot_pr_curves
-    from ..evaluation.run import model_classes
-    from .fastconv import apply_winograd
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
@@ -123,20 +88,57 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--device {args.device}: {error}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"--device {args.device}: no CUDA device is available")
+    return device
 
-    model = load(args.checkpoint, map_location=device)
-    apply_winograd(model, args.winograd, device)
-    dataset, source, split = open_eval_data(args)
-    if len(dataset) == 0:
-        raise ValueError(f"{source}: {f'split {split!r} ' if split else ''}has no images")
-    data_names = list(dataset.classes)
+
+def _match_classes(args: argparse.Namespace, model, dataset, source: str):
+    from ..evaluation.run import model_classes
+
     try:
         classes = model_classes(model, dataset, args.class_map)
     except ValueError as error:
         raise ValueError(f"{args.checkpoint} on {source}: {error}") from None
     if classes.note:
         print(f"note: {classes.note}", file=sys.stderr)
+    return classes
 
+
+def _write_outputs(args: argparse.Namespace, result, data_names, source: str, split: str | None) -> None:
+    from ..evaluation import plot_pr_curves, write_metrics
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics(
+        out / "metrics.json",
+        result,
+        data_names,
+        checkpoint=str(args.checkpoint),
+        data=str(source),
+        split=split,
+        class_map=args.class_map,
+        score_threshold=args.score_threshold,
+    )
+    on = f"{Path(source).name}/{split}" if split else Path(source).name
+    title = f"{Path(args.checkpoint).name} on {on} ({args.metric})"
+    plot_pr_curves(result["curves"], data_names, out / "pr_curves.png", title=title, ap=result["ap"])
+    print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..checkpoint import load
+    from ..evaluation import evaluate_model, format_table
+    from .fastconv import apply_winograd
+
+    device = _device(args)
+    model = load(args.checkpoint, map_location=device)
+    apply_winograd(model, args.winograd, device)
+    dataset, source, split = open_eval_data(args)
+    if len(dataset) == 0:
+        raise ValueError(f"{source}: {f'split {split!r} ' if split else ''}has no images")
+    data_names = list(dataset.classes)
+    classes = _match_classes(args, model, dataset, source)
+    if args.score_threshold is None:
+        args.score_threshold = model.postprocess.score_threshold
     result = evaluate_model(
         model,
         dataset,
@@ -149,21 +151,5 @@ def run(args: argparse.Namespace) -> int:
         classes=classes,
     )
     print(format_table(result, data_names))
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    document = metrics_document(
-        result,
-        data_names,
-        checkpoint=str(args.checkpoint),
-        data=str(source),
-        split=split,
-        class_map=args.class_map,
-        score_threshold=args.score_threshold,
-    )
-    (out / "metrics.json").write_text(json.dumps(document, indent=2) + "\n")
-    on = f"{Path(source).name}/{split}" if split else Path(source).name
-    title = f"{Path(args.checkpoint).name} on {on} ({args.metric})"
-    plot_pr_curves(result["curves"], data_names, out / "pr_curves.png", title=title, ap=result["ap"])
-    print(f"wrote {out / 'metrics.json'} and {out / 'pr_curves.png'}")
+    _write_outputs(args, result, data_names, source, split)
     return 0

@@ -48,7 +48,7 @@ def register(subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
-    from ..export import DEFAULT_OPSET, export_onnx, export_torchscript
+    from ..export import DEFAULT_OPSET, export_onnx, export_torchscript, verify_export
 
     model = load(args.checkpoint)
     postprocess = {
@@ -76,48 +76,3 @@ def run(args: argparse.Namespace) -> int:
     if args.verify:
         print(verify_export(model, path, args.format, args.with_postprocess, postprocess))
     return 0
-
-
-def verify_export(model, path, fmt: str, with_postprocess: bool, postprocess: dict) -> str:
-    """Run the exported file and PyTorch on two random inputs; raise ValueError on a mismatch.
-
-    Network outputs must agree within 1e-3. With post-processing, the detection counts
-    must be equal and the (sorted) scores agree within 1e-4; boxes and labels are compared
-    row by row and reported (rows tied in score may legitimately come in another order).
-    """
-    import torch
-
-    from ..export import DetectorGraph, OnnxDetector, TorchScriptDetector
-
-    generator = torch.Generator().manual_seed(0)
-    size = model.image_size
-    mean = torch.tensor(model.image_mean).view(1, 3, 1, 1)
-    x = torch.rand(2, 3, size, size, generator=generator) * 255 - mean
-    if any(s != 1.0 for s in model.image_std):
-        x = x / torch.tensor(model.image_std).view(1, 3, 1, 1)
-    runner = OnnxDetector(path) if fmt == "onnx" else TorchScriptDetector(path)
-    got = runner.run(x)
-    with torch.no_grad():
-        if with_postprocess:
-            expected = DetectorGraph(model, model.priors, model.num_classes, **postprocess).eval()(x)
-        else:
-            expected = model.eval()(x)
-    if not with_postprocess:
-        worst = max(float((a - b).abs().max()) for a, b in zip(got, expected))
-        if worst > 1e-3:
-            raise ValueError(f"{path}: outputs differ from PyTorch by up to {worst:.3g}")
-        return f"verified: loc and conf match PyTorch (max abs difference {worst:.2e})"
-    boxes, scores, labels, counts = got
-    ref_boxes, ref_scores, ref_labels, ref_counts = expected
-    if not torch.equal(counts, ref_counts.to(counts.dtype)):
-        raise ValueError(
-            f"{path}: detection counts {counts.tolist()} differ from PyTorch's {ref_counts.tolist()}"
-        )
-    score_error = float((scores - ref_scores).abs().max()) if scores.numel() else 0.0
-    if score_error > 1e-4:
-        raise ValueError(f"{path}: scores differ from PyTorch by up to {score_error:.3g}")
-    same = (labels == ref_labels) & ((boxes - ref_boxes).abs().amax(-1) < 1e-4)
-    return (
-        f"verified: {counts.tolist()} detections, scores within {score_error:.1e} of PyTorch, "
-        f"{float(same.float().mean()):.1%} of rows with the same label and box"
-    )

@@ -21,7 +21,7 @@ def register(subparsers) -> None:
 
 def format_priors(name: str, clip: str | None = None) -> str:
     from ..presets import get_preset
-    from ..priors import _level_sizes, count_outside, generate_priors
+    from ..priors import count_outside, generate_priors, level_box_sizes
 
     config = get_preset(name).prior_config.with_clip(clip)
     outside = count_outside(config)
@@ -30,9 +30,8 @@ def format_priors(name: str, clip: str | None = None) -> str:
         f"{'level':>5} {'grid':>7} {'step':>6} {'per cell':>8} {'boxes':>7} {'outside':>7}  sizes (w x h px)",
     ]
     for level, (grid, per_cell) in enumerate(zip(config.feature_maps, config.boxes_per_location)):
-        sizes = ", ".join(
-            f"{w * config.image_size:.0f}x{h * config.image_size:.0f}" for w, h in _level_sizes(config, level)
-        )
+        size = config.image_size
+        sizes = ", ".join(f"{w * size:.0f}x{h * size:.0f}" for w, h in level_box_sizes(config, level))
         lines.append(
             f"{level:>5} {f'{grid}x{grid}':>7} {config.steps[level]:>6.4g} {per_cell:>8} "
             f"{grid * grid * per_cell:>7} {outside[level]:>7}  {sizes}"

@@ -138,6 +138,8 @@ class COCODataset(DetectionDataset):
         image_dir: Path of the image folder.
     """
 
+    difficult_name = "crowd"  # the ``difficult`` flag holds ``iscrowd``
+
     def __init__(
         self,
         image_dir: str | os.PathLike,

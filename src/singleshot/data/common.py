@@ -179,7 +179,11 @@ class DetectionDataset(Dataset):
         skipped: (path, reason) of the items left out with ``skip_invalid=True``.
         warnings: Counter of fixed-up problems (e.g. boxes clipped to the image).
         records: the parsed annotations, one per image.
+        difficult_name: what a target's ``difficult`` flag marks in this format, for reports:
+            "difficult" (VOC's flag; YOLO has none), "crowd" for COCO's ``iscrowd`` regions.
     """
+
+    difficult_name: str = "difficult"
 
     def __init__(
         self,

@@ -172,21 +172,17 @@ def _clutter(
             (draw.rectangle if rng.random() < 0.5 else draw.ellipse)(box, outline=colour, width=2)
 
 
-def render_sample(
-    rng: np.random.Generator,
-    size: int,
-    max_objects: int = 5,
-    min_size: float = 0.12,
-    max_size: float = 0.75,
-    empty_fraction: float = 0.08,
-    min_visible: float = 0.6,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Draw one image. See `generate_sample`; returns numpy arrays (image uint8 (S, S, 3),
-    boxes float32 (n, 4), labels int64 (n,), truncated bool (n,) = reaches past an edge)."""
-    background = _background(size, rng)
-    wanted = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+_Placed = tuple[int, np.ndarray, int, int, int]  # label, mask, left, top, full area
+
+
+def _place_objects(
+    rng: np.random.Generator, size: int, wanted: int, min_size: float, max_size: float, min_visible: float
+) -> tuple[list[_Placed], np.ndarray]:
+    """Up to ``wanted`` shapes, each kept only if every shape so far stays ``min_visible``
+    visible; returns them (back to front) and ``owner`` (S, S) int16: the index of the shape
+    on top at each pixel, -1 for background."""
     owner = np.full((size, size), -1, dtype=np.int16)
-    objects: list[tuple[int, np.ndarray, int, int, int]] = []  # label, mask, left, top, full area
+    objects: list[_Placed] = []
     attempts = 0
     while len(objects) < wanted and attempts < 10 * max(wanted, 1):
         attempts += 1
@@ -206,7 +202,14 @@ def render_sample(
             for k, (_, m, x, y, area) in enumerate(candidate)
         ):
             objects, owner = candidate, trial
-    image = np.asarray(background, dtype=np.float32).copy()
+    return objects, owner
+
+
+def _paint_objects(
+    image: np.ndarray, objects: list[_Placed], owner: np.ndarray, size: int, rng: np.random.Generator
+) -> tuple[list, list, list]:
+    """Paint the shapes into ``image`` (S, S, 3) float32 in place, shaded; return their boxes
+    (x1, y1, x2, y2) of the visible pixels, labels (1-based) and truncation flags."""
     boxes, labels, truncated = [], [], []
     for k, (label, mask, left, top, area) in enumerate(objects):
         region, part = _crop(mask, left, top, size)
@@ -224,12 +227,37 @@ def render_sample(
         boxes.append((x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1))
         labels.append(label + 1)
         truncated.append(int(part.sum()) < area)
+    return boxes, labels, truncated
+
+
+def _clutter_and_noise(image: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """Lines over the shapes, a brightness change and pixel noise: float32 (S, S, 3), unclipped."""
     picture = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
     _clutter(picture, size, int(rng.integers(0, 3)), rng, lines_only=True)
     image = np.asarray(picture, dtype=np.float32) * rng.uniform(0.85, 1.15)
     # Uniform per-pixel noise (std 2-8): a third of the cost of Gaussian noise, looks the same.
     spread = np.float32(rng.uniform(2, 8) * 2 * math.sqrt(3))
     image += (rng.random(image.shape, dtype=np.float32) - np.float32(0.5)) * spread
+    return image
+
+
+def render_sample(
+    rng: np.random.Generator,
+    size: int,
+    max_objects: int = 5,
+    min_size: float = 0.12,
+    max_size: float = 0.75,
+    empty_fraction: float = 0.08,
+    min_visible: float = 0.6,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Draw one image. See `generate_sample`; returns numpy arrays (image uint8 (S, S, 3),
+    boxes float32 (n, 4), labels int64 (n,), truncated bool (n,) = reaches past an edge)."""
+    background = _background(size, rng)
+    wanted = 0 if rng.random() < empty_fraction else int(rng.integers(1, max_objects + 1))
+    objects, owner = _place_objects(rng, size, wanted, min_size, max_size, min_visible)
+    image = np.asarray(background, dtype=np.float32).copy()
+    boxes, labels, truncated = _paint_objects(image, objects, owner, size, rng)
+    image = _clutter_and_noise(image, size, rng)
     return (
         np.clip(np.rint(image), 0, 255).astype(np.uint8),
         np.asarray(boxes, dtype=np.float32).reshape(-1, 4),

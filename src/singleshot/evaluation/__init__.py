@@ -16,6 +16,7 @@ from .coco import (
     write_coco_results,
 )
 from .plots import class_name, format_table, plot_pr_curves
+from .report import metrics_document, write_metrics
 from .run import METRICS, evaluate_detections, evaluate_model
 from .voc import VOC07_RECALL_THRESHOLDS, evaluate_voc, voc_ap
 
@@ -35,4 +36,6 @@ __all__ = [
     "plot_pr_curves",
     "voc_ap",
     "write_coco_results",
+    "metrics_document",
+    "write_metrics",
 ]

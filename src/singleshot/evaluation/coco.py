@@ -159,6 +159,38 @@ def _coco_from_dataset(dataset: dict[str, Any]):
     return coco
 
 
+def _image_annotations(
+    index: int,
+    target: Mapping[str, Any],
+    image_id: Any,
+    label_to_category_id: Mapping[int, int] | None,
+    annotations: list[dict[str, Any]],
+) -> np.ndarray:
+    """Append image ``index``'s COCO annotations (bbox [x, y, w, h] pixels, ids numbered on
+    from ``annotations``) to ``annotations``; return its labels (M,) int64."""
+    boxes = _numpy(target["boxes"], np.float64).reshape(-1, 4)
+    labels = _numpy(target["labels"], np.int64).reshape(-1)
+    if len(labels) != len(boxes):
+        raise ValueError(f"ground truth of image {index}: {len(boxes)} boxes but {len(labels)} labels")
+    crowd = _numpy(target.get("difficult", np.zeros(len(boxes))), bool).reshape(-1)
+    xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
+    area = target.get("area")
+    area = xywh[:, 2] * xywh[:, 3] if area is None else _numpy(area, np.float64).reshape(-1)
+    categories = _category_lookup(label_to_category_id, labels)
+    for box, category, is_crowd, box_area in zip(xywh.tolist(), categories.tolist(), crowd, area.tolist()):
+        annotations.append(
+            {
+                "id": len(annotations) + 1,
+                "image_id": image_id,
+                "category_id": category,
+                "bbox": box,
+                "area": box_area,
+                "iscrowd": int(is_crowd),
+            }
+        )
+    return labels
+
+
 def build_coco_ground_truth(
     ground_truths: Sequence[Mapping[str, Any]],
     image_ids: Sequence[Any] | None = None,
@@ -190,29 +222,8 @@ def build_coco_ground_truth(
         size = image_sizes[index] if image_sizes is not None else target.get("size", (0, 0))
         height, width = (int(v) for v in _numpy(size, np.int64).reshape(2))
         images.append({"id": image_id, "height": height, "width": width})
-        boxes = _numpy(target["boxes"], np.float64).reshape(-1, 4)
-        labels = _numpy(target["labels"], np.int64).reshape(-1)
-        if len(labels) != len(boxes):
-            raise ValueError(f"ground truth of image {index}: {len(boxes)} boxes but {len(labels)} labels")
-        crowd = _numpy(target.get("difficult", np.zeros(len(boxes))), bool).reshape(-1)
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        area = target.get("area")
-        area = xywh[:, 2] * xywh[:, 3] if area is None else _numpy(area, np.float64).reshape(-1)
-        categories = _category_lookup(label_to_category_id, labels)
+        labels = _image_annotations(index, target, image_id, label_to_category_id, annotations)
         labels_seen.update(labels.tolist())
-        for box, category, is_crowd, box_area in zip(
-            xywh.tolist(), categories.tolist(), crowd, area.tolist()
-        ):
-            annotations.append(
-                {
-                    "id": len(annotations) + 1,
-                    "image_id": image_id,
-                    "category_id": category,
-                    "bbox": box,
-                    "area": box_area,
-                    "iscrowd": int(is_crowd),
-                }
-            )
     if label_to_category_id is not None:
         label_of = {int(v): int(k) for k, v in label_to_category_id.items()}
     else:

@@ -8,19 +8,48 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
 
 from ..classes import ClassMatch, load_class_map, match_classes
 from ..inference import predict
+from ..models.spec import MODEL_DEFAULT
 from .coco import evaluate_coco, evaluate_coco_file
 from .voc import evaluate_voc
 
-__all__ = ["METRICS", "evaluate_model", "evaluate_detections", "model_classes"]
+__all__ = ["METRICS", "COCOCategories", "COCOFileSource", "NamedClasses", "evaluate_model",
+           "evaluate_detections", "model_classes"]  # fmt: skip
 
 METRICS = ("voc07", "voc12", "coco")
+
+
+@runtime_checkable
+class NamedClasses(Protocol):
+    """A dataset that names its labels: ``classes[label]`` (index 0 = "__background__")."""
+
+    classes: Sequence[str]
+
+
+@runtime_checkable
+class COCOCategories(Protocol):
+    """A dataset whose labels have COCO category ids: ``label_to_category_id`` {label: id}."""
+
+    label_to_category_id: Mapping[int, int]
+
+
+@runtime_checkable
+class COCOFileSource(COCOCategories, Protocol):
+    """A dataset read from a COCO annotation file (`singleshot.data.COCODataset`): COCO
+    scores can then use the file itself (its crowd regions, segment areas and ids)."""
+
+    annotation_file: str | os.PathLike
+
+
+def _attribute(dataset: Any, protocol: type, name: str) -> Any:
+    """``dataset.<name>`` when ``dataset`` follows ``protocol``; None otherwise (or when it is None)."""
+    return getattr(dataset, name) if isinstance(dataset, protocol) else None
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -41,9 +70,10 @@ def evaluate_detections(
             the dataset's, or the model's when ``classes`` relates the two.
         targets: per image {"boxes" (M, 4) xyxy pixels, "labels", "difficult", and for
             COCO "image_id", "size" (H, W), optionally "area"}.
-        dataset: for COCO: a dataset with ``annotation_file`` and ``label_to_category_id``
-            is scored against that file (its crowd regions and segment areas, as in the
-            COCO benchmark, with the file's own category ids); otherwise against ``targets``.
+        dataset: for COCO: a `COCOFileSource` (with every target's ``image_id``) is scored
+            against its annotation file (its crowd regions and segment areas, as in the COCO
+            benchmark, with the file's own category ids); otherwise against ``targets``,
+            with the ids of a `COCOCategories` and the names of a `NamedClasses` dataset.
         classes: `singleshot.classes.match_classes` of the model and the dataset: detection
             labels are turned into dataset labels (by name) before scoring.
     """
@@ -55,8 +85,8 @@ def evaluate_detections(
         return evaluate_voc(
             detections, targets, iou_threshold=0.5, use_07_metric=metric == "voc07", inclusive_boxes=False
         )
-    annotation_file = getattr(dataset, "annotation_file", None)
-    label_to_category_id = getattr(dataset, "label_to_category_id", None)
+    annotation_file = _attribute(dataset, COCOFileSource, "annotation_file")
+    label_to_category_id = _attribute(dataset, COCOCategories, "label_to_category_id")
     image_ids = [target.get("image_id") for target in targets]
     if annotation_file is not None and label_to_category_id is not None and None not in image_ids:
         return evaluate_coco_file(detections, annotation_file, image_ids, label_to_category_id)
@@ -64,7 +94,7 @@ def evaluate_detections(
         detections,
         targets,
         label_to_category_id=label_to_category_id,
-        class_names=getattr(dataset, "classes", None),
+        class_names=_attribute(dataset, NamedClasses, "classes"),
     )
 
 
@@ -89,10 +119,10 @@ def evaluate_model(
     progress: bool = True,
     *,
     num_workers: int = 0,
-    score_threshold: float = 0.01,
-    nms_threshold: float = 0.45,
-    pre_nms_top_k: int = 200,
-    max_detections: int | None = 200,
+    score_threshold: float = MODEL_DEFAULT,
+    nms_threshold: float = MODEL_DEFAULT,
+    pre_nms_top_k: int = MODEL_DEFAULT,
+    max_detections: int | None = MODEL_DEFAULT,
     class_map: Mapping[str, str] | str | os.PathLike | None = None,
     classes: ClassMatch | None = None,
 ) -> dict[str, Any]:
@@ -108,8 +138,9 @@ def evaluate_model(
         device: where the model runs (it is moved there).
         progress: show a tqdm bar.
         num_workers: DataLoader worker processes that read and decode images.
-        score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in `SSD.predict`
-            (evaluation keeps low scores: the defaults are the paper's 0.01 and 200).
+        score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in `SSD.predict`;
+            left out, ``model.postprocess``'s (evaluation keeps low scores: the VGG presets'
+            are the paper's 0.01 and 200).
         class_map: {dataset class name: model class name} or a YAML/JSON file of it, for
             classes named differently (see `singleshot.classes.match_classes`).
         classes: the model-dataset relation already computed (then ``class_map`` is unused
@@ -126,36 +157,38 @@ def evaluate_model(
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if classes is None and getattr(dataset, "classes", None) is not None:
+    if classes is None and _attribute(dataset, NamedClasses, "classes") is not None:
         classes = model_classes(model, dataset, class_map)
         if classes.note:
             print(f"note: {classes.note}", file=sys.stderr)
+    model = model.to(device)
+    options = {"score_threshold": score_threshold, "nms_threshold": nms_threshold,
+               "pre_nms_top_k": pre_nms_top_k, "max_detections": max_detections}  # fmt: skip
+    detections, targets = _run_model(
+        model, dataset, batch_size, num_workers, options, f"eval ({metric})", progress
+    )
+    result = evaluate_detections(detections, targets, metric, dataset, classes)
+    result["num_images"] = len(targets)
+    return result
+
+
+def _run_model(
+    model, dataset, batch_size: int, num_workers: int, options: dict[str, Any], desc: str, progress: bool
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(detections, targets) of every image of ``dataset``, in order; targets gain ``size`` (H, W)."""
     from tqdm import tqdm
 
-    model = model.to(device)
     loader = DataLoader(
         dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_as_list
     )
     detections: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
-    with tqdm(total=len(dataset), desc=f"eval ({metric})", unit="img", disable=not progress) as bar:
+    with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
-            images = [image for image, _ in batch]
-            detections.extend(
-                predict(
-                    model,
-                    images,
-                    score_threshold=score_threshold,
-                    nms_threshold=nms_threshold,
-                    pre_nms_top_k=pre_nms_top_k,
-                    max_detections=max_detections,
-                )
-            )
+            detections.extend(predict(model, [image for image, _ in batch], **options))
             for image, target in batch:
                 target = dict(target)
                 target.setdefault("size", tuple(image.shape[-2:]))
                 targets.append(target)
             bar.update(len(batch))
-    result = evaluate_detections(detections, targets, metric, dataset, classes)
-    result["num_images"] = len(targets)
-    return result
+    return detections, targets

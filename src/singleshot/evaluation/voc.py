@@ -223,6 +223,35 @@ def evaluate_voc(
         non-difficult count}, ``num_detections``: {label: count}, ``true_positives``:
         {label: count}, ``metric``: "voc07" or "voc12", ``iou_threshold``.
     """
+    det_image, det, gt_image, gt = _gather_inputs(detections, ground_truths, inclusive_boxes)
+    order, true_positive, kept = _ranked_outcomes(det_image, det, gt_image, gt, iou_threshold)
+    labels_sorted = det["labels"][order]
+    scores_sorted = det["scores"][order]
+
+    classes, counts = np.unique(gt["labels"][~gt["difficult"]], return_counts=True)
+    positives = dict(zip(classes.tolist(), counts.tolist()))
+    result: dict[str, Any] = {
+        "ap": {},
+        "curves": {},
+        "num_ground_truth": {},
+        "num_detections": {},
+        "true_positives": {},
+        "metric": "voc07" if use_07_metric else "voc12",
+        "iou_threshold": float(iou_threshold),
+    }
+    for label, num_positive in positives.items():
+        lo, hi = np.searchsorted(labels_sorted, [label, label + 1])
+        keep = kept[lo:hi]
+        _add_class(result, label, num_positive, true_positive[lo:hi][keep], scores_sorted[lo:hi][keep],
+                   int(hi - lo), use_07_metric)  # fmt: skip
+    aps = list(result["ap"].values())
+    result["map"] = float(np.mean(aps)) if aps else float("nan")
+    return result
+
+
+def _gather_inputs(detections, ground_truths, inclusive_boxes: bool):
+    """(detection image indices, detection arrays, ground-truth image indices, ground-truth arrays),
+    checked; boxes (N, 4) float64 as continuous corners (inclusive ones moved by -1 at x1, y1)."""
     if len(detections) != len(ground_truths):
         raise ValueError(f"{len(detections)} images of detections but {len(ground_truths)} of ground truth")
     det_image, det = _gather(
@@ -239,7 +268,16 @@ def evaluate_voc(
     if inclusive_boxes:
         for boxes in (det["boxes"], gt["boxes"]):
             boxes[:, :2] -= 1.0
+    return det_image, det, gt_image, gt
 
+
+def _ranked_outcomes(det_image, det, gt_image, gt, iou_threshold: float):
+    """The detections ranked by (label, descending score, input order), and per rank whether
+    it is a true positive and whether it counts (not ignored on a difficult ground truth).
+
+    Returns:
+        (order (N,) indices into the detections, true_positive (N,) bool, kept (N,) bool).
+    """
     num_labels = int(max(det["labels"].max(initial=0), gt["labels"].max(initial=0))) + 1
     best_iou, best_gt = _candidate_matches(
         det_image * num_labels + det["labels"],
@@ -264,37 +302,26 @@ def evaluate_voc(
     _, first_claim = np.unique(best_gt[order][claim_at], return_index=True)
     true_positive = np.zeros(len(order), dtype=bool)
     true_positive[claim_at[first_claim]] = True
-    kept = ~ignored[order]
-    labels_sorted = det["labels"][order]
-    scores_sorted = det["scores"][order]
+    return order, true_positive, ~ignored[order]
 
-    classes, counts = np.unique(gt["labels"][~gt["difficult"]], return_counts=True)
-    positives = dict(zip(classes.tolist(), counts.tolist()))
-    result: dict[str, Any] = {
-        "ap": {},
-        "curves": {},
-        "num_ground_truth": {},
-        "num_detections": {},
-        "true_positives": {},
-        "metric": "voc07" if use_07_metric else "voc12",
-        "iou_threshold": float(iou_threshold),
-    }
-    for label, num_positive in positives.items():
-        lo, hi = np.searchsorted(labels_sorted, [label, label + 1])
-        keep = kept[lo:hi]
-        tp = np.cumsum(true_positive[lo:hi][keep], dtype=np.float64)
-        fp = np.arange(1, len(tp) + 1, dtype=np.float64) - tp
-        recall = tp / float(num_positive)
-        precision = tp / (tp + fp)
-        result["ap"][label] = voc_ap(recall, precision, use_07_metric)
-        result["curves"][label] = {
-            "recall": recall,
-            "precision": precision,
-            "scores": scores_sorted[lo:hi][keep],
-        }
-        result["num_ground_truth"][label] = num_positive
-        result["num_detections"][label] = int(hi - lo)
-        result["true_positives"][label] = int(tp[-1]) if len(tp) else 0
-    aps = list(result["ap"].values())
-    result["map"] = float(np.mean(aps)) if aps else float("nan")
-    return result
+
+def _add_class(
+    result: dict[str, Any],
+    label: int,
+    num_positive: int,
+    true_positive: np.ndarray,
+    scores: np.ndarray,
+    num_detections: int,
+    use_07_metric: bool,
+) -> None:
+    """One class's AP, curve and counts into ``result``, from its counted detections in rank
+    order: ``true_positive`` (K,) bool and ``scores`` (K,) float64."""
+    tp = np.cumsum(true_positive, dtype=np.float64)
+    fp = np.arange(1, len(tp) + 1, dtype=np.float64) - tp
+    recall = tp / float(num_positive)
+    precision = tp / (tp + fp)
+    result["ap"][label] = voc_ap(recall, precision, use_07_metric)
+    result["curves"][label] = {"recall": recall, "precision": precision, "scores": scores}
+    result["num_ground_truth"][label] = num_positive
+    result["num_detections"][label] = num_detections
+    result["true_positives"][label] = int(tp[-1]) if len(tp) else 0

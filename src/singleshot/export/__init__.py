@@ -3,6 +3,7 @@
 >>> from singleshot.export import export_onnx, OnnxDetector
 >>> export_onnx(model, "ssd300.onnx", with_postprocess=True)
 >>> detections = OnnxDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # as model.predict
+>>> verify_export(model, "ssd300.onnx", "onnx", with_postprocess=True)   # ValueError on a mismatch
 
 The exported graphs take a normalised batch, float32 (B, 3, S, S): RGB on the 0-255 scale,
 resized to S x S (bilinear, no antialiasing) minus the model's ``image_mean``, divided by
@@ -15,6 +16,7 @@ from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detection
 from .runtime import OnnxDetector, TorchScriptDetector
 from .to_onnx import DEFAULT_OPSET, POSTPROCESS_DEFAULTS, export_onnx
 from .to_torchscript import export_torchscript
+from .verify import verify_export
 
 __all__ = [
     "DetectorGraph",
@@ -25,6 +27,7 @@ __all__ = [
     "export_torchscript",
     "OnnxDetector",
     "TorchScriptDetector",
+    "verify_export",
     "DEFAULT_OPSET",
     "POSTPROCESS_DEFAULTS",
 ]

@@ -77,7 +77,7 @@ def export_onnx(
     """
     import onnx
 
-    from .onnx_ops import ONNX_TRANSLATIONS, OnnxNMS
+    from .onnx_ops import ONNX_TRANSLATIONS
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
@@ -89,22 +89,7 @@ def export_onnx(
     path.parent.mkdir(parents=True, exist_ok=True)
 
     model = _cpu_float_copy(model)
-    if with_postprocess:
-        module = DetectorGraph(
-            model,
-            model.priors,
-            model.num_classes,
-            score_threshold=params["score_threshold"],
-            nms_threshold=params["nms_threshold"],
-            pre_nms_top_k=params["pre_nms_top_k"],
-            max_detections=params["max_detections"],
-            clip=params["clip"],
-            nms=OnnxNMS(params["nms_threshold"], params["score_threshold"]),
-        ).eval()
-        output_names = ["boxes", "scores", "labels", "counts"]
-    else:
-        module = model
-        output_names = ["loc", "conf"]
+    module, output_names = _graph_module(model, with_postprocess, params)
     size = model.image_size
     example = torch.zeros(max(example_batch, 2), 3, size, size)
     batch = torch.export.Dim("batch", min=1, max=4096)
@@ -125,6 +110,27 @@ def export_onnx(
     onnx.helper.set_model_props(proto, {"singleshot": json.dumps(meta)})
     onnx.save_model(proto, str(path))
     return path
+
+
+def _graph_module(model, with_postprocess: bool, params: dict[str, Any]) -> tuple[torch.nn.Module, list[str]]:
+    """(module to export, its output names): the network alone, or the whole `DetectorGraph`
+    with the NMS that exports as ONNX's NonMaxSuppression."""
+    from .onnx_ops import OnnxNMS
+
+    if not with_postprocess:
+        return model, ["loc", "conf"]
+    module = DetectorGraph(
+        model,
+        model.priors,
+        model.num_classes,
+        score_threshold=params["score_threshold"],
+        nms_threshold=params["nms_threshold"],
+        pre_nms_top_k=params["pre_nms_top_k"],
+        max_detections=params["max_detections"],
+        clip=params["clip"],
+        nms=OnnxNMS(params["nms_threshold"], params["score_threshold"]),
+    ).eval()
+    return module, ["boxes", "scores", "labels", "counts"]
 
 
 @contextlib.contextmanager

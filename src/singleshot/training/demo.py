@@ -129,13 +129,60 @@ def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
     return paths
 
 
+def _config(options: DemoOptions, out: Path, data: Path):
+    """The recipe with the demo's paths, seed and the options the user gave, validated."""
+    values: dict[str, Any] = {"out": str(out), "data": str(data), "seed": options.seed}
+    for key in ("iterations", "max_minutes", "workers"):
+        if getattr(options, key) is not None:
+            values[key] = getattr(options, key)
+    config = apply_overrides(apply_values(load_recipe(options.recipe), values), options.overrides)
+    config.validate()
+    return config
+
+
+def _write_metrics(out: Path, data: Path, result, config, train_set, test_set) -> None:
+    """metrics.json in the schema of `singleshot.evaluation.report`, with the training's numbers."""
+    from ..evaluation import write_metrics
+
+    last = result.history[-1] if result.history else {}
+    write_metrics(
+        out / "metrics.json",
+        result.metrics,
+        train_set.classes,
+        checkpoint=str(out / "last.pt"),
+        data=str(data),
+        split="test",
+        num_test_images=len(test_set),
+        num_train_images=len(train_set),
+        model=config.model,
+        iterations=result.iteration,
+        train_seconds=result.elapsed_s,
+        stopped_by_budget=result.stopped_by_budget,
+        follows_clock_from=result.follows_clock_from,
+        final_loss=last.get("loss"),
+        threads=torch.get_num_threads(),
+        config=config.to_dict(),
+    )
+
+
+def _plots(out: Path, metrics: dict[str, Any], classes, model_name: str) -> dict[str, Path]:
+    from ..evaluation import plot_pr_curves
+
+    title = f"{model_name}, VOC07 mAP {metrics['map']:.3f}"
+    return {
+        "loss curve": plot_losses(out / "log.jsonl", out / "loss_curve.png"),
+        "PR curves": plot_pr_curves(
+            metrics["curves"], classes, out / "pr_curves.png", title=title, ap=metrics["ap"]
+        ),
+    }
+
+
 def run_demo(options: DemoOptions) -> DemoSummary:
     """Run the whole demo (see the module docstring) and return its measured summary.
 
     Does not tune malloc (`singleshot.runtime.tune_malloc`): ``singleshot demo`` does at start-up.
     """
     from ..data import open_dataset
-    from ..evaluation import plot_pr_curves
 
     start = time.perf_counter()
     out = Path(options.out)
@@ -146,38 +193,19 @@ def run_demo(options: DemoOptions) -> DemoSummary:
     data = prepare_data(out / "data", num_train, num_test, size, options.seed, options.progress)
     train_set = open_dataset(data, format="voc", split="train")
     test_set = open_dataset(data, format="voc", split="test")
-
-    values: dict[str, Any] = {"out": str(out), "data": str(data), "seed": options.seed}
-    for key in ("iterations", "max_minutes", "workers"):
-        if getattr(options, key) is not None:
-            values[key] = getattr(options, key)
-    config = apply_overrides(apply_values(load_recipe(options.recipe), values), options.overrides)
-    config.validate()
+    config = _config(options, out, data)
     _clear_previous_outputs(out)
     result = train(config, train_set, test_set, progress=options.progress)
     metrics = result.metrics
     if metrics is None:
         raise ValueError(f"recipe {options.recipe!r}: the demo needs an evaluation split (val_split)")
 
-    model = result.model.eval()
     classes = train_set.classes
     ap = {classes[int(label)]: float(value) for label, value in sorted(metrics["ap"].items())}
-    files = {
-        "dataset": data,
-        "checkpoint": out / "last.pt",
-        "log": out / "log.jsonl",
-        "loss curve": plot_losses(out / "log.jsonl", out / "loss_curve.png"),
-        "PR curves": plot_pr_curves(
-            metrics["curves"],
-            classes,
-            out / "pr_curves.png",
-            title=f"{config.model}, VOC07 mAP {metrics['map']:.3f}",
-            ap=metrics["ap"],
-        ),  # fmt: skip
-        "metrics": out / "metrics.json",
-    }
-    pictures = draw_pictures(model, test_set, out / "detections", options.num_pictures)
-    if pictures:
+    files = {"dataset": data, "checkpoint": out / "last.pt", "log": out / "log.jsonl"}
+    files.update(_plots(out, metrics, classes, config.model))
+    files["metrics"] = out / "metrics.json"
+    if draw_pictures(result.model.eval(), test_set, out / "detections", options.num_pictures):
         files["detections"] = out / "detections"
     summary = DemoSummary(
         out=out,
@@ -190,22 +218,6 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         files=files,
         follows_clock_from=result.follows_clock_from,
     )
-    last = result.history[-1] if result.history else {}
-    record = {
-        "metric": config.eval_metric,
-        "map": summary.map,
-        "ap": ap,
-        "num_test_images": len(test_set),
-        "num_train_images": len(train_set),
-        "model": config.model,
-        "iterations": result.iteration,
-        "train_seconds": result.elapsed_s,
-        "stopped_by_budget": result.stopped_by_budget,
-        "follows_clock_from": result.follows_clock_from,
-        "final_loss": last.get("loss"),
-        "threads": torch.get_num_threads(),
-        "config": config.to_dict(),
-    }
-    (out / "metrics.json").write_text(json.dumps(record, indent=2))
+    _write_metrics(out, data, result, config, train_set, test_set)
     (out / "summary.txt").write_text(summary.text() + "\n")
     return summary

@@ -3,6 +3,7 @@
 >>> from singleshot import weights
 >>> ours = weights.convert(torch.load("ssd300_mAP_77.43_v2.pth", weights_only=True), "ssd.pytorch")
 >>> model = weights.convert_model(tv_model.state_dict(), "torchvision")    # ready, eval mode
+>>> model = weights.convert_file("ssd300_mAP_77.43_v2.pth", "ssd.pytorch")   # errors name the file
 >>> weights.load_vgg16_backbone(model, "vgg16_reducedfc.pth")   # or torchvision's vgg16-397923af.pth
 >>> reduced = weights.reduce_vgg16(torchvision.models.vgg16(weights="IMAGENET1K_V1").state_dict())
 
@@ -10,12 +11,17 @@ All file reading uses ``torch.load(..., weights_only=True)`` (or safetensors whe
 ``safetensors`` package is installed): weight files are data, never code.
 """
 
+from .build import convert_file, model_from_vgg16, read_class_names_with_background, reduced_vgg16_backbone
 from .convert import SOURCES, convert, convert_model, infer_model_args, to_source
 from .io import read_state_dict
 from .names import VOC_CLASSES_WITH_BACKGROUND, coco_names_81, coco_names_91
 from .vgg16 import backbone_state_dict, load_vgg16_backbone, reduce_vgg16
 
 __all__ = [
+    "convert_file",
+    "model_from_vgg16",
+    "reduced_vgg16_backbone",
+    "read_class_names_with_background",
     "SOURCES",
     "convert",
     "convert_model",

@@ -89,42 +89,67 @@ def reduce_vgg16(
             ``IMAGENET1K_FEATURES`` weights leave the classifier empty: use ``IMAGENET1K_V1``).
     """
     state = strip_prefix(vgg16_state_dict)
-    where = "VGG16 state dict"
+    out = _copy_convolutions(state)
+    out.update(_reduce_fc(state))
+    out["0.weight"], out["0.bias"] = _fold_normalisation(
+        out["0.weight"], out["0.bias"], image_mean, source_mean, source_std
+    )
+    return out
+
+
+_WHERE = "VGG16 state dict"
+
+
+def _copy_convolutions(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """conv1_1 ... conv5_3 (``features.N``) cloned to ``N.weight`` / ``N.bias``, keys and shapes checked."""
     required = [f"features.{i}.{p}" for i in VGG_INDEX_TO_NAME if i <= 28 for p in ("weight", "bias")]
     required += [f"classifier.{i}.{p}" for i in (0, 3) for p in ("weight", "bias")]
     missing = [key for key in required if key not in state]
     if missing:
-        raise ValueError(f"{where}: not a torchvision VGG16 (missing {', '.join(missing[:6])})")
+        raise ValueError(f"{_WHERE}: not a torchvision VGG16 (missing {', '.join(missing[:6])})")
     out: dict[str, Tensor] = {}
     for index in (i for i in VGG_INDEX_TO_NAME if i <= 28):
         weight, bias = state[f"features.{index}.weight"], state[f"features.{index}.bias"]
-        _check_shape(where, f"features.{index}.weight", weight, _VGG_CONV_SHAPES[index])
-        _check_shape(where, f"features.{index}.bias", bias, _VGG_CONV_SHAPES[index][:1])
+        _check_shape(_WHERE, f"features.{index}.weight", weight, _VGG_CONV_SHAPES[index])
+        _check_shape(_WHERE, f"features.{index}.bias", bias, _VGG_CONV_SHAPES[index][:1])
         out[f"{index}.weight"], out[f"{index}.bias"] = weight.clone(), bias.clone()
+    return out
 
+
+def _reduce_fc(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """fc6 -> conv6 (1024, 512, 3, 3) at 31 and fc7 -> conv7 (1024, 1024, 1, 1) at 33, subsampled."""
     fc6_w, fc6_b = state["classifier.0.weight"], state["classifier.0.bias"]
     fc7_w, fc7_b = state["classifier.3.weight"], state["classifier.3.bias"]
-    _check_shape(where, "classifier.0.weight", fc6_w, (4096, 512 * 7 * 7))
-    _check_shape(where, "classifier.3.weight", fc7_w, (4096, 4096))
+    _check_shape(_WHERE, "classifier.0.weight", fc6_w, (4096, 512 * 7 * 7))
+    _check_shape(_WHERE, "classifier.3.weight", fc7_w, (4096, 4096))
     if not all(torch.isfinite(t).all() for t in (fc6_w, fc6_b, fc7_w, fc7_b)):
         raise ValueError(
-            f"{where}: fc6/fc7 weights are not finite (torchvision's IMAGENET1K_FEATURES weights "
+            f"{_WHERE}: fc6/fc7 weights are not finite (torchvision's IMAGENET1K_FEATURES weights "
             "carry no classifier); use VGG16_Weights.IMAGENET1K_V1"
         )
-    out["31.weight"] = fc6_w.view(4096, 512, 7, 7)[::4, :, ::3, ::3].clone()
-    out["31.bias"] = fc6_b[::4].clone()
-    out["33.weight"] = fc7_w[::4, ::4].reshape(1024, 1024, 1, 1).clone()
-    out["33.bias"] = fc7_b[::4].clone()
+    return {
+        "31.weight": fc6_w.view(4096, 512, 7, 7)[::4, :, ::3, ::3].clone(),
+        "31.bias": fc6_b[::4].clone(),
+        "33.weight": fc7_w[::4, ::4].reshape(1024, 1024, 1, 1).clone(),
+        "33.bias": fc7_b[::4].clone(),
+    }
 
-    weight, bias = out["0.weight"], out["0.bias"]
+
+def _fold_normalisation(
+    weight: Tensor,
+    bias: Tensor,
+    image_mean: Sequence[float],
+    source_mean: Sequence[float],
+    source_std: Sequence[float],
+) -> tuple[Tensor, Tensor]:
+    """conv1_1 (64, 3, 3, 3) and (64,) for input ``x - image_mean`` (see the module docstring), in float64."""
     scale = 1.0 / (255.0 * torch.tensor(source_std, dtype=torch.float64))  # a_c
     shift = torch.tensor(image_mean, dtype=torch.float64) - 255.0 * torch.tensor(
         source_mean, dtype=torch.float64
     )
     folded = weight.double() * scale.view(1, 3, 1, 1)
-    out["0.bias"] = (bias.double() + (folded * shift.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))).to(bias.dtype)
-    out["0.weight"] = folded.to(weight.dtype)
-    return out
+    new_bias = (bias.double() + (folded * shift.view(1, 3, 1, 1)).sum(dim=(1, 2, 3))).to(bias.dtype)
+    return folded.to(weight.dtype), new_bias
 
 
 def backbone_state_dict(reduced: Mapping[str, Tensor]) -> dict[str, Tensor]:

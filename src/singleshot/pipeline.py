@@ -1,0 +1,107 @@
+"""Detection over image files: read ahead in a thread, predict in batches, one result per file.
+
+>>> from singleshot.pipeline import predict_files
+>>> for item in predict_files(model, ["a.jpg", "b.png"], score_threshold=0.3):
+...     item.path, item.detections      # detections as `SSD.predict` returns them
+
+``singleshot detect`` is this loop plus drawing and the COCO results file.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+from torch import Tensor
+
+from .imageio import read_image
+from .inference import predict
+from .models.spec import MODEL_DEFAULT
+
+__all__ = ["FilePrediction", "predict_files"]
+
+
+class FilePrediction(NamedTuple):
+    """One file's outcome: either ``image`` and ``detections``, or ``error``.
+
+    Attributes:
+        path: the file, as given.
+        image: its pixels, uint8 (3, H, W) RGB; None when it could not be read.
+        detections: {"boxes" (N, 4) xyxy pixels of the image, "scores" (N,), "labels" (N,)},
+            as `SSD.predict`; None when the file could not be read.
+        error: why the file could not be read (the message names it); None when it was.
+    """
+
+    path: Path
+    image: Tensor | None
+    detections: dict[str, Tensor] | None
+    error: str | None
+
+
+def _read(path: Path) -> tuple[Tensor | None, str | None]:
+    try:
+        return read_image(path), None
+    except ValueError as error:  # read_image's errors name the file
+        return None, str(error)
+
+
+def _read_all(paths: Sequence[Path]) -> list[tuple[Tensor | None, str | None]]:
+    return [_read(path) for path in paths]
+
+
+def _predict_batch(model, paths, reads, predict_options) -> list[FilePrediction]:
+    good = [(path, image) for path, (image, _) in zip(paths, reads) if image is not None]
+    results = iter(predict(model, [image for _, image in good], **predict_options) if good else [])
+    batch = []
+    for path, (image, error) in zip(paths, reads):
+        detections = next(results) if image is not None else None
+        batch.append(FilePrediction(path, image, detections, error))
+    return batch
+
+
+def predict_files(
+    model,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 8,
+    prefetch: bool = True,
+    score_threshold: float = MODEL_DEFAULT,
+    nms_threshold: float = MODEL_DEFAULT,
+    pre_nms_top_k: int = MODEL_DEFAULT,
+    max_detections: int | None = MODEL_DEFAULT,
+) -> Iterator[FilePrediction]:
+    """Run ``model.predict`` over image files, ``batch_size`` images per forward pass.
+
+    Yields one `FilePrediction` per path, in order. A file that cannot be read (missing,
+    corrupt, not an image) yields its error instead of stopping the run. With ``prefetch``
+    the next batch is decoded in a thread while the current one runs through the model.
+    Each image's detections equal ``predict(model, image, ...)`` up to the kernels' summation
+    order in another batch size. Settings left out come from ``model.postprocess``.
+
+    Raises:
+        ValueError: ``batch_size`` < 1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    files = [Path(path) for path in paths]
+    batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
+    options = {
+        "score_threshold": score_threshold,
+        "nms_threshold": nms_threshold,
+        "pre_nms_top_k": pre_nms_top_k,
+        "max_detections": max_detections,
+    }
+    if not prefetch:
+        for batch in batches:
+            yield from _predict_batch(model, batch, _read_all(batch), options)
+        return
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(_read_all, batches[0]) if batches else None
+        for index, batch in enumerate(batches):
+            reads = pending.result()
+            if index + 1 < len(batches):
+                pending = pool.submit(_read_all, batches[index + 1])
+            yield from _predict_batch(model, batch, reads, options)
