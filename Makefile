@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml | $(PY)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test: lint
 	$(VENV)/bin/pytest

@@ -83,9 +83,10 @@ def model_metadata(model: SSD) -> dict[str, Any]:
     }
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> Path:
-    """Call ``write(handle)`` on a temporary file beside ``path``, fsync it, then rename it over
-    ``path``: a failure or crash at any point leaves the previous file (if any) as it was."""
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(handle)`` (its result is ignored) on a temporary file beside ``path``, fsync
+    it, then rename it over ``path``: a failure or crash at any point leaves the previous file
+    (if any) as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)

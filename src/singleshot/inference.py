@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -14,10 +14,13 @@ from .models.spec import MODEL_DEFAULT, PostprocessConfig
 from .postprocess import detect
 from .transforms import VGG_MEAN, preprocess, resize_bilinear  # re-exported: public API (README)
 
+if TYPE_CHECKING:
+    from .models.ssd import SSD
+
 __all__ = ["VGG_MEAN", "MODEL_DEFAULT", "predict", "preprocess", "resize_bilinear"]
 
 
-def _settings(model, **given: Any) -> dict[str, Any]:
+def _settings(model: SSD, **given: Any) -> dict[str, Any]:
     """`detect`'s settings: the ones given, the others from ``model.postprocess`` (or
     `PostprocessConfig`'s defaults for a model without one)."""
     defaults = getattr(model, "postprocess", None) or PostprocessConfig()
@@ -28,7 +31,7 @@ def _settings(model, **given: Any) -> dict[str, Any]:
 
 
 def predict(
-    model,
+    model: SSD,
     images: ImageLike | Sequence[ImageLike],
     score_threshold: float = MODEL_DEFAULT,
     nms_threshold: float = MODEL_DEFAULT,

@@ -13,13 +13,16 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from torch import Tensor
 
 from .imageio import read_image
 from .inference import predict
 from .models.spec import MODEL_DEFAULT
+
+if TYPE_CHECKING:
+    from .models.ssd import SSD
 
 __all__ = ["FilePrediction", "predict_files"]
 
@@ -52,10 +55,15 @@ def _read_all(paths: Sequence[Path]) -> list[tuple[Tensor | None, str | None]]:
     return [_read(path) for path in paths]
 
 
-def _predict_batch(model, paths, reads, predict_options) -> list[FilePrediction]:
+def _predict_batch(
+    model: SSD,
+    paths: Sequence[Path],
+    reads: Sequence[tuple[Tensor | None, str | None]],
+    predict_options: dict[str, Any],
+) -> list[FilePrediction]:
     good = [(path, image) for path, (image, _) in zip(paths, reads) if image is not None]
     results = iter(predict(model, [image for _, image in good], **predict_options) if good else [])
-    batch = []
+    batch: list[FilePrediction] = []
     for path, (image, error) in zip(paths, reads):
         detections = next(results) if image is not None else None
         batch.append(FilePrediction(path, image, detections, error))
@@ -63,7 +71,7 @@ def _predict_batch(model, paths, reads, predict_options) -> list[FilePrediction]
 
 
 def predict_files(
-    model,
+    model: SSD,
     paths: Sequence[str | os.PathLike],
     *,
     batch_size: int = 8,
@@ -88,18 +96,20 @@ def predict_files(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     files = [Path(path) for path in paths]
     batches = [files[start : start + batch_size] for start in range(0, len(files), batch_size)]
-    options = {
+    options: dict[str, Any] = {
         "score_threshold": score_threshold,
         "nms_threshold": nms_threshold,
         "pre_nms_top_k": pre_nms_top_k,
         "max_detections": max_detections,
     }
+    if not batches:
+        return
     if not prefetch:
         for batch in batches:
             yield from _predict_batch(model, batch, _read_all(batch), options)
         return
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_read_all, batches[0]) if batches else None
+        pending = pool.submit(_read_all, batches[0])
         for index, batch in enumerate(batches):
             reads = pending.result()
             if index + 1 < len(batches):

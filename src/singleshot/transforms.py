@@ -20,7 +20,9 @@ __all__ = ["VGG_MEAN", "preprocess", "resize_bilinear", "std_divisor"]
 VGG_MEAN: tuple[float, float, float] = (123.0, 117.0, 104.0)
 
 
-def std_divisor(std: Sequence[float] | None, shape: tuple[int, ...], device=None) -> Tensor | None:
+def std_divisor(
+    std: Sequence[float] | None, shape: tuple[int, ...], device: torch.device | str | None = None
+) -> Tensor | None:
     """``std`` as a float32 tensor of ``shape`` to divide the mean-subtracted input by, or
     None when there is nothing to divide (no ``std``, or all ones: the VGG models' input is
     then computed with exactly the operations it always was)."""
@@ -49,7 +51,7 @@ def preprocess(
     images: Sequence[Tensor],
     size: int,
     mean: Sequence[float],
-    device=None,
+    device: torch.device | str | None = None,
     std: Sequence[float] | None = None,
 ) -> Tensor:
     """uint8 (3, H_i, W_i) RGB images -> float (B, 3, size, size) model input.

@@ -6,7 +6,7 @@ import argparse
 import os
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "build-kernels",
         help="build (or --list, or --clear) the C kernels of Winograd CPU inference",

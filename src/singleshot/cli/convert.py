@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING, cast
+
+if TYPE_CHECKING:
+    from ..models.ssd import SSD
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "convert",
         help="make a singleshot checkpoint from ssd.pytorch / torchvision / VGG16 weights",
@@ -70,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     else:
         model = convert_file(args.input, args.source, preset=args.preset, class_names=class_names)
-    save_checkpoint(args.output, model)
+    save_checkpoint(args.output, cast("SSD", model))  # the weights builders return an SSD
     print(
         f"wrote {args.output}: {model.preset}, {model.num_classes} classes, "
         f"priors clip={model.prior_config.clip}"

@@ -5,25 +5,34 @@ from __future__ import annotations
 import argparse
 import warnings
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..data.common import DetectionDataset
 
 FORMAT_HELP = "dataset format: voc, coco or yolo (default: detected from the folder layout)"
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "data",
         help="make, validate, picture and measure detection datasets",
         description="Dataset tools. Run `singleshot data ACTION --help` for each action.",
     )
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
-    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+    def show_help(args: argparse.Namespace) -> int:
+        parser.print_help()
+        return 2
+
+    parser.set_defaults(func=show_help)
     _register_synth(actions)
     _register_check(actions)
     _register_show(actions)
     _register_coverage(actions)
 
 
-def _register_synth(actions) -> None:
+def _register_synth(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = actions.add_parser(
         "synth",
         help="write the synthetic shapes dataset in VOC, COCO or YOLO format",
@@ -60,7 +69,7 @@ def _register_synth(actions) -> None:
     parser.set_defaults(func=run_synth)
 
 
-def _register_check(actions) -> None:
+def _register_check(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = actions.add_parser(
         "check",
         help="validate a dataset and print its statistics",
@@ -92,7 +101,7 @@ def _register_check(actions) -> None:
     parser.set_defaults(func=run_check)
 
 
-def add_coco_files_options(parser, prefix: str = "") -> None:
+def add_coco_files_options(parser: argparse.ArgumentParser, prefix: str = "") -> None:
     """``--images DIR --annotations FILE``: a COCO dataset given by its files, in no layout."""
     parser.add_argument(
         f"--{prefix}images", metavar="DIR",
@@ -110,7 +119,7 @@ def coco_files(images: str | None, annotations: str | None, folder: str | None =
     return images is not None
 
 
-def _register_show(actions) -> None:
+def _register_show(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = actions.add_parser(
         "show",
         help="save a picture of samples with their boxes",
@@ -142,7 +151,7 @@ def _register_show(actions) -> None:
     parser.set_defaults(func=run_show)
 
 
-def _register_coverage(actions) -> None:
+def _register_coverage(actions: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = actions.add_parser(
         "coverage",
         help="how well a preset's default boxes fit the dataset's boxes",
@@ -189,7 +198,12 @@ def run_synth(args: argparse.Namespace) -> int:
 
 
 def check_split(
-    path: str | None, format: str | None, split: str, verify: str, max_listed: int, coco: tuple | None = None
+    path: str | None,
+    format: str | None,
+    split: str,
+    verify: str,
+    max_listed: int,
+    coco: tuple[str, str] | None = None,
 ) -> tuple[str, int]:
     """The report of one split and its number of invalid items (a split that cannot be opened counts 1).
 
@@ -198,12 +212,15 @@ def check_split(
     from ..data import open_coco, open_dataset
     from ..data.stats import dataset_stats, format_stats
 
-    options = dict(skip_invalid=True, verify_images=verify, progress=None)
+    options: dict[str, Any] = dict(skip_invalid=True, verify_images=verify, progress=None)
+    dataset: DetectionDataset
     try:
         with warnings.catch_warnings():  # the report lists the fixed-up problems itself
             warnings.simplefilter("ignore", UserWarning)
             if coco is not None:
                 dataset = open_coco(*coco, **options)
+            elif path is None:
+                raise ValueError("give a dataset folder or coco=(image folder, annotation file)")
             else:
                 dataset = open_dataset(path, format=format, split=split, **options)
     except ValueError as error:

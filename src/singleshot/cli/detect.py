@@ -7,11 +7,17 @@ import glob
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .fastconv import add_winograd_option
 
+if TYPE_CHECKING:
+    from torch import Tensor
 
-def register(subparsers) -> None:
+    from ..models.ssd import SSD
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "detect",
         help="detect objects in images and draw them",
@@ -80,7 +86,7 @@ def collect_images(inputs: Sequence[str]) -> list[Path]:
     return [Path(p) for p in unique]
 
 
-def image_ids_for(paths: Sequence[Path]) -> list:
+def image_ids_for(paths: Sequence[Path]) -> list[int] | list[str]:
     """COCO image ids: the file stems as integers when all are distinct numbers, else the file names."""
     stems = [p.stem for p in paths]
     if all(s.isdigit() for s in stems) and len({int(s) for s in stems}) == len(stems):
@@ -90,7 +96,8 @@ def image_ids_for(paths: Sequence[Path]) -> list:
 
 def output_names(paths: Sequence[Path]) -> list[str]:
     """Picture names in the output folder: the file name, with a counter where two would clash."""
-    names, seen = [], set()
+    names: list[str] = []
+    seen: set[str] = set()
     for path in paths:
         suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
         name, n = f"{path.stem}{suffix}", 1
@@ -107,12 +114,13 @@ def file_categories(path: str) -> dict[str, int]:
 
     data = load_coco_json(Path(path))
     pairs = [(c.get("name"), c.get("id")) for c in data["categories"] if isinstance(c, dict)]
-    if not pairs or any(not isinstance(n, str) or not isinstance(i, int) for n, i in pairs):
+    named = [(n, i) for n, i in pairs if isinstance(n, str) and isinstance(i, int)]
+    if not pairs or len(named) != len(pairs):
         raise ValueError(f"{path}: every category needs a string 'name' and an integer 'id'")
-    return dict(pairs)
+    return dict(named)
 
 
-def label_to_category_map(model, categories: str | None = None) -> dict[int, int] | None:
+def label_to_category_map(model: SSD, categories: str | None = None) -> dict[int, int] | None:
     """{model label: COCO category id} for the results file, found by class name.
 
     In this order: the ids of ``categories`` (a COCO annotation file naming every class of
@@ -135,8 +143,9 @@ def label_to_category_map(model, categories: str | None = None) -> dict[int, int
         except ValueError as error:
             raise ValueError(f"--categories {categories}: {error}") from None
         return {label: by_name[order[int(match.model_to_dataset[label])]] for label in range(1, len(names))}
-    if getattr(model, "category_ids", None) is not None:
-        return dict(enumerate(model.category_ids))
+    category_ids = getattr(model, "category_ids", None)
+    if category_ids is not None:
+        return dict(enumerate(category_ids))
     coco = {name: index for index, name in enumerate(coco_names_91()) if index > 0 and name != "N/A"}
     if names is not None and {name for name in names[1:] if name != "N/A"} == set(coco):
         return {label: coco.get(name, label) for label, name in enumerate(names) if label > 0}
@@ -154,7 +163,7 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--half needs --device cuda (CPUs have no fast float16 convolutions)")
 
 
-def _load_model(args: argparse.Namespace):
+def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
     """(model ready to run, {label: category id} or None); errors come before any image is read."""
     from ..checkpoint import load
     from .fastconv import apply_winograd
@@ -183,7 +192,9 @@ def run(args: argparse.Namespace) -> int:
     names = dict(zip(paths, output_names(paths)))
     ids = dict(zip(paths, image_ids_for(paths)))
 
-    done_paths, detections, skipped = [], [], []
+    done_paths: list[Path] = []
+    detections: list[dict[str, Tensor]] = []
+    skipped: list[tuple[Path, str]] = []
     progress = tqdm(total=len(paths), unit="img", desc="detect", disable=args.no_progress or len(paths) < 2)
     for item in predict_files(model, paths, batch_size=args.batch_size, score_threshold=args.threshold):
         progress.update(1)
@@ -191,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
             skipped.append((item.path, item.error))
             tqdm.write(f"skipped {item.error}", file=sys.stderr)
             continue
+        assert item.image is not None and item.detections is not None  # read: both are set
         done_paths.append(item.path)
         detections.append(item.detections)
         if not args.no_draw:

@@ -5,10 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .data import add_coco_files_options, coco_files
 from .fastconv import add_winograd_option
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..classes import ClassMatch
+    from ..models.ssd import SSD
 
 CLASS_MAP_HELP = (
     "a YAML or JSON file mapping dataset class names to the model's, one 'dataset name: model name' "
@@ -17,7 +23,7 @@ CLASS_MAP_HELP = (
 )
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="measure a checkpoint's average precision on a dataset",
@@ -75,7 +81,7 @@ def open_eval_data(args: argparse.Namespace) -> tuple[Any, str, str | None]:
     return open_dataset(args.data, format=args.format, split=args.split), args.data, args.split
 
 
-def _device(args: argparse.Namespace):
+def _device(args: argparse.Namespace) -> torch.device:
     import torch
 
     if args.batch_size < 1:
@@ -91,7 +97,7 @@ def _device(args: argparse.Namespace):
     return device
 
 
-def _match_classes(args: argparse.Namespace, model, dataset, source: str):
+def _match_classes(args: argparse.Namespace, model: SSD, dataset: Any, source: str) -> ClassMatch:
     from ..evaluation.run import model_classes
 
     try:
@@ -103,7 +109,9 @@ def _match_classes(args: argparse.Namespace, model, dataset, source: str):
     return classes
 
 
-def _write_outputs(args: argparse.Namespace, result, data_names, source: str, split: str | None) -> None:
+def _write_outputs(
+    args: argparse.Namespace, result: dict[str, Any], data_names: list[str], source: str, split: str | None
+) -> None:
     from ..evaluation import plot_pr_curves, write_metrics
 
     out = Path(args.out)

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
 
 
 def add_winograd_option(parser: argparse.ArgumentParser) -> None:
@@ -20,7 +25,7 @@ def add_winograd_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def apply_winograd(model, choice: bool | None, device) -> bool:
+def apply_winograd(model: nn.Module, choice: bool | None, device: str | torch.device) -> bool:
     """Convert ``model`` in place as ``--winograd`` asks; returns whether it was converted."""
     import torch
 

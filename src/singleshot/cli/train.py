@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .eval import CLASS_MAP_HELP
+
+if TYPE_CHECKING:
+    from ..training.config import TrainConfig
 
 EPILOG = """\
 classes are identified by name: training roots and --val-data may list the same classes
@@ -64,7 +68,7 @@ FLAG_KEYS = {
 }
 
 
-def register(subparsers) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train an SSD (single process, or DDP under torchrun)",
@@ -92,7 +96,7 @@ def register(subparsers) -> None:
     parser.set_defaults(func=run)
 
 
-def _data_arguments(group) -> None:
+def _data_arguments(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add("--data", nargs="+", metavar="PATH",
         help="dataset root (VOC folder, COCO or YOLO root); "
@@ -118,7 +122,7 @@ def _data_arguments(group) -> None:
         "stop naming it (default) or skip and count it")  # fmt: skip
 
 
-def _run_arguments(group) -> None:
+def _run_arguments(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add("--out", metavar="RUN_DIR", help="run folder for checkpoints and logs (default runs/train)")
     add("--iterations", type=int, help="number of training iterations")
@@ -134,7 +138,7 @@ def _run_arguments(group) -> None:
     add("--on-nonfinite", choices=("stop", "skip"), help="on a NaN/inf loss: stop (default) or skip the step")
 
 
-def _model_arguments(group) -> None:
+def _model_arguments(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add("--model", help="model preset: ssd300_voc, ssd300_coco, ssd512_voc, ssd512_coco or ssd160_compact")
     add("--lr", type=float, help="base learning rate (for the total batch)")
@@ -156,7 +160,7 @@ def _model_arguments(group) -> None:
         "(warmed up as DECAY * (1 - exp(-updates / ema_tau)), ema_tau 2000 by default)")  # fmt: skip
 
 
-def _evaluation_arguments(group) -> None:
+def _evaluation_arguments(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
     add("--eval-every", type=int, help="evaluate every N iterations (0: only at the end)")
     add("--eval-metric", choices=("voc07", "voc12", "coco"), help="metric choosing best.pt")
@@ -187,7 +191,7 @@ def flag_values(args: argparse.Namespace) -> dict[str, object]:
     return values
 
 
-def build_config(args: argparse.Namespace):
+def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
     """(config, resume checkpoint path or None) from the command line."""
     from ..checkpoint import load_checkpoint
     from ..training.config import TrainConfig, apply_overrides, apply_values, load_recipe

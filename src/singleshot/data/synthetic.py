@@ -21,6 +21,7 @@ import math
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -129,10 +130,12 @@ def _background(size: int, rng: np.random.Generator) -> Image.Image:
     grid = int(rng.integers(2, 7))
     grey = rng.uniform(50, 210, (grid, grid, 1))
     field = np.clip(grey + rng.normal(0, 12, (grid, grid, 3)), 0, 255).astype(np.uint8)
-    image = np.asarray(Image.fromarray(field, "RGB").resize((size, size), Image.BICUBIC), dtype=np.float32)
+    image = np.asarray(
+        Image.fromarray(field, "RGB").resize((size, size), Image.Resampling.BICUBIC), dtype=np.float32
+    )
     fine = int(rng.integers(12, 33))
     texture = rng.normal(0, rng.uniform(6, 18), (fine, fine)).astype(np.float32)
-    texture_image = Image.fromarray(texture, "F").resize((size, size), Image.BILINEAR)
+    texture_image = Image.fromarray(texture, "F").resize((size, size), Image.Resampling.BILINEAR)
     image = image + np.asarray(texture_image)[:, :, None]
     background = Image.fromarray(np.clip(image, 0, 255).astype(np.uint8), "RGB")
     _clutter(background, size, int(rng.integers(4, 21)), rng)
@@ -141,7 +144,8 @@ def _background(size: int, rng: np.random.Generator) -> Image.Image:
 
 def _muted(rng: np.random.Generator) -> tuple[int, int, int]:
     grey = rng.uniform(30, 230)
-    return tuple(int(v) for v in np.clip(grey + rng.normal(0, 12, 3), 0, 255))
+    red, green, blue = (int(v) for v in np.clip(grey + rng.normal(0, 12, 3), 0, 255))
+    return red, green, blue
 
 
 def _clutter(
@@ -314,7 +318,7 @@ def write_dataset(
     quality: int = 90,
     overwrite: bool = False,
     progress: bool | None = None,
-    **options: float,
+    **options: Any,
 ) -> Path:
     """Write a synthetic dataset with splits "train" and "test" in a real format.
 

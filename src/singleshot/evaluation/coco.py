@@ -19,14 +19,17 @@ import contextlib
 import io
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from .plots import class_name
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
 
 __all__ = [
     "COCO_STAT_NAMES",
@@ -141,7 +144,7 @@ def write_coco_results(
 
 
 @contextlib.contextmanager
-def _quiet(verbose: bool):
+def _quiet(verbose: bool) -> Iterator[None]:
     """pycocotools prints progress on stdout; keep it unless ``verbose``."""
     if verbose:
         yield
@@ -150,7 +153,7 @@ def _quiet(verbose: bool):
             yield
 
 
-def _coco_from_dataset(dataset: dict[str, Any]):
+def _coco_from_dataset(dataset: dict[str, Any]) -> COCO:
     from pycocotools.coco import COCO
 
     coco = COCO()
@@ -197,7 +200,7 @@ def build_coco_ground_truth(
     image_sizes: Sequence[tuple[int, int]] | None = None,
     label_to_category_id: Mapping[int, int] | None = None,
     class_names: Sequence[str] | Mapping[int, str] | None = None,
-):
+) -> COCO:
     """A ``pycocotools.coco.COCO`` built in memory from singleshot targets.
 
     Args:
@@ -216,7 +219,9 @@ def build_coco_ground_truth(
         raise ValueError(f"{len(ground_truths)} ground truths but {len(image_ids)} image ids")
     if image_sizes is not None and len(image_sizes) != len(ground_truths):
         raise ValueError(f"{len(ground_truths)} ground truths but {len(image_sizes)} image sizes")
-    images, annotations, labels_seen = [], [], set()
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
+    labels_seen: set[int] = set()
     for index, target in enumerate(ground_truths):
         image_id = _plain_id(image_ids[index])
         size = image_sizes[index] if image_sizes is not None else target.get("size", (0, 0))
@@ -236,7 +241,7 @@ def build_coco_ground_truth(
         return _coco_from_dataset({"images": images, "annotations": annotations, "categories": categories})
 
 
-def _results_coco(coco_gt, results: list[dict[str, Any]]):
+def _results_coco(coco_gt: COCO, results: list[dict[str, Any]]) -> COCO:
     """The results as a COCO object, the way ``COCO.loadRes`` prepares boxes (also when empty)."""
     known = set(coco_gt.getImgIds())
     unknown = {r["image_id"] for r in results} - known
@@ -258,7 +263,7 @@ def _nan_if_undefined(value: float) -> float:
 
 
 def _run_cocoeval(
-    coco_gt,
+    coco_gt: COCO,
     results: list[dict[str, Any]],
     image_ids: Sequence[Any],
     label_to_category_id: Mapping[int, int] | None,

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
 from torch.utils.data import DataLoader
@@ -18,6 +18,9 @@ from ..inference import predict
 from ..models.spec import MODEL_DEFAULT
 from .coco import evaluate_coco, evaluate_coco_file
 from .voc import evaluate_voc
+
+if TYPE_CHECKING:
+    from ..models.ssd import SSD
 
 __all__ = ["METRICS", "COCOCategories", "COCOFileSource", "NamedClasses", "evaluate_model",
            "evaluate_detections", "model_classes"]  # fmt: skip
@@ -111,7 +114,7 @@ def model_classes(
 
 
 def evaluate_model(
-    model: torch.nn.Module,
+    model: SSD,
     dataset: Any,
     metric: str = "voc07",
     batch_size: int = 8,
@@ -173,7 +176,13 @@ def evaluate_model(
 
 
 def _run_model(
-    model, dataset, batch_size: int, num_workers: int, options: dict[str, Any], desc: str, progress: bool
+    model: SSD,
+    dataset: Any,
+    batch_size: int,
+    num_workers: int,
+    options: dict[str, Any],
+    desc: str,
+    progress: bool,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(detections, targets) of every image of ``dataset``, in order; targets gain ``size`` (H, W)."""
     from tqdm import tqdm

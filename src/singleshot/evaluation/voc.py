@@ -249,7 +249,9 @@ def evaluate_voc(
     return result
 
 
-def _gather_inputs(detections, ground_truths, inclusive_boxes: bool):
+def _gather_inputs(
+    detections: Sequence[Mapping[str, Any]], ground_truths: Sequence[Mapping[str, Any]], inclusive_boxes: bool
+) -> tuple[np.ndarray, dict[str, np.ndarray], np.ndarray, dict[str, np.ndarray]]:
     """(detection image indices, detection arrays, ground-truth image indices, ground-truth arrays),
     checked; boxes (N, 4) float64 as continuous corners (inclusive ones moved by -1 at x1, y1)."""
     if len(detections) != len(ground_truths):
@@ -271,7 +273,13 @@ def _gather_inputs(detections, ground_truths, inclusive_boxes: bool):
     return det_image, det, gt_image, gt
 
 
-def _ranked_outcomes(det_image, det, gt_image, gt, iou_threshold: float):
+def _ranked_outcomes(
+    det_image: np.ndarray,
+    det: dict[str, np.ndarray],
+    gt_image: np.ndarray,
+    gt: dict[str, np.ndarray],
+    iou_threshold: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The detections ranked by (label, descending score, input order), and per rank whether
     it is a true positive and whether it counts (not ignored on a difficult ground truth).
 

@@ -22,6 +22,8 @@ Candidates tied in score exactly at a top-k cut may be chosen differently from `
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
@@ -78,6 +80,9 @@ class DetectorGraph(nn.Module):
 
     forward: x (B, 3, S, S) -> boxes (B, K, 4), scores (B, K), labels int64 (B, K), counts int64 (B,).
     """
+
+    if TYPE_CHECKING:  # a class annotation would reach torch.jit.script, which cannot read it
+        priors: Tensor
 
     def __init__(
         self,

@@ -9,10 +9,16 @@ classes, which applies the score threshold and NMS per (image, class) exactly as
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
 import torch
 from torch import Tensor, nn
 
 from .graph import multiclass_nms
+
+if TYPE_CHECKING:
+    from onnxscript import FLOAT, INT64
 
 __all__ = ["OnnxNMS", "ONNX_TRANSLATIONS"]
 
@@ -30,7 +36,7 @@ def _(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: floa
     return boxes.new_empty((count, 3), dtype=torch.int64)
 
 
-def _multiclass_nms_onnx(boxes, scores, iou_threshold: float, score_threshold: float):
+def _multiclass_nms_onnx(boxes: FLOAT, scores: FLOAT, iou_threshold: float, score_threshold: float) -> INT64:
     from onnxscript import opset18 as op
 
     return op.NonMaxSuppression(
@@ -44,7 +50,9 @@ def _multiclass_nms_onnx(boxes, scores, iou_threshold: float, score_threshold: f
     )
 
 
-ONNX_TRANSLATIONS = {torch.ops.singleshot.multiclass_nms.default: _multiclass_nms_onnx}
+ONNX_TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {
+    torch.ops.singleshot.multiclass_nms.default: _multiclass_nms_onnx
+}
 
 
 class OnnxNMS(nn.Module):

@@ -83,9 +83,10 @@ class _ExportedDetector:
             return []
         x = preprocess(tensors, self.image_size, self.image_mean, std=self.image_std)
         outputs = self.run(x)
-        sizes = [tuple(t.shape[-2:]) for t in tensors]
+        sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         if self.with_postprocess:
-            return outputs_to_detections(*outputs, image_sizes=sizes)
+            boxes, scores, labels, counts = outputs
+            return outputs_to_detections(boxes, scores, labels, counts, image_sizes=sizes)
         # network only: post-process in PyTorch with predict's defaults
         loc, conf = outputs
         params = {**POSTPROCESS_DEFAULTS, **postprocess}

@@ -7,12 +7,16 @@ import json
 import logging
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .graph import DetectorGraph
+
+if TYPE_CHECKING:
+    from ..models.ssd import SSD
 
 __all__ = ["export_onnx", "export_metadata", "DEFAULT_OPSET", "POSTPROCESS_DEFAULTS"]
 
@@ -26,7 +30,7 @@ POSTPROCESS_DEFAULTS: dict[str, Any] = {
 }
 
 
-def export_metadata(model, with_postprocess: bool, postprocess: dict[str, Any] | None) -> dict[str, Any]:
+def export_metadata(model: SSD, with_postprocess: bool, postprocess: dict[str, Any] | None) -> dict[str, Any]:
     """What a runtime needs besides the graph: input size and mean, classes, outputs.
 
     ``class_names`` (index 0 = "__background__") name the output labels; ``category_ids``
@@ -51,7 +55,7 @@ def export_metadata(model, with_postprocess: bool, postprocess: dict[str, Any] |
 
 
 def export_onnx(
-    model,
+    model: SSD,
     path: str | os.PathLike,
     with_postprocess: bool = False,
     opset: int = DEFAULT_OPSET,
@@ -105,6 +109,7 @@ def export_onnx(
             custom_translation_table=ONNX_TRANSLATIONS if with_postprocess else None,
             verbose=False,
         )
+    assert program is not None  # the dynamo exporter always returns its program
     proto = program.model_proto
     meta = export_metadata(model, with_postprocess, params)
     onnx.helper.set_model_props(proto, {"singleshot": json.dumps(meta)})
@@ -112,7 +117,9 @@ def export_onnx(
     return path
 
 
-def _graph_module(model, with_postprocess: bool, params: dict[str, Any]) -> tuple[torch.nn.Module, list[str]]:
+def _graph_module(
+    model: SSD, with_postprocess: bool, params: dict[str, Any]
+) -> tuple[torch.nn.Module, list[str]]:
     """(module to export, its output names): the network alone, or the whole `DetectorGraph`
     with the NMS that exports as ONNX's NonMaxSuppression."""
     from .onnx_ops import OnnxNMS
@@ -134,7 +141,7 @@ def _graph_module(model, with_postprocess: bool, params: dict[str, Any]) -> tupl
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
+def _quiet_exporter() -> Iterator[None]:
     """Silence the exporter's warnings and log chatter (e.g. onnx_ir's note on empty attributes)."""
     loggers = [logging.getLogger(name) for name in ("onnx_ir", "onnxscript", "torch.onnx")]
     levels = [logger.level for logger in loggers]
@@ -149,7 +156,7 @@ def _quiet_exporter():
                 logger.setLevel(level)
 
 
-def _cpu_float_copy(model):
+def _cpu_float_copy(model: SSD) -> SSD:
     import copy
 
     model = copy.deepcopy(model).cpu().float().eval()

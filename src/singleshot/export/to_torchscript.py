@@ -12,12 +12,17 @@ import json
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .graph import DetectorGraph, TorchNMS
 from .to_onnx import POSTPROCESS_DEFAULTS, export_metadata
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..models.ssd import SSD
 
 __all__ = ["export_torchscript", "METADATA_FILE"]
 
@@ -25,7 +30,7 @@ METADATA_FILE = "singleshot.json"
 
 
 def export_torchscript(
-    model,
+    model: SSD,
     path: str | os.PathLike,
     with_postprocess: bool = False,
     freeze: bool = False,
@@ -61,7 +66,9 @@ def export_torchscript(
     return path
 
 
-def _script(model, example, with_postprocess: bool, params: dict[str, Any], freeze: bool):
+def _script(
+    model: SSD, example: Tensor, with_postprocess: bool, params: dict[str, Any], freeze: bool
+) -> torch.jit.ScriptModule:
     with torch.no_grad():
         network = torch.jit.trace(model, example, check_trace=False)
     if with_postprocess:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -13,13 +13,16 @@ from ..transforms import std_divisor
 from .graph import DetectorGraph
 from .runtime import OnnxDetector, TorchScriptDetector
 
+if TYPE_CHECKING:
+    from ..models.ssd import SSD
+
 __all__ = ["verify_export", "NETWORK_TOLERANCE", "SCORE_TOLERANCE"]
 
 NETWORK_TOLERANCE = 1e-3  # loc and conf logits, absolute
 SCORE_TOLERANCE = 1e-4  # post-processed scores (probabilities), absolute
 
 
-def _random_batch(model) -> Tensor:
+def _random_batch(model: SSD) -> Tensor:
     """Two model inputs (2, 3, S, S): RGB uniform in [0, 255), minus the model's mean and
     divided by its std, seeded."""
     generator = torch.Generator().manual_seed(0)
@@ -30,14 +33,14 @@ def _random_batch(model) -> Tensor:
     return x if divisor is None else x / divisor
 
 
-def _compare_network(path, got: list[Tensor], expected: tuple[Tensor, ...]) -> str:
+def _compare_network(path: str | os.PathLike, got: list[Tensor], expected: tuple[Tensor, ...]) -> str:
     worst = max(float((a - b).abs().max()) for a, b in zip(got, expected))
     if worst > NETWORK_TOLERANCE:
         raise ValueError(f"{path}: outputs differ from PyTorch by up to {worst:.3g}")
     return f"verified: loc and conf match PyTorch (max abs difference {worst:.2e})"
 
 
-def _compare_detections(path, got: list[Tensor], expected: tuple[Tensor, ...]) -> str:
+def _compare_detections(path: str | os.PathLike, got: list[Tensor], expected: tuple[Tensor, ...]) -> str:
     boxes, scores, labels, counts = got
     ref_boxes, ref_scores, ref_labels, ref_counts = expected
     if not torch.equal(counts, ref_counts.to(counts.dtype)):
@@ -55,7 +58,7 @@ def _compare_detections(path, got: list[Tensor], expected: tuple[Tensor, ...]) -
 
 
 def verify_export(
-    model,
+    model: SSD,
     path: str | os.PathLike,
     fmt: str,
     with_postprocess: bool = False,

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import yaml
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 __all__ = [
     "OptimizerConfig",
@@ -299,16 +303,19 @@ class TrainConfig:
         return _build(cls, data, source)
 
 
-def _build(cls, data: Any, where: str):
+_Section = TypeVar("_Section", bound="DataclassInstance")
+
+
+def _build(cls: type[_Section], data: Any, where: str) -> _Section:
     if not isinstance(data, dict):
         raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ValueError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    kwargs = {}
+    kwargs: dict[str, Any] = {}
     for name, value in data.items():
-        kind = fields[name].type
+        kind = cast(str, fields[name].type)  # postponed evaluation: annotations are strings
         if name == "optimizer":
             value = _build(OptimizerConfig, value, f"{where}: optimizer")
         elif name == "schedule":
@@ -398,7 +405,10 @@ def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     return apply_values(config, dict(parse_override(text) for text in overrides))
 
 
-def apply_values(config: TrainConfig, values: dict[str | tuple[str, ...], Any]) -> TrainConfig:
+def apply_values(
+    config: TrainConfig,
+    values: Mapping[str, Any] | Mapping[tuple[str, ...], Any] | Mapping[str | tuple[str, ...], Any],
+) -> TrainConfig:
     """A copy of ``config`` with values set by dotted key (``{"optimizer.lr": 0.01}``) or key tuple.
 
     Values are used as given (no YAML parsing) and checked against the field types.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from torch import Tensor
@@ -204,7 +205,7 @@ class Relabeled(Dataset):
     def annotation(self, index: int) -> dict[str, Any]:
         return self._relabel(self.dataset.annotation(index))
 
-    def image_path(self, index: int):
+    def image_path(self, index: int) -> Path:
         return self.dataset.image_path(index)
 
 

@@ -23,13 +23,20 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from .config import apply_overrides, apply_values, load_recipe
 from .logging import format_duration, plot_losses
 from .trainer import train
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from ..models.ssd import SSD
+    from .config import TrainConfig
+    from .results import TrainResult
 
 __all__ = ["DemoOptions", "DemoSummary", "run_demo", "prepare_data", "MAP_TARGET"]
 
@@ -110,7 +117,7 @@ def _clear_previous_outputs(out: Path) -> None:
         shutil.rmtree(out / folder, ignore_errors=True)
 
 
-def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
+def draw_pictures(model: SSD, dataset: Any, out: Path, count: int) -> list[Path]:
     """Draw the detections (score >= 0.5) of the first ``count`` images of ``dataset`` into ``out``."""
     from ..transforms import resize_bilinear
     from ..visualize import draw_detections, save_image
@@ -129,7 +136,7 @@ def draw_pictures(model, dataset, out: Path, count: int) -> list[Path]:
     return paths
 
 
-def _config(options: DemoOptions, out: Path, data: Path):
+def _config(options: DemoOptions, out: Path, data: Path) -> TrainConfig:
     """The recipe with the demo's paths, seed and the options the user gave, validated."""
     values: dict[str, Any] = {"out": str(out), "data": str(data), "seed": options.seed}
     for key in ("iterations", "max_minutes", "workers"):
@@ -140,14 +147,22 @@ def _config(options: DemoOptions, out: Path, data: Path):
     return config
 
 
-def _write_metrics(out: Path, data: Path, result, config, train_set, test_set) -> None:
+def _write_metrics(
+    out: Path,
+    data: Path,
+    result: TrainResult,
+    metrics: dict[str, Any],
+    config: TrainConfig,
+    train_set: Any,
+    test_set: Any,
+) -> None:
     """metrics.json in the schema of `singleshot.evaluation.report`, with the training's numbers."""
     from ..evaluation import write_metrics
 
     last = result.history[-1] if result.history else {}
     write_metrics(
         out / "metrics.json",
-        result.metrics,
+        metrics,
         train_set.classes,
         checkpoint=str(out / "last.pt"),
         data=str(data),
@@ -165,7 +180,7 @@ def _write_metrics(out: Path, data: Path, result, config, train_set, test_set) -
     )
 
 
-def _plots(out: Path, metrics: dict[str, Any], classes, model_name: str) -> dict[str, Path]:
+def _plots(out: Path, metrics: dict[str, Any], classes: Sequence[str], model_name: str) -> dict[str, Path]:
     from ..evaluation import plot_pr_curves
 
     title = f"{model_name}, VOC07 mAP {metrics['map']:.3f}"
@@ -218,6 +233,6 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         files=files,
         follows_clock_from=result.follows_clock_from,
     )
-    _write_metrics(out, data, result, config, train_set, test_set)
+    _write_metrics(out, data, result, metrics, config, train_set, test_set)
     (out / "summary.txt").write_text(summary.text() + "\n")
     return summary

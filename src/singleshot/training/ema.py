@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from .hooks import HookBase
+
+if TYPE_CHECKING:
+    from ..models.ssd import SSD
 
 __all__ = ["EMAHook", "ema_decay_at"]
 
@@ -57,7 +60,7 @@ class EMAHook(HookBase):
             raise ValueError(f"ema tau must be >= 0, got {tau}")
         self.decay, self.tau = decay, tau
         self.updates = 0
-        self.ema: nn.Module | None = None
+        self.ema: SSD | None = None
 
     def _start(self) -> None:
         """Take the average's first value from the model (its initial, or resumed averaged, weights)."""
@@ -80,8 +83,8 @@ class EMAHook(HookBase):
         assert self.ema is not None
         for average, weight in zip(self.ema.parameters(), model.parameters()):
             average.mul_(d).add_(weight.detach() * (1 - d))
-        for average, value in zip(self.ema.buffers(), model.buffers()):
-            average.copy_(value)
+        for buffer, value in zip(self.ema.buffers(), model.buffers()):
+            buffer.copy_(value)
 
     def state_dict(self) -> dict[str, Any]:
         raw = {k: v.detach().cpu() for k, v in self.trainer.model.state_dict().items()}

@@ -86,7 +86,7 @@ def init_from_detector(
         if is_conf and order is False:
             kept.append(name)
         elif other is not None and other.shape == tensor.shape:
-            if is_conf and order is not None:  # channels are (anchor, class): reorder the classes
+            if is_conf and isinstance(order, torch.Tensor):  # (anchor, class) channels: reorder classes
                 other = other.reshape(-1, len(order), *other.shape[1:])[:, order].reshape(other.shape)
             copied[name] = other
         elif is_conf:
@@ -171,7 +171,15 @@ def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
     return SSDAugmentation(model.image_size, model.image_mean, std=model.image_std, **options)
 
 
-def default_evaluator(model, dataset, metric, batch_size, device, progress, classes=None) -> dict[str, Any]:
+def default_evaluator(
+    model: SSD,
+    dataset: Any,
+    metric: str,
+    batch_size: int,
+    device: str | torch.device,
+    progress: bool,
+    classes: ClassMatch | None = None,
+) -> dict[str, Any]:
     """`evaluate_model`; ``classes``: the model-dataset `ClassMatch` (default: matched by name).
 
     Images are read by the same number of loader workers as training uses by default

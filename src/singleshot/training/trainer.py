@@ -63,6 +63,11 @@ class Trainer:
     ``hooks``, the caller's own `HookBase` instances.
     """
 
+    # set at the start of each run (`_run`)
+    last_checkpoint: Path | None
+    best_checkpoint: Path | None
+    stop_reason: str | None
+
     def __init__(
         self,
         config: TrainConfig,
@@ -98,7 +103,7 @@ class Trainer:
         self.class_notes = root_notes + notes
         self.evaluator = evaluator or functools.partial(default_evaluator, classes=val_classes)
         self.model = self._place(model)
-        self.output_model: nn.Module = self.model
+        self.output_model: SSD = self.model
         self.transform = transform or default_transform(self.model, config.augment)
         self.criterion = MultiBoxLoss(model.num_classes, sync_positives=self.dist.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer)
@@ -231,7 +236,7 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] | None = None
         self.last_checkpoint = self.best_checkpoint = None
-        self.stop_reason: str | None = None
+        self.stop_reason = None
         self.over_budget = False
         # The budget counts the run's training time across resumes.
         self.start = self.clock_start = time.perf_counter() - self.elapsed_before

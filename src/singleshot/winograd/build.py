@@ -101,9 +101,9 @@ def load_kernels() -> ctypes.CDLL:
     except OSError as error:
         raise KernelBuildError(f"could not load {target}: {error}") from None
     long, pointer = ctypes.c_long, ctypes.c_void_p
-    library.winograd_input_transform.argtypes = [pointer, pointer] + [long] * 9
+    library.winograd_input_transform.argtypes = [pointer, pointer, *[long] * 9]
     library.winograd_input_transform.restype = None
-    library.winograd_output_transform.argtypes = [pointer, pointer, pointer, ctypes.c_int] + [long] * 9
+    library.winograd_output_transform.argtypes = [pointer, pointer, pointer, ctypes.c_int, *[long] * 9]
     library.winograd_output_transform.restype = None
     _loaded = library
     return library

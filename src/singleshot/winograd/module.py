@@ -43,7 +43,7 @@ class FusedReLU(nn.Identity):
         return "fused into the convolution before"
 
 
-def _refresh_after_load(module: WinogradConv2d, incompatible_keys) -> None:
+def _refresh_after_load(module: WinogradConv2d, incompatible_keys: object) -> None:
     module.refresh()
 
 
@@ -116,10 +116,10 @@ def use_winograd(model: nn.Module, min_channels: int = 128) -> list[str]:
             if not is_winograd_eligible(child) or min(child.in_channels, child.out_channels) < min_channels:
                 continue
             following = children[index + 1][1] if index + 1 < len(children) else None
-            fuse = isinstance(parent, nn.Sequential) and type(following) is nn.ReLU
-            setattr(parent, name, WinogradConv2d(child, relu=fuse))
-            if fuse:
-                setattr(parent, children[index + 1][0], FusedReLU(following.inplace))
+            relu = following if isinstance(parent, nn.Sequential) and type(following) is nn.ReLU else None
+            setattr(parent, name, WinogradConv2d(child, relu=relu is not None))
+            if relu is not None:
+                setattr(parent, children[index + 1][0], FusedReLU(relu.inplace))
             replaced.append(f"{parent_name}.{name}" if parent_name else name)
     return replaced
 

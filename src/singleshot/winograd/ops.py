@@ -14,6 +14,7 @@ tiles cut between ``torch.get_num_threads()`` threads (ctypes releases the GIL).
 
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import torch
@@ -60,7 +61,9 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _in_parallel(kernel, parts: list, base: int, count: int, *leading) -> None:
+def _in_parallel(
+    kernel: Callable[..., object], parts: list[tuple[int, int]], base: int, count: int, *leading: object
+) -> None:
     """``kernel(*leading, first, last, base, count)`` for every (first, last) of ``parts``: the
     first range on this thread, the others on helper threads; returns when all are done."""
     jobs = [_helpers().submit(kernel, *leading, first, last, base, count) for first, last in parts[1:]]
