@@ -38,6 +38,7 @@ from .spec import Part, PostprocessConfig, SSDSpec
 __all__ = [
     "MobileNetV3Backbone",
     "SSDLiteExtras",
+    "SSDLiteExtraBlock",
     "SSDLiteHead",
     "SSDLITE_EXTRA_CHANNELS",
     "SSDLITE320_PRIORS",
@@ -137,6 +138,23 @@ class MobileNetV3Backbone(nn.Module):
         return sources
 
 
+class SSDLiteExtraBlock(nn.Sequential):
+    """(B, in, H, W) -> (B, out, ceil(H / 2), ceil(W / 2)): see `SSDLiteExtras`."""
+
+    out_channels: int
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        mid = out_channels // 2
+        super().__init__(
+            OrderedDict(
+                reduce=conv_bn_relu6(in_channels, mid),
+                depthwise=conv_bn_relu6(mid, mid, 3, stride=2, groups=mid),
+                expand=conv_bn_relu6(mid, out_channels),
+            )
+        )
+        self.out_channels = out_channels
+
+
 class SSDLiteExtras(nn.ModuleList):
     """Extra blocks, each (B, in, H, W) -> (B, out, ceil(H / 2), ceil(W / 2)): 1x1 ``reduce`` to
     out / 2, 3x3 ``depthwise`` stride 2, 1x1 ``expand`` to out; each conv + BatchNorm + ReLU6.
@@ -150,16 +168,7 @@ class SSDLiteExtras(nn.ModuleList):
     def __init__(self, in_channels: int, out_channels: Sequence[int] = SSDLITE_EXTRA_CHANNELS) -> None:
         blocks = []
         for out in out_channels:
-            mid = out // 2
-            block = nn.Sequential(
-                OrderedDict(
-                    reduce=conv_bn_relu6(in_channels, mid),
-                    depthwise=conv_bn_relu6(mid, mid, 3, stride=2, groups=mid),
-                    expand=conv_bn_relu6(mid, out),
-                )
-            )
-            block.out_channels = out
-            blocks.append(block)
+            blocks.append(SSDLiteExtraBlock(in_channels, int(out)))
             in_channels = out
         super().__init__(blocks)
         self.block_channels = tuple(int(c) for c in out_channels)
