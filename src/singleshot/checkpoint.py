@@ -16,10 +16,11 @@ A checkpoint is a dict saved with `torch.save` and read back with
         "training": {...},        # optional: optimizer, scheduler, iteration, RNG states...
     }
 
-A model with a ``preset`` name is rebuilt from that preset (its recorded ``parts`` are
-then informative); a model without one (built from parts, `singleshot.models.build_ssd`
-or ``SSD(...)``) from its ``parts``, whose names resolve to the built-in part classes,
-those the presets use, or a user's own passed as ``parts={"name": cls}``. A name that
+A model with a ``preset`` name is rebuilt from that preset, its parts taking the settings
+the file records for them when it records the preset's part names (else they are
+informative); a model without one (built from parts, `singleshot.models.build_ssd` or
+``SSD(...)``) from its ``parts``, whose names resolve to the built-in part classes, those
+the presets use, or a user's own passed as ``parts={"name": cls}``. A name that
 resolves to nothing is refused: nothing is ever imported because a file names it.
 
 Files are written atomically (temporary file in the same folder, fsync, rename), so a
@@ -44,7 +45,7 @@ import torch
 
 from .fileio import is_safetensors_file, read_safetensors, torch_load_data
 from .models.build import build_ssd, describe
-from .models.spec import SSDSpec, read_fields
+from .models.spec import Part, SSDSpec, read_fields
 from .models.ssd import SSD
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "load",
     "atomic_save",
     "atomic_write",
+    "with_recorded_parts",
 ]
 
 CHECKPOINT_FORMAT = "singleshot"
@@ -243,8 +245,22 @@ def _model_spec(meta: dict[str, Any], parts: dict[str, type] | None) -> SSDSpec:
         class_names=fields["class_names"],
         prior_config=fields["prior_config"],
     )
-    return spec.replace(
+    return with_recorded_parts(spec, meta.get("parts")).replace(
         image_mean=fields["image_mean"], image_std=fields["image_std"], postprocess=fields["postprocess"]
+    )
+
+
+def with_recorded_parts(spec: SSDSpec, recorded: Any) -> SSDSpec:
+    """The preset's parts with the settings a file records for them (e.g. a MobileNetV3
+    backbone's full tail), when it records the same three part names; else ``spec``."""
+    if not isinstance(recorded, dict):
+        return spec
+    parts = {role: getattr(spec, role) for role in ("backbone", "extras", "head")}
+    found = {role: recorded.get(role) for role in parts}
+    if not all(isinstance(f, dict) and f.get("name") == parts[r].name for r, f in found.items()):
+        return spec
+    return spec.replace(
+        **{role: Part.from_dict(found[role], {part.name: part.cls}, role) for role, part in parts.items()}
     )
 
 

@@ -19,6 +19,7 @@ from .models.extras import SSD300_EXTRAS, SSD512_EXTRAS, ExtraSpec, SSDExtras
 from .models.heads import MultiBoxHead
 from .models.spec import Part, PostprocessConfig, SSDSpec, part_name
 from .models.ssd import SSD
+from .models.ssdlite import ssdlite_spec
 from .models.vgg import VGG16Backbone
 from .priors import PRIOR_CLIP_MODES, PriorConfig
 
@@ -142,6 +143,10 @@ PRESETS: dict[str, Preset] = {
                _ssd(_VGG16, _extras(SSD512_EXTRAS), SSD512_COCO_PRIORS, 81)),
         Preset("ssd160_compact", "SSD on a small BatchNorm backbone, 160 px input; trains on a CPU",
                _ssd(Part(CompactBackbone), _extras(COMPACT_EXTRAS, batch_norm=True), COMPACT_PRIORS, 21)),
+        Preset("ssdlite320_coco", "SSDLite320, MobileNetV3-Large, torchvision's layout; COCO",
+               ssdlite_spec(81)),
+        Preset("ssdlite320_voc", "SSDLite320, MobileNetV3-Large, torchvision's layout; VOC",
+               ssdlite_spec(21)),
     )
 }  # fmt: skip
 

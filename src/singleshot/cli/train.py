@@ -151,7 +151,8 @@ def _model_arguments(group: argparse._ArgumentGroup) -> None:
     add(
         "--backbone-weights",
         metavar="FILE",
-        help="VGG16 ImageNet weights (vgg16_reducedfc.pth or torchvision)",
+        help="ImageNet backbone weights: VGG16 (vgg16_reducedfc.pth or torchvision) for ssd*, "
+        "torchvision mobilenet_v3_large for ssdlite*",
     )
     add("--init-from", metavar="CHECKPOINT",
         help="fine-tune a trained detector (class heads re-initialised for other class names)")  # fmt: skip

@@ -187,8 +187,9 @@ class TrainConfig:
             mAP gain of more than ``early_stop_min_delta`` (needs ``eval_every`` > 0 and a
             validation set; see `singleshot.training.early_stop`); None = off.
         early_stop_min_delta: the smallest mAP gain counted as an improvement.
-        backbone_weights: ImageNet VGG16 backbone (ssd.pytorch ``vgg16_reducedfc.pth`` or a
-            torchvision VGG16 state dict) loaded before training.
+        backbone_weights: ImageNet backbone weights loaded before training: VGG16 (ssd.pytorch
+            ``vgg16_reducedfc.pth`` or a torchvision VGG16 state dict) for the SSD presets,
+            torchvision's ``mobilenet_v3_large`` for SSDLite (whose backbone then has the full tail).
         init_from: a singleshot checkpoint to fine-tune from; class heads are re-initialised
             for another set of class names (reordered for the same names in another order),
             everything else is kept.

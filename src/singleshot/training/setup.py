@@ -8,10 +8,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint, with_recorded_parts
 from ..classes import ClassMatch, map_for, match_classes
+from ..models.build import build_ssd
+from ..models.spec import Part, SSDSpec
 from ..models.ssd import SSD
-from ..presets import build_model
+from ..presets import preset_spec
 from ..priors import PriorConfig
 from .config import TrainConfig
 from .data import Transform, default_workers, relabel
@@ -35,7 +37,8 @@ def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
     """The model of a new run: preset ``config.model`` for ``class_names`` (index 0 = background).
 
     Initialised with the paper's scheme under ``config.seed``, then overwritten by
-    ``config.backbone_weights`` (VGG16 ImageNet weights) and/or ``config.init_from`` (a
+    ``config.backbone_weights`` (VGG16 or MobileNetV3-Large ImageNet weights; the backbone is
+    then built in the layout they fit, see `imagenet_backbone`) and/or ``config.init_from`` (a
     trained singleshot detector) when given.
     """
     torch.manual_seed(config.seed)
@@ -49,18 +52,32 @@ def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
                 f"a {config.model!r} model"
             )
         prior_config = PriorConfig.from_dict(source["model"]["prior_config"])
-    model = build_model(
+    spec = preset_spec(
         config.model, class_names=list(class_names), prior_clip=config.prior_clip, prior_config=prior_config
     )
+    if source is not None:  # the detector's own part settings (a full MobileNetV3 tail...)
+        spec = with_recorded_parts(spec, source["model"].get("parts"))
     if config.backbone_weights:
-        from ..weights import load_vgg16_backbone
+        spec = imagenet_backbone(spec)
+    model = build_ssd(spec, preset=config.model)
+    if config.backbone_weights:
+        from ..weights import load_backbone
 
-        load_vgg16_backbone(model, config.backbone_weights)
+        load_backbone(model, config.backbone_weights)
     if source is not None:
         init_from_detector(
             model, source["state_dict"], str(config.init_from), source["model"].get("class_names")
         )
     return model
+
+
+def imagenet_backbone(spec: SSDSpec) -> SSDSpec:
+    """``spec`` with its backbone in the settings ImageNet weights fit (the part class's
+    ``imagenet_config``, e.g. MobileNetV3's full tail; none for VGG16)."""
+    changes = getattr(spec.backbone.cls, "imagenet_config", None)
+    if not changes:
+        return spec
+    return spec.replace(backbone=Part(spec.backbone.cls, {**spec.backbone.config, **changes}))
 
 
 def init_from_detector(

@@ -12,6 +12,9 @@ result computes what the source model computes:
   (0.48235, 0.45882, 0.40784) with std 1/255 on 0-1 input, is (123, 117, 104) on 0-255
   to within 9.2e-4 (its means are rounded to five decimals: 0.45882 x 255 = 116.9991).
   Reproduce its post-processing with ``detect(..., pre_nms_top_k=400, max_detections=200, clip=True)``.
+- torchvision ``ssdlite320_mobilenet_v3_large`` (recognised by its keys, see
+  `singleshot.weights.mobilenet`): preset ``ssdlite320_coco`` with its class count (91),
+  whose priors, normalisation and post-processing are torchvision's already.
 """
 
 from __future__ import annotations
@@ -27,6 +30,12 @@ from .keymaps import (
     ssd_pytorch_to_ours,
     strip_prefix,
     torchvision_to_ours,
+)
+from .mobilenet import (
+    is_singleshot_ssdlite,
+    is_torchvision_ssdlite,
+    ours_to_torchvision_ssdlite,
+    torchvision_ssdlite_to_ours,
 )
 from .names import default_class_names
 
@@ -48,7 +57,8 @@ def convert(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
 
     Args:
         state_dict: an ssd.pytorch ``SSD`` state dict (a ``module.`` prefix from DataParallel
-            is dropped) or a torchvision ``ssd300_vgg16`` state dict.
+            is dropped) or a torchvision ``ssd300_vgg16`` or ``ssdlite320_mobilenet_v3_large`` state dict
+            (which of the two: by its keys).
         source: ``"ssd.pytorch"`` or ``"torchvision"``.
 
     Returns:
@@ -59,12 +69,17 @@ def convert(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
         ValueError: unknown source, or keys that are not part of that source's layout.
     """
     _check_source(source)
-    return rename_state_dict(strip_prefix(state_dict), _TO_OURS[source], f"{source} SSD")
+    state = strip_prefix(state_dict)
+    if source == "torchvision" and is_torchvision_ssdlite(state):
+        return rename_state_dict(state, torchvision_ssdlite_to_ours, "torchvision SSDLite")
+    return rename_state_dict(state, _TO_OURS[source], f"{source} SSD")
 
 
 def to_source(state_dict: Mapping[str, Tensor], source: str) -> dict[str, Tensor]:
     """Inverse of `convert`: our state dict under ssd.pytorch's or torchvision's names."""
     _check_source(source)
+    if source == "torchvision" and is_singleshot_ssdlite(state_dict):
+        return rename_state_dict(state_dict, ours_to_torchvision_ssdlite, "singleshot SSDLite")
     return rename_state_dict(state_dict, _FROM_OURS[source], "singleshot SSD")
 
 
@@ -73,9 +88,12 @@ def infer_model_args(converted: Mapping[str, Tensor], source: str) -> dict:
 
     The class count comes from the first conf head (``4 * num_classes`` filters: 4 boxes
     per cell at the first level in every SSD preset); SSD300 or SSD512 from the number
-    of extra blocks (4 or 5).
+    of extra blocks (4 or 5). An SSDLite (torchvision's) is ``ssdlite320_coco`` with 6 boxes
+    per cell at the first level.
     """
     _check_source(source)
+    if is_singleshot_ssdlite(converted):
+        return _ssdlite_args(converted, source)
     try:
         first_conf = converted["head.conf.0.bias"].shape[0]
     except KeyError:
@@ -103,6 +121,13 @@ def infer_model_args(converted: Mapping[str, Tensor], source: str) -> dict:
         "prior_clip": None,
         "dataset": dataset,
     }
+
+
+def _ssdlite_args(converted: Mapping[str, Tensor], source: str) -> dict:
+    filters = converted["head.conf.0.predict.bias"].shape[0]
+    if source != "torchvision" or filters % 6:
+        raise ValueError(f"{source} state dict: an SSDLite head with {filters} filters is not torchvision's")
+    return {"preset": "ssdlite320_coco", "num_classes": filters // 6, "prior_clip": "size", "dataset": "coco"}
 
 
 def convert_model(
