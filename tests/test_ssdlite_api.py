@@ -14,7 +14,7 @@ from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
 from singleshot.data import open_dataset
 from singleshot.evaluation import evaluate_model
-from singleshot.export import OnnxDetector, TorchScriptDetector, export_onnx, export_torchscript
+from singleshot.export import OnnxDetector, TorchScriptDetector, export_onnx, export_torchscript, runtime
 from singleshot.inference import preprocess
 from singleshot.postprocess import detect
 from test_cli_eval import CLASSES, write_voc
@@ -160,9 +160,37 @@ def test_onnx_detector_equals_predict(model, images, tmp_path):
 
 def test_torchscript_detector_equals_predict(model, images, tmp_path):
     threshold = gap_threshold(model, images)
+    # only the score threshold given: the rest are the model's own (SETTINGS), as in predict
     path = export_torchscript(
-        model, tmp_path / "ssdlite.pt", with_postprocess=True, score_threshold=threshold, **SETTINGS
+        model, tmp_path / "ssdlite.pt", with_postprocess=True, score_threshold=threshold
     )
+    detector = TorchScriptDetector(path)
+    assert detector.metadata["postprocess"] == {**SETTINGS, "score_threshold": threshold}
     # the traced graph runs the same kernels on the same tensors: the same detections
     expected = model.predict(images, score_threshold=threshold)
-    assert_same(TorchScriptDetector(path).predict(images), expected, box_tol=0, score_tol=0)
+    assert_same(detector.predict(images), expected, box_tol=0, score_tol=0)
+
+
+def test_export_cli_takes_the_models_postprocessing(model, checkpoint, images, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "net.pt"
+    assert main(["export", "--checkpoint", str(checkpoint), "--format", "torchscript", str(out)]) == 0
+    network_only = TorchScriptDetector(out)
+    assert network_only.metadata["postprocess"] is None
+    assert network_only.metadata["model_postprocess"] == {**SETTINGS, "score_threshold": 0.001}
+    # a network-only file is post-processed in PyTorch with the model's settings (NMS 0.55, clip)
+    used = {}
+
+    def recording_detect(*args, **settings):
+        used.update(settings)
+        return detect(*args, **settings)
+
+    monkeypatch.setattr(runtime, "detect", recording_detect)
+    threshold = gap_threshold(model, images)
+    expected = model.predict(images, score_threshold=threshold)
+    assert_same(network_only.predict(images, score_threshold=threshold), expected, box_tol=0, score_tol=0)
+    assert used == {**SETTINGS, "score_threshold": threshold}
+    out = tmp_path / "detector.pt"
+    argv = ["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--with-postprocess"]
+    assert main([*argv, "--nms-threshold", "0.5", "--no-clip", str(out)]) == 0
+    expected = {**SETTINGS, "score_threshold": 0.001, "nms_threshold": 0.5, "clip": False}
+    assert TorchScriptDetector(out).metadata["postprocess"] == expected

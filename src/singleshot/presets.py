@@ -10,7 +10,7 @@ counts. A new backbone is one module with its part classes and one entry in `PRE
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from .models.build import build_ssd
@@ -78,7 +78,14 @@ def _ssd(backbone: Part, extras: Part, prior_config: PriorConfig, num_classes: i
     )
 
 
-def _prior_config(image_size, feature_maps, steps, min_sizes, max_sizes, aspect_ratios) -> PriorConfig:
+def _prior_config(
+    image_size: int,
+    feature_maps: Sequence[int],
+    steps: Sequence[float],
+    min_sizes: Sequence[float],
+    max_sizes: Sequence[float],
+    aspect_ratios: Sequence[Sequence[float]],
+) -> PriorConfig:
     return PriorConfig(
         image_size=image_size,
         feature_maps=tuple(feature_maps),

@@ -25,18 +25,38 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--with-postprocess", action="store_true", help="put decoding and NMS inside the graph")
     add("output", metavar="OUT", help="file to write (.onnx or .pt)")
     add("--opset", type=int, default=None, help="ONNX opset, >= 17 (default 18)")
-    add("--score-threshold", type=float, default=0.01, help="with post-processing: per-class score threshold")
-    add("--nms-threshold", type=float, default=0.45, help="with post-processing: NMS IoU threshold")
+    # Post-processing settings left out are the model's own (model.postprocess).
+    add(
+        "--score-threshold",
+        type=float,
+        default=None,
+        help="with post-processing: per-class score threshold (default: the model's; VGG 0.01)",
+    )
+    add(
+        "--nms-threshold",
+        type=float,
+        default=None,
+        help="with post-processing: NMS IoU threshold (default: the model's; VGG 0.45)",
+    )
     add(
         "--pre-nms-top-k",
         type=int,
-        default=200,
-        help="with post-processing: candidates per class entering NMS",
+        default=None,
+        help="with post-processing: candidates per class entering NMS (default: the model's; VGG 200)",
     )
-    add("--max-detections", type=int, default=200,
-        help="with post-processing: detections per image, K (0 = no cap: "
-             "K = (classes - 1) * top-k)")  # fmt: skip
-    add("--clip", action="store_true", help="with post-processing: clip boxes to the image before NMS")
+    add(
+        "--max-detections",
+        type=int,
+        default=None,
+        help="with post-processing: detections per image, K (0 = no cap: K = (classes - 1) * top-k; "
+        "default: the model's; VGG 200)",
+    )
+    add(
+        "--clip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with post-processing: clip boxes to the image before NMS (default: the model's; VGG off)",
+    )
     add(
         "--freeze", action="store_true", help="TorchScript only: torch.jit.freeze the module (inference only)"
     )
@@ -51,13 +71,17 @@ def run(args: argparse.Namespace) -> int:
     from ..export import DEFAULT_OPSET, export_onnx, export_torchscript, verify_export
 
     model = load(args.checkpoint)
-    postprocess = {
+    given = {
         "score_threshold": args.score_threshold,
         "nms_threshold": args.nms_threshold,
         "pre_nms_top_k": args.pre_nms_top_k,
-        "max_detections": args.max_detections or None,
+        "max_detections": args.max_detections,
         "clip": args.clip,
     }
+    # settings left out are the model's own (model.postprocess), as for predict
+    postprocess = {name: value for name, value in given.items() if value is not None}
+    if args.max_detections == 0:
+        postprocess["max_detections"] = None  # no cap
     if args.format == "onnx":
         if args.freeze:
             raise ValueError("--freeze applies to --format torchscript only")

@@ -68,7 +68,8 @@ class _ExportedDetector:
 
         ``postprocess`` (``score_threshold``, ``nms_threshold``, ``pre_nms_top_k``,
         ``max_detections``, ``clip``) applies to network-only exports, post-processed here
-        in PyTorch (defaults: `predict`'s); a graph with post-processing has them built in.
+        in PyTorch (defaults: the exported model's own, as its `predict`); a graph with
+        post-processing has them built in.
         """
         unknown = set(postprocess) - set(POSTPROCESS_DEFAULTS)
         if unknown:
@@ -87,9 +88,9 @@ class _ExportedDetector:
         if self.with_postprocess:
             boxes, scores, labels, counts = outputs
             return outputs_to_detections(boxes, scores, labels, counts, image_sizes=sizes)
-        # network only: post-process in PyTorch with predict's defaults
+        # network only: post-process in PyTorch, by default as the exported model's predict
         loc, conf = outputs
-        params = {**POSTPROCESS_DEFAULTS, **postprocess}
+        params = {**(self.metadata.get("model_postprocess") or POSTPROCESS_DEFAULTS), **postprocess}
         detections = detect(
             loc.float(),
             torch.softmax(conf.float(), dim=-1),

@@ -7,7 +7,7 @@ import json
 import logging
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +18,7 @@ from .graph import DetectorGraph
 if TYPE_CHECKING:
     from ..models.ssd import SSD
 
-__all__ = ["export_onnx", "export_metadata", "DEFAULT_OPSET", "POSTPROCESS_DEFAULTS"]
+__all__ = ["export_onnx", "export_metadata", "postprocess_settings", "DEFAULT_OPSET", "POSTPROCESS_DEFAULTS"]
 
 DEFAULT_OPSET = 18
 POSTPROCESS_DEFAULTS: dict[str, Any] = {
@@ -28,6 +28,20 @@ POSTPROCESS_DEFAULTS: dict[str, Any] = {
     "max_detections": 200,
     "clip": False,
 }
+
+
+def postprocess_settings(model: SSD, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The detector's settings for an export: ``model.postprocess`` with ``given`` over it.
+
+    Raises:
+        ValueError: a name in ``given`` that is not a post-processing setting.
+    """
+    unknown = set(given) - set(POSTPROCESS_DEFAULTS)
+    if unknown:
+        raise ValueError(f"unknown post-processing options: {', '.join(sorted(unknown))}")
+    own = getattr(model, "postprocess", None)
+    base = own.to_dict() if own is not None else dict(POSTPROCESS_DEFAULTS)
+    return {**base, **given}
 
 
 def export_metadata(model: SSD, with_postprocess: bool, postprocess: dict[str, Any] | None) -> dict[str, Any]:
@@ -51,6 +65,8 @@ def export_metadata(model: SSD, with_postprocess: bool, postprocess: dict[str, A
         ),
         "outputs": (["boxes", "scores", "labels", "counts"] if with_postprocess else ["loc", "conf"]),
         "postprocess": postprocess if with_postprocess else None,
+        # what a runtime applies to a network-only export when the caller sets nothing
+        "model_postprocess": postprocess_settings(model, {}),
     }
 
 
@@ -74,7 +90,7 @@ def export_onnx(
         opset: ONNX opset (>= 17).
         example_batch: batch size of the tracing example (>= 2, so the batch stays symbolic).
         **postprocess: ``score_threshold``, ``nms_threshold``, ``pre_nms_top_k``,
-            ``max_detections``, ``clip`` (defaults: `POSTPROCESS_DEFAULTS`, i.e. `predict`'s).
+            ``max_detections``, ``clip`` (defaults: ``model.postprocess``, as `predict`'s).
 
     The model's preset, classes, input size and mean are stored as JSON in the ONNX
     metadata under ``"singleshot"`` (see `singleshot.export.OnnxDetector`).
@@ -85,10 +101,7 @@ def export_onnx(
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
-    unknown = set(postprocess) - set(POSTPROCESS_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown post-processing options: {', '.join(sorted(unknown))}")
-    params = {**POSTPROCESS_DEFAULTS, **postprocess}
+    params = postprocess_settings(model, postprocess)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
 

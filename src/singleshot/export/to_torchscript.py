@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from .graph import DetectorGraph, TorchNMS
-from .to_onnx import POSTPROCESS_DEFAULTS, export_metadata
+from .to_onnx import export_metadata, postprocess_settings
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -48,10 +48,7 @@ def export_torchscript(
             no longer trainable).
         **postprocess: as in `singleshot.export.export_onnx`.
     """
-    unknown = set(postprocess) - set(POSTPROCESS_DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown post-processing options: {', '.join(sorted(unknown))}")
-    params = {**POSTPROCESS_DEFAULTS, **postprocess}
+    params = postprocess_settings(model, postprocess)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     model = copy.deepcopy(model).float().eval()

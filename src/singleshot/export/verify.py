@@ -12,6 +12,7 @@ from torch import Tensor
 from ..transforms import std_divisor
 from .graph import DetectorGraph
 from .runtime import OnnxDetector, TorchScriptDetector
+from .to_onnx import postprocess_settings
 
 if TYPE_CHECKING:
     from ..models.ssd import SSD
@@ -73,7 +74,8 @@ def verify_export(
         with_postprocess: whether the file holds decoding and NMS (outputs boxes (B, K, 4)
             xyxy fractions, scores (B, K), labels (B, K), counts (B,)) or just the network
             (loc (B, P, 4), conf (B, P, C)).
-        postprocess: the options it was exported with (`DetectorGraph`'s keywords).
+        postprocess: the options it was exported with (`DetectorGraph`'s keywords); those
+            left out are ``model.postprocess``'s, as the exporters do.
 
     Network outputs must agree within `NETWORK_TOLERANCE`. With post-processing, the
     detection counts must be equal and the scores agree within `SCORE_TOLERANCE`; boxes and
@@ -91,5 +93,6 @@ def verify_export(
     with torch.no_grad():
         if not with_postprocess:
             return _compare_network(path, got, model.eval()(x))
-        graph = DetectorGraph(model, model.priors, model.num_classes, **dict(postprocess or {}))
+        settings = postprocess_settings(model, postprocess or {})
+        graph = DetectorGraph(model, model.priors, model.num_classes, **settings)
         return _compare_detections(path, got, graph.eval()(x))

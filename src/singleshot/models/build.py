@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from torch import nn
+
 from .spec import Part, SSDSpec, part_name
 from .ssd import SSD, source_channels
 
 __all__ = ["build_ssd", "describe"]
+
+
+def _last_source_channels(backbone: nn.Module) -> int:
+    channels: Sequence[int] = backbone.out_channels  # type: ignore[assignment]  # declared by each backbone
+    return int(channels[-1])
 
 
 def build_ssd(spec: SSDSpec, preset: str | None = None, reset: bool = True) -> SSD:
@@ -18,7 +27,7 @@ def build_ssd(spec: SSDSpec, preset: str | None = None, reset: bool = True) -> S
             the built-in parts); with a seeded torch generator the weights are reproducible.
     """
     backbone = spec.backbone.build()
-    extras = spec.extras.build(backbone.out_channels[-1])
+    extras = spec.extras.build(_last_source_channels(backbone))
     channels = source_channels(backbone, extras, spec.prior_config)
     head = spec.head.build(channels, spec.prior_config.boxes_per_location, spec.num_classes)
     model = SSD(
@@ -38,7 +47,7 @@ def build_ssd(spec: SSDSpec, preset: str | None = None, reset: bool = True) -> S
     return model
 
 
-def _describe_part(module: object, role: str) -> Part:
+def _describe_part(module: nn.Module, role: str) -> Part:
     cls = type(module)
     try:
         part_name(cls)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import nn
 
@@ -87,16 +88,16 @@ class SSDExtras(nn.ModuleList):
     def __init__(
         self, in_channels: int, specs: Sequence[ExtraSpec | Mapping], batch_norm: bool = False
     ) -> None:
-        specs = tuple(s if isinstance(s, ExtraSpec) else ExtraSpec(**s) for s in specs)
+        checked = tuple(s if isinstance(s, ExtraSpec) else ExtraSpec(**s) for s in specs)
         blocks = []
-        for spec in specs:
+        for spec in checked:
             blocks.append(ExtraBlock(in_channels, spec, batch_norm=batch_norm))
             in_channels = spec.out_channels
         super().__init__(blocks)
-        self.specs = specs
+        self.specs = checked
         self.batch_norm = bool(batch_norm)
 
-    def config(self) -> dict:
+    def config(self) -> dict[str, Any]:
         """Constructor keyword arguments (beyond ``in_channels``), as plain data."""
         return {"specs": [asdict(spec) for spec in self.specs], "batch_norm": self.batch_norm}
 

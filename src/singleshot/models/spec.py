@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeGuard
 
 from torch import nn
 
@@ -165,7 +165,7 @@ def _plain_copy(value: Any) -> Any:
     return value
 
 
-def _is_int(value: Any) -> bool:
+def _is_int(value: Any) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -231,7 +231,7 @@ class SSDSpec:
         found = data.get("parts")
         if not isinstance(found, Mapping):
             raise ValueError(f"parts must be a mapping of {', '.join(ROLES)}, got {found!r}")
-        roles = {role: Part.from_dict(found.get(role), parts, role) for role in ROLES}
+        roles: dict[str, Any] = {role: Part.from_dict(found.get(role), parts, role) for role in ROLES}
         return cls(**roles, **read_fields(data))
 
 
@@ -250,7 +250,7 @@ def read_fields(data: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "num_classes": num_classes,
         "class_names": tuple(names) if names is not None else None,
-        "prior_config": PriorConfig.from_dict(prior),
+        "prior_config": PriorConfig.from_dict(dict(prior)),
         "image_mean": _triple(data.get("image_mean"), "image_mean"),
         "image_std": UNIT_STD if std is None else _triple(std, "image_std", positive=True),
         "postprocess": PostprocessConfig() if post is None else PostprocessConfig.from_dict(post),

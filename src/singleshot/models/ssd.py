@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -17,9 +17,21 @@ from .spec import UNIT_STD, PostprocessConfig
 __all__ = ["SSD", "source_channels"]
 
 
+def _out_channels(module: nn.Module) -> Any:
+    """A part's declared ``out_channels`` (an int for a block, a sequence for a backbone)."""
+    return module.out_channels
+
+
+def _blocks(extras: nn.Module) -> Iterable[nn.Module]:
+    """The extra blocks, in order (the extras part is an iterable module such as ModuleList)."""
+    return cast(Iterable[nn.Module], extras)
+
+
 def source_channels(backbone: nn.Module, extras: nn.Module, prior_config: PriorConfig) -> list[int]:
     """Channels of each source the heads read; ValueError unless there is one per prior level."""
-    channels = list(backbone.out_channels) + [block.out_channels for block in extras]
+    channels = [int(c) for c in _out_channels(backbone)] + [
+        int(_out_channels(block)) for block in _blocks(extras)
+    ]
     if len(channels) != len(prior_config.feature_maps):
         raise ValueError(
             f"the network has {len(channels)} sources but the prior config "
@@ -72,7 +84,7 @@ class SSD(nn.Module):
         self,
         *,
         backbone: nn.Module,
-        extras: nn.ModuleList,
+        extras: nn.Module,
         num_classes: int,
         prior_config: PriorConfig,
         image_mean: Sequence[float] = VGG_MEAN,
@@ -98,10 +110,12 @@ class SSD(nn.Module):
         self.num_classes = num_classes
         self.prior_config = prior_config
         self.image_size = prior_config.image_size
-        self.image_mean = tuple(float(m) for m in image_mean)
+        red, green, blue = (float(m) for m in image_mean)
+        self.image_mean = (red, green, blue)
         if len(image_std) != 3 or not all(float(v) > 0 for v in image_std):
             raise ValueError(f"image_std must be three positive numbers, got {tuple(image_std)}")
-        self.image_std = tuple(float(v) for v in image_std)
+        red, green, blue = (float(v) for v in image_std)
+        self.image_std = (red, green, blue)
         self.postprocess = postprocess if postprocess is not None else PostprocessConfig()
         self.preset = preset
         self.class_names = list(class_names) if class_names is not None else None
@@ -110,7 +124,7 @@ class SSD(nn.Module):
         self.channels_last = True
         self.register_buffer("priors", generate_priors(prior_config), persistent=False)
 
-    def _apply(self, fn, recurse=True):
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SSD:
         # The priors stay float32 under .half()/.to(dtype): rounded to float16 they would
         # move by up to 2.4e-4 of the image. Device moves apply as usual.
         priors = self.priors
@@ -130,7 +144,7 @@ class SSD(nn.Module):
     def sources(self, x: Tensor) -> list[Tensor]:
         """The feature maps the heads read: (B, C_k, H_k, W_k) for each level k."""
         features = list(self.backbone(x))
-        for block in self.extras:
+        for block in _blocks(self.extras):
             features.append(block(features[-1]))
         return features
 

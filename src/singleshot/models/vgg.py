@@ -13,6 +13,7 @@ maps the numbered keys of ssd.pytorch and torchvision to them.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class L2Norm(nn.Module):
         return y.to(x.dtype)
 
 
-def _vgg_sequence(layers) -> list[tuple[str, nn.Module]]:
+def _vgg_sequence(layers: Sequence[str | tuple[str, int, int]]) -> list[tuple[str, nn.Module]]:
     modules: list[tuple[str, nn.Module]] = []
     for layer in layers:
         if layer == "pool3":

@@ -98,7 +98,8 @@ def model_from_vgg16(
     state, name = _state_and_name(source)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = build_model(preset, num_classes=num_classes, class_names=class_names)
+        names = list(class_names) if class_names is not None else None
+        model = build_model(preset, num_classes=num_classes, class_names=names)
     try:
         load_vgg16_backbone(model, state)
     except ValueError as error:

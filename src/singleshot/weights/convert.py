@@ -20,6 +20,7 @@ result computes what the source model computes:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
@@ -38,6 +39,9 @@ from .mobilenet import (
     torchvision_ssdlite_to_ours,
 )
 from .names import default_class_names
+
+if TYPE_CHECKING:
+    from ..models.ssd import SSD
 
 __all__ = ["SOURCES", "convert", "to_source", "convert_model", "infer_model_args"]
 
@@ -123,7 +127,7 @@ def infer_model_args(converted: Mapping[str, Tensor], source: str) -> dict:
     }
 
 
-def _ssdlite_args(converted: Mapping[str, Tensor], source: str) -> dict:
+def _ssdlite_args(converted: Mapping[str, Tensor], source: str) -> dict[str, Any]:
     filters = converted["head.conf.0.predict.bias"].shape[0]
     if source != "torchvision" or filters % 6:
         raise ValueError(f"{source} state dict: an SSDLite head with {filters} filters is not torchvision's")
@@ -136,7 +140,7 @@ def convert_model(
     preset: str | None = None,
     class_names: Sequence[str] | None = None,
     prior_clip: str | None = None,
-):
+) -> SSD:
     """A ready `singleshot.SSD` (eval mode) computing what the source model computes.
 
     Args:
