@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .fastconv import add_winograd_option
+from .fastconv import add_fast_option, add_winograd_option
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -46,6 +46,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
+    add_fast_option(parser)
     add_winograd_option(parser)
     add("--categories", metavar="ANNOTATIONS_JSON",
         help="a COCO annotation file whose categories give each class's category_id, by name")  # fmt: skip
@@ -166,10 +167,11 @@ def _check_options(args: argparse.Namespace) -> None:
 def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
     """(model ready to run, {label: category id} or None); errors come before any image is read."""
     from ..checkpoint import load
-    from .fastconv import apply_winograd
+    from .fastconv import apply_fast, apply_winograd
 
     model = load(args.checkpoint, map_location=args.device)
     label_map = label_to_category_map(model, args.categories)
+    model = apply_fast(model, args.fast, args.device, half=args.half)
     if args.half:
         model = model.half()
     else:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .data import add_coco_files_options, coco_files
-from .fastconv import add_winograd_option
+from .fastconv import add_fast_option, add_winograd_option
 
 if TYPE_CHECKING:
     import torch
@@ -65,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="keep detections scoring above this before NMS (default: the model's, 0.01 for the VGG "
              "presets as in the paper; higher is faster but lowers AP)")  # fmt: skip
     add("--workers", type=int, default=2, help="processes reading and decoding images (default 2; 0 = none)")
+    add_fast_option(parser)
     add_winograd_option(parser)
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
@@ -135,10 +136,10 @@ def _write_outputs(
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..evaluation import evaluate_model, format_table
-    from .fastconv import apply_winograd
+    from .fastconv import apply_fast, apply_winograd
 
     device = _device(args)
-    model = load(args.checkpoint, map_location=device)
+    model = apply_fast(load(args.checkpoint, map_location=device), args.fast, device)
     apply_winograd(model, args.winograd, device)
     dataset, source, split = open_eval_data(args)
     if len(dataset) == 0:

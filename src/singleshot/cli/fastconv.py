@@ -1,14 +1,16 @@
-"""The ``--winograd / --no-winograd`` option shared by ``detect`` and ``eval``."""
+"""The ``--fast / --no-fast`` and ``--winograd / --no-winograd`` options shared by ``detect`` and ``eval``."""
 
 from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+ModelT = TypeVar("ModelT", bound="nn.Module")
 
 
 def add_winograd_option(parser: argparse.ArgumentParser) -> None:
@@ -45,3 +47,27 @@ def apply_winograd(model: nn.Module, choice: bool | None, device: str | torch.de
         print(f"note: direct convolutions ({error})", file=sys.stderr)
         return False
     return True
+
+
+def add_fast_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--fast",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="run an inference-only copy of the model: BatchNorm folded into the convolutions and "
+        "squeeze-excitation convolutions as matrix products (singleshot.fastpath.fuse_for_inference; "
+        "equal to the model within float32 rounding, the checkpoint untouched; for SSDLite320 on a "
+        "2-core AVX-512 CPU see benchmarks/README.md). Default: on for --device cpu in float32; "
+        "--no-fast runs the model as loaded",
+    )
+
+
+def apply_fast(model: ModelT, choice: bool | None, device: str | torch.device, half: bool = False) -> ModelT:
+    """The model to run as ``--fast`` asks: `fuse_for_inference`'s copy, or ``model`` itself."""
+    import torch
+
+    from ..fastpath import fuse_for_inference
+
+    if choice is False or (choice is None and (half or torch.device(device).type != "cpu")):
+        return model
+    return fuse_for_inference(model)

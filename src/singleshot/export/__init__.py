@@ -3,6 +3,7 @@
 >>> from singleshot.export import export_onnx, OnnxDetector
 >>> export_onnx(model, "ssd300.onnx", with_postprocess=True)
 >>> detections = OnnxDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # as model.predict
+>>> OpenVinoDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # the same file in OpenVINO
 >>> verify_export(model, "ssd300.onnx", "onnx", with_postprocess=True)   # ValueError on a mismatch
 
 The exported graphs take a normalised batch, float32 (B, 3, S, S): RGB on the 0-255 scale,
@@ -13,6 +14,7 @@ return ``boxes`` (B, K, 4) xyxy as fractions of the input, ``scores`` (B, K), ``
 """
 
 from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detections
+from .openvino import OpenVinoDetector
 from .runtime import OnnxDetector, TorchScriptDetector
 from .to_onnx import DEFAULT_OPSET, POSTPROCESS_DEFAULTS, export_onnx
 from .to_torchscript import export_torchscript
@@ -26,6 +28,7 @@ __all__ = [
     "export_onnx",
     "export_torchscript",
     "OnnxDetector",
+    "OpenVinoDetector",
     "TorchScriptDetector",
     "verify_export",
     "DEFAULT_OPSET",
