@@ -1,6 +1,7 @@
 """End-to-end inference speed: uint8 images in, final detections in pixels out.
 
-    .venv/bin/python benchmarks/bench_infer.py [--repeats 5] [--threads 2] [--batches 1 8]
+    .venv/bin/python benchmarks/bench_infer.py [--model ssd300|ssdlite320_coco] [--repeats 5]
+                                               [--threads 2] [--batches 1 8]
                                                [--compile] [--skip-onnx] [--skip-winograd]
                                                [--gpu-only]
 
@@ -23,6 +24,15 @@ scaling to the image's pixels):
 - int8 (``--int8``): the network statically quantised by ONNX Runtime (per-channel weights,
   VNNI kernels). Its detections are NOT equivalent to the float model's (see "agree"), so
   it is shown for information only.
+
+``--model ssdlite320_coco`` runs SSDLite320 instead: torchvision's ``ssdlite320_mobilenet_v3_large``
+(``weights=None, weights_backbone=None``, He-scaled weights and a background bias, see
+``peers.build_ssdlite_models``) against our ``ssdlite320_coco`` with 91 classes and its converted
+weights, post-processed with torchvision's SSDLite settings (score 0.001, NMS 0.55, 300 per
+class and per image). Its paths: predict eager channels-last and NCHW, predict with
+`singleshot.fastpath.fuse_for_inference` (what ``detect`` / ``eval`` run on a CPU), TorchScript,
+ONNX Runtime, OpenVINO (the same ONNX file, CPU plugin, float32, ``--threads`` threads) and
+torch.compile (``--compile``); Winograd does not apply to depthwise convolutions.
 
 Our model is ``ssd300_coco`` with 21 classes and ``prior_clip="size"`` (torchvision's boxes)
 loaded with torchvision's converted weights, the background bias raised so that scores look
@@ -52,7 +62,7 @@ from pathlib import Path
 
 import torch
 
-from peers import build_models
+from peers import build_models, build_ssdlite_models
 from singleshot.inference import preprocess
 from singleshot.postprocess import detect
 from singleshot.runtime import tune_malloc
@@ -78,15 +88,20 @@ def to_pixels(detections, images):
     return out
 
 
+# torchvision's post-processing settings: score, NMS IoU, candidates per class, per image
+SETTINGS = {"ssd300": (0.01, 0.45, 400, 200), "ssdlite320_coco": (0.001, 0.55, 300, 300)}
+
+
 def network_then_detect(network: Callable, model) -> Callable:
     """predict's pipeline around another implementation of the network."""
     priors = model.priors
+    settings = SETTINGS["ssdlite320_coco" if model.image_size == 320 else "ssd300"]
 
     def run(images):
-        x = preprocess(images, model.image_size, model.image_mean)
+        x = preprocess(images, model.image_size, model.image_mean, std=model.image_std)
         with torch.inference_mode():
             loc, conf = network(x)
-            detections = detect(loc, conf.softmax(-1), priors, 0.01, 0.45, 400, 200, clip=True)
+            detections = detect(loc, conf.softmax(-1), priors, *settings, clip=True)
         return to_pixels(detections, images)
 
     return run
@@ -148,16 +163,23 @@ def winograd_network(model):
     return network
 
 
+TV = "torchvision, eager"
+
+
 def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
     paths: dict[str, Callable] = {}
-    paths["torchvision ssd300_vgg16"] = lambda images: tv([image.float() / 255 for image in images])
+    paths[TV] = lambda images: tv([image.float() / 255 for image in images])
 
     paths["predict, eager (channels-last)"] = network_then_detect(ours, ours)
     paths["predict, eager (NCHW)"] = network_then_detect(lambda x: _nchw(ours, x), ours)
+    if args.model == "ssdlite320_coco":
+        from singleshot.fastpath import fuse_for_inference
+
+        paths["predict, fuse_for_inference (default)"] = network_then_detect(fuse_for_inference(ours), ours)
     paths["TorchScript frozen + optimize_for_inference"] = network_then_detect(
         torchscript_network(ours), ours
     )
-    if not args.skip_winograd:
+    if not args.skip_winograd and args.model == "ssd300":
         fast = winograd_network(ours)
         paths["predict, Winograd conv2_2-conv5_3 (C kernels)"] = network_then_detect(fast, ours)
     if args.compile:
@@ -165,15 +187,30 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
         print(f"torch.compile (inductor, freezing): {seconds:.1f} s to compile for batches 1 and 8")
         paths["torch.compile (inductor, freezing)"] = network_then_detect(compiled, ours)
     if not args.skip_onnx:
-        from singleshot.export import OnnxDetector, export_onnx
-
-        start = time.perf_counter()
-        path = export_onnx(ours, folder / "ssd300.onnx", with_postprocess=True, pre_nms_top_k=400, clip=True)
-        print(f"ONNX export (detector with NMS): {time.perf_counter() - start:.1f} s")
-        runner = OnnxDetector(path, threads=args.threads)
-        paths["ONNX Runtime, detector with NMS in graph"] = runner.predict
+        paths.update(exported_paths(ours, args, folder))
     if args.int8:
         paths["ONNX Runtime int8 (static QDQ), not equivalent"] = int8_path(ours, args.threads, folder)
+    return paths
+
+
+def exported_paths(ours, args, folder: Path) -> dict[str, Callable]:
+    """The whole detector exported to ONNX (NMS inside), run by ONNX Runtime and by OpenVINO."""
+    import importlib.util
+
+    from singleshot.export import OnnxDetector, OpenVinoDetector, export_onnx
+
+    start = time.perf_counter()
+    settings = SETTINGS[args.model]
+    path = export_onnx(
+        ours, folder / "detector.onnx", with_postprocess=True, score_threshold=settings[0],
+        nms_threshold=settings[1], pre_nms_top_k=settings[2], max_detections=settings[3], clip=True,
+    )  # fmt: skip
+    print(f"ONNX export (detector with NMS): {time.perf_counter() - start:.1f} s")
+    paths = {"ONNX Runtime, detector with NMS in graph": OnnxDetector(path, threads=args.threads).predict}
+    if importlib.util.find_spec("openvino") is not None:
+        paths["OpenVINO CPU f32, same ONNX file"] = OpenVinoDetector(path, threads=args.threads).predict
+    else:
+        print("(openvino not installed: its path skipped)")
     return paths
 
 
@@ -255,7 +292,7 @@ def gpu_section(tv, ours, images, repeats: int) -> None:
             values.append(time.perf_counter() - start)
         return statistics.median(values)
 
-    results = {"torchvision ssd300_vgg16 fp32": timed(lambda: tv_gpu([image.to(device).float() / 255]))}
+    results = {"torchvision fp32": timed(lambda: tv_gpu([image.to(device).float() / 255]))}
     results["predict fp32"] = timed(lambda: model.predict(image))
     half = ours.to(device).half()
     results["predict fp16"] = timed(lambda: half.predict(image))
@@ -282,7 +319,7 @@ def gpu_section(tv, ours, images, repeats: int) -> None:
             return to_pixels(det, [image])
 
     results["predict fp16, network in a CUDA graph"] = timed(graphed)
-    reference = results["torchvision ssd300_vgg16 fp32"]
+    reference = results["torchvision fp32"]
     for label, seconds in results.items():
         print(f"{label:<46} {seconds * 1e3:>8.2f} ms  {reference / seconds:>6.2f}x")
 
@@ -291,6 +328,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--model", choices=sorted(SETTINGS), default="ssd300", help="the detector to time")
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds per batch size (median)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for torch and ONNX Runtime")
     parser.add_argument("--batches", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
@@ -308,7 +346,7 @@ def main() -> None:
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization's advice on stdout
     torch.set_num_threads(args.threads)
     tune_malloc()
-    tv, ours = build_models()
+    tv, ours = build_ssdlite_models() if args.model == "ssdlite320_coco" else build_models()
     images = make_images()
 
     if not args.gpu_only:
@@ -320,12 +358,12 @@ def main() -> None:
             agree = {name: agreement(out, reference) for name, out in outputs.items()}
             loose = {name: agreement(out, reference, loose=True) for name, out in outputs.items()}
             print(
-                f"torch {torch.__version__}, {args.threads} threads, 500x375 uint8 images, "
+                f"{args.model}: torch {torch.__version__}, {args.threads} threads, 500x375 uint8 images, "
                 f"median of {args.repeats} rounds"
             )
             for batch in args.batches:
                 per_image = time_paths(paths, images, batch, args.repeats)
-                baseline = per_image["torchvision ssd300_vgg16"]
+                baseline = per_image[TV]
                 print(f"\nbatch {batch}")
                 print(f"{'path':<46} {'ms/image':>9} {'images/s':>9} {'vs tv':>7} {'agree':>7} {'IoU.5':>7}")
                 for name, seconds in per_image.items():

@@ -42,3 +42,38 @@ def random_targets(batch: int, generator: torch.Generator, num_classes: int = NU
         boxes = cxcywh_to_xyxy(torch.cat([centre, size], 1)).clamp(0, 1)
         targets.append({"boxes": boxes, "labels": torch.randint(1, num_classes, (n,), generator=generator)})
     return targets
+
+
+SSDLITE_CLASSES = 91  # torchvision's COCO layout
+# He-scaled weights carry a signal through MobileNetV3's depth (torchvision's N(0, 0.03)
+# initialisation gives near-constant logits); the class head scaled by SSDLITE_CONF_SCALE with
+# SSDLITE_BACKGROUND_BIAS on the background logit then sends ~22k candidates per image over
+# score 0.001 (~240 per class): a trained model's load on post-processing.
+SSDLITE_CONF_SCALE = 0.5
+SSDLITE_BACKGROUND_BIAS = 10.0
+
+
+def build_ssdlite_models():
+    """(torchvision ``ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None)``, our
+    ``ssdlite320_coco`` with 91 classes and its converted weights), both in eval mode."""
+    import math
+
+    from torch import nn
+    from torchvision.models.detection import ssdlite320_mobilenet_v3_large
+
+    torch.manual_seed(0)
+    tv = ssdlite320_mobilenet_v3_large(weights=None, weights_backbone=None).eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in tv.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_in = m.in_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.copy_(torch.randn(m.weight.shape, generator=g) * math.sqrt(2.0 / fan_in))
+        for block in tv.head.classification_head.module_list:
+            block[1].weight.mul_(SSDLITE_CONF_SCALE)
+            block[1].bias.view(-1, SSDLITE_CLASSES)[:, 0] += SSDLITE_BACKGROUND_BIAS
+        for block in tv.head.regression_head.module_list:
+            block[1].weight.mul_(0.1)
+    ours = singleshot.build_model("ssdlite320_coco", num_classes=SSDLITE_CLASSES).eval()
+    ours.load_state_dict(convert(tv.state_dict(), "torchvision"), strict=True)
+    return tv, ours
