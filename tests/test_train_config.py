@@ -61,6 +61,10 @@ def test_ssdlite_recipe_holds_torchvisions_schedule_and_augmentation():
     aug = default_transform(model, config.augment)
     assert (aug.size, aug.photometric, aug.expand) == (320, False, False)
     assert aug.mean == model.image_mean and aug.std == model.image_std
+    with pytest.raises(
+        ValueError, match="augment: unknown option.s. photometirc; known: photometric, expand"
+    ):
+        default_transform(model, {"photometirc": False})
 
 
 def test_every_shipped_recipe_loads_and_validates():

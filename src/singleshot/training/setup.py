@@ -203,9 +203,20 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+# The `SSDAugmentation` switches a recipe's ``augment`` section may set.
+AUGMENT_OPTIONS = ("photometric", "expand")
+
+
 def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
+    """`SSDAugmentation` at the model's input size and normalisation, with ``options``
+    (``TrainConfig.augment``). Raises ValueError for an option it does not take."""
     from ..data import SSDAugmentation
 
+    unknown = sorted(set(options) - set(AUGMENT_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"augment: unknown option(s) {', '.join(unknown)}; known: {', '.join(AUGMENT_OPTIONS)}"
+        )
     return SSDAugmentation(model.image_size, model.image_mean, std=model.image_std, **options)
 
 
