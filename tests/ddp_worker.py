@@ -9,6 +9,7 @@ would blur the float-tolerance comparison this test makes.
 """
 
 import sys
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -16,12 +17,16 @@ import torch
 from singleshot.training import distributed, train
 from train_fixtures import ShapesDataset, resize_flip, tiny_config
 
+# The preset and its input side (argument 2; default the compact preset).
+INPUT_SIZES = {"ssd160_compact": 160, "ssdlite320_voc": 320}
 
-def main(out: str) -> None:
+
+def main(out: str, model: str = "ssd160_compact") -> None:
     torch.set_num_threads(1)
-    config = tiny_config(Path(out) / "run", iterations=3, freeze_bn=True, channels_last=False)
+    config = tiny_config(Path(out) / "run", model=model, iterations=3, freeze_bn=True, channels_last=False)
     config.optimizer.lr = 1e-3  # BatchNorm frozen at its initial statistics: keep the steps small
-    result = train(config, ShapesDataset(12), transform=resize_flip, progress=False)
+    transform = partial(resize_flip, size=INPUT_SIZES[model])
+    result = train(config, ShapesDataset(12), transform=transform, progress=False)
     rank = torch.distributed.get_rank()
     state = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
     state["_world_size"] = torch.tensor(torch.distributed.get_world_size())
@@ -31,4 +36,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:3])

@@ -523,3 +523,61 @@ def test_tiny_images(height, width):
         assert x.shape == (3, 8, 8) and torch.isfinite(x).all()
         assert out["labels"].tolist() == [1]
         assert ((out["boxes"] >= 0) & (out["boxes"] <= 1)).all()
+
+
+# ---------------------------------------------------------------- steps switched off (SSDLite)
+
+
+def test_without_photometric_and_expand_the_output_is_crop_flip_resize():
+    image = random_image(48, 64, seed=9)
+    on, off = (
+        SSDAugmentation(size=32, mean=MEAN),
+        SSDAugmentation(size=32, mean=MEAN, photometric=False, expand=False),
+    )
+    assert repr(off) == f"SSDAugmentation(size=32, mean={MEAN}, photometric=False, expand=False)"
+    flips, cropped = set(), 0
+    for seed in range(40):
+        boxes = random_boxes(1 + seed % 4, 64, 48, torch.Generator().manual_seed(500 + seed))
+        plan = off.plan(64, 48, boxes, torch.Generator().manual_seed(seed))
+        assert plan.photometric.identity and plan.expansion == Expansion(64, 48, 0, 0)
+        # the flip is drawn as with both steps on: switching them off changes no other draw
+        assert plan.flip == on.plan(64, 48, boxes, torch.Generator().manual_seed(seed)).flip
+        x, out = off(image, make_target(boxes), generator=torch.Generator().manual_seed(seed))
+        x0, y0, x1, y1 = plan.crop.rect
+        expected = preprocess([image[:, y0:y1, x0:x1]], 32, MEAN)[0]
+        assert torch.equal(x, expected.flip(-1) if plan.flip else expected), seed
+        torch.testing.assert_close(out["boxes"], expected_boxes(boxes, plan), atol=BOX_TOL, rtol=0)
+        flips.add(plan.flip)
+        cropped += plan.crop.rect != (0, 0, 64, 48)
+    assert flips == {False, True} and cropped > 10
+
+
+@pytest.mark.parametrize("photometric, expand", [(False, False), (False, True), (True, False)])
+def test_steps_switched_off_on_a_flat_image(photometric, expand):
+    """A flat image shows both steps: a colour change moves its value, an expansion leaves a
+    mean-filled (zero) border; the default pipeline shows both over these seeds."""
+    colour = torch.tensor([30.0, 200.0, 90.0])
+    image = colour.to(torch.uint8).view(3, 1, 1).expand(3, 40, 50).contiguous()
+    target = make_target(torch.tensor([[5.0, 5.0, 45.0, 35.0]]))
+    aug = SSDAugmentation(size=16, mean=MEAN, photometric=photometric, expand=expand)
+    default = SSDAugmentation(size=16, mean=MEAN)
+    flat = (colour - torch.tensor(MEAN)).view(3, 1, 1)
+
+    def shows(x):
+        """(mean-filled border?, colour changed?): the bilinear weights' rounding moves a flat
+        image by <= 8 roundings at 255; a colour change by far more."""
+        border = (x == 0).all(0)  # the mean fill, 0 once subtracted (no image pixel is the mean)
+        return bool(border.any()), bool(((x - flat)[:, ~border].abs() > rounding(255, ops=8)).any())
+
+    recoloured = bordered = default_recoloured = default_bordered = 0
+    for seed in range(30):
+        border, colour_changed = shows(aug(image, target, generator=torch.Generator().manual_seed(seed))[0])
+        bordered, recoloured = bordered + border, recoloured + colour_changed
+        border, colour_changed = shows(
+            default(image, target, generator=torch.Generator().manual_seed(seed))[0]
+        )
+        default_bordered, default_recoloured = default_bordered + border, default_recoloured + colour_changed
+    assert (recoloured > 0) == photometric and (bordered > 0) == expand
+    assert default_recoloured > 0 and default_bordered > 0
+    if not photometric and not expand:
+        assert recoloured == bordered == 0

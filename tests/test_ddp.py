@@ -4,13 +4,16 @@ import json
 import os
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
+import pytest
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
 from ci import require
+from ddp_worker import INPUT_SIZES
 from singleshot.checkpoint import load_checkpoint
 from singleshot.loss import MultiBoxLoss
 from singleshot.training.data import make_train_loader
@@ -21,13 +24,15 @@ from train_fixtures import ShapesDataset, resize_flip, tiny_config
 TESTS = Path(__file__).parent
 
 
-def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path):
+# SSDLite: BatchNorm in the backbone, extras and heads, all frozen (freeze_bn; sync_bn needs GPUs).
+@pytest.mark.parametrize("model", ["ssd160_compact", "ssdlite320_voc"])
+def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, model):
     require(dist.is_available() and dist.is_gloo_available(), "torch.distributed with gloo")
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-        str(TESTS / "ddp_worker.py"), str(tmp_path),
+        str(TESTS / "ddp_worker.py"), str(tmp_path), model,
     ]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -44,8 +49,10 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path):
     assert load_checkpoint(tmp_path / "run" / "last.pt")["training"]["world_size"] == 2
 
     # One process doing the two ranks' arithmetic in turn: the same equality, bit for bit.
-    reference = two_ranks_in_one_process(tmp_path / "reference")
-    initial = Trainer(ddp_config(tmp_path / "initial"), ShapesDataset(12), progress=False).model.state_dict()
+    reference = two_ranks_in_one_process(tmp_path / "reference", model)
+    initial = Trainer(
+        ddp_config(tmp_path / "initial", model), ShapesDataset(12), progress=False
+    ).model.state_dict()
     assert rank0.keys() == reference.keys()
     for name, tensor in rank0.items():
         assert torch.equal(tensor, reference[name]), name
@@ -53,8 +60,10 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path):
     assert len(moved) > 20  # the equality is about training, not about initial values
 
 
-def ddp_config(out):
-    config = tiny_config(out, iterations=3, freeze_bn=True, channels_last=False)  # as ddp_worker.py
+def ddp_config(out, model):
+    config = tiny_config(
+        out, model=model, iterations=3, freeze_bn=True, channels_last=False
+    )  # as ddp_worker.py
     config.optimizer.lr = 1e-3
     return config
 
@@ -73,16 +82,17 @@ class CountingLoss(MultiBoxLoss):
         return self.global_count.clamp(min=1) / 2
 
 
-def two_ranks_in_one_process(out):
+def two_ranks_in_one_process(out, model_name):
     """The DDP run's arithmetic without DDP: each rank's half-batch forward and backward (one
     thread, NCHW, batch 2, as in the worker), the divisor from both halves' positives, the
     gradients averaged as DDP's all-reduce does (each divided by the world size, then summed:
     exact for two addends), then the trainer's own optimizer and schedule."""
-    config = ddp_config(out)
-    trainer = Trainer(config, ShapesDataset(12), transform=resize_flip, progress=False)
+    config = ddp_config(out, model_name)
+    transform = partial(resize_flip, size=INPUT_SIZES[model_name])
+    trainer = Trainer(config, ShapesDataset(12), transform=transform, progress=False)
     model, criterion = trainer.model, CountingLoss(trainer.model.num_classes)
     loaders = [
-        iter(make_train_loader(trainer.train_dataset, resize_flip, 2, config.seed, rank=r, world_size=2))
+        iter(make_train_loader(trainer.train_dataset, transform, 2, config.seed, rank=r, world_size=2))
         for r in (0, 1)
     ]
     threads = torch.get_num_threads()

@@ -42,9 +42,34 @@ def test_shipped_recipes_hold_the_paper_schedules(name):
     assert (opt.bias_lr_factor, opt.bias_weight_decay) == (1.0, None)  # the ports' choice by default
 
 
+def test_ssdlite_recipe_holds_torchvisions_schedule_and_augmentation():
+    from singleshot.training.setup import default_transform
+
+    config = load_recipe("ssdlite320_coco")
+    assert config.model == "ssdlite320_coco" and config.model in singleshot.available_models()
+    assert (config.format, config.train_split, config.val_split, config.eval_metric) == (
+        "coco", "train2017", "val2017", "coco",
+    )  # fmt: skip
+    assert config.batch_size == 8 * 24 and config.iterations == 600 * (-(-117_266 // 8) // 24) == 366_000
+    opt, schedule = config.optimizer, config.schedule
+    assert (opt.name, opt.lr, opt.momentum, opt.weight_decay, opt.nesterov) == ("sgd", 0.15, 0.9, 4e-5, False)
+    assert (opt.bias_lr_factor, opt.bias_weight_decay, opt.norm_weight_decay) == (1.0, None, None)
+    assert (schedule.name, schedule.min_factor) == ("cosine", 0.0)
+    assert (schedule.warmup_iterations, schedule.warmup_factor) == (609, 0.001)
+    assert config.augment == {"photometric": False, "expand": False}
+    model = singleshot.build_model("ssdlite320_coco")
+    aug = default_transform(model, config.augment)
+    assert (aug.size, aug.photometric, aug.expand) == (320, False, False)
+    assert aug.mean == model.image_mean and aug.std == model.image_std
+    with pytest.raises(
+        ValueError, match="augment: unknown option.s. photometirc; known: photometric, expand"
+    ):
+        default_transform(model, {"photometirc": False})
+
+
 def test_every_shipped_recipe_loads_and_validates():
     names = available_recipes()
-    assert set(PAPER) | {"demo_compact"} <= set(names)
+    assert set(PAPER) | {"demo_compact", "ssdlite320_coco"} <= set(names)
     for name in names:
         load_recipe(name).validate()
 

@@ -140,7 +140,8 @@ def _run_arguments(group: argparse._ArgumentGroup) -> None:
 
 def _model_arguments(group: argparse._ArgumentGroup) -> None:
     add = group.add_argument
-    add("--model", help="model preset: ssd300_voc, ssd300_coco, ssd512_voc, ssd512_coco or ssd160_compact")
+    add("--model", help="model preset: ssd300_voc, ssd300_coco, ssd512_voc, ssd512_coco, ssd160_compact, "
+        "ssdlite320_voc or ssdlite320_coco")  # fmt: skip
     add("--lr", type=float, help="base learning rate (for the total batch)")
     add("--clip-grad-norm", type=float, help="clip the gradients' global L2 norm to this value")
     add("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under multi-GPU DDP")

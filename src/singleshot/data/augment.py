@@ -207,7 +207,8 @@ def transform_boxes(boxes: Tensor, plan: AugmentPlan) -> Tensor:
 
 
 class SSDAugmentation:
-    """The paper's training augmentation, ending in the model's input.
+    """The paper's training augmentation, ending in the model's input (each of the first two
+    steps can be switched off).
 
     Photometric distortion (brightness, contrast, saturation, hue; `singleshot.data.photometric`),
     expansion onto a mean-filled canvas up to 4x each side (p 0.5), the min-IoU random crop
@@ -229,6 +230,14 @@ class SSDAugmentation:
         generator: default source of randomness.
         std: RGB divisor on the 0-255 scale applied after the mean (the model's
             ``image_std``); None or all ones: none.
+        photometric: apply the colour distortion (False: colours are left as they are;
+            torchvision's SSDLite recipe has none).
+        expand: apply the expansion onto a mean-filled canvas (False: the crop is drawn
+            from the image itself; torchvision's SSDLite recipe has none).
+
+    Switching a step off changes no other draw: the same generator state gives the same
+    crop and flip with the step on or off, and with both on the draws are the paper
+    pipeline's as before.
     """
 
     def __init__(
@@ -237,6 +246,8 @@ class SSDAugmentation:
         mean: Sequence[float] = VGG_MEAN,
         generator: torch.Generator | None = None,
         std: Sequence[float] | None = None,
+        photometric: bool = True,
+        expand: bool = True,
     ) -> None:
         if int(size) < 1:
             raise ValueError(f"size must be a positive integer, got {size}")
@@ -248,6 +259,8 @@ class SSDAugmentation:
         self._mean = torch.tensor(self.mean, dtype=torch.float32).view(3, 1, 1)
         self._std = std_divisor(std, (3, 1, 1))
         self.std = None if std is None else tuple(float(s) for s in std)
+        self.photometric = bool(photometric)
+        self.expand = bool(expand)
 
     def plan(
         self, width: int, height: int, boxes: Tensor, generator: torch.Generator | None = None
@@ -258,9 +271,15 @@ class SSDAugmentation:
             boxes: float32 (n, 4) xyxy pixels inside the image.
             generator: source of randomness (None = torch's global generator).
         """
+        # Drawn whether or not a step is on, so that switching one off leaves the others' draws.
         u = torch.rand(NUM_PHOTOMETRIC_DRAWS + 5, generator=generator, dtype=torch.float64).tolist()
-        photometric = sample_photometric(u[:NUM_PHOTOMETRIC_DRAWS])
-        expansion = sample_expansion(width, height, u[NUM_PHOTOMETRIC_DRAWS:-1], EXPAND_PROBABILITY)
+        photometric = (
+            sample_photometric(u[:NUM_PHOTOMETRIC_DRAWS]) if self.photometric else PhotometricParams()
+        )
+        if self.expand:
+            expansion = sample_expansion(width, height, u[NUM_PHOTOMETRIC_DRAWS:-1], EXPAND_PROBABILITY)
+        else:
+            expansion = Expansion(width, height, 0, 0)
         shift = boxes.new_tensor([expansion.left, expansion.top] * 2)
         crop = sample_crop(boxes + shift, expansion.width, expansion.height, generator)
         return AugmentPlan(photometric, expansion, crop, flip=u[-1] < FLIP_PROBABILITY)
@@ -286,7 +305,8 @@ class SSDAugmentation:
         return x, _with_objects(target, transform_boxes(boxes, plan), plan.crop.keep)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(size={self.size}, mean={self.mean})"
+        off = "".join(f", {name}=False" for name in ("photometric", "expand") if not getattr(self, name))
+        return f"{type(self).__name__}(size={self.size}, mean={self.mean}{off})"
 
 
 class EvalTransform:

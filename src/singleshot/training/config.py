@@ -197,7 +197,9 @@ class TrainConfig:
             training roots and the validation set whose class names differ (see
             `singleshot.classes`); without one, class names must agree (in any order).
         prior_clip: see `singleshot.build_model`.
-        augment: keyword arguments for `singleshot.data.SSDAugmentation` besides size/mean.
+        augment: keyword arguments for `singleshot.data.SSDAugmentation` besides size/mean/std:
+            ``photometric`` and ``expand`` (both true by default; the SSDLite recipe turns both
+            off, as torchvision trained it).
     """
 
     model: str = "ssd300_voc"

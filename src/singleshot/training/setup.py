@@ -21,6 +21,7 @@ from .data import Transform, default_workers, relabel
 __all__ = [
     "build_training_model",
     "init_from_detector",
+    "class_logit_tensors",
     "freeze_batch_norm",
     "resolve_amp",
     "default_transform",
@@ -85,34 +86,54 @@ def init_from_detector(
 ) -> list:
     """Copy a trained detector's weights into ``model`` for fine-tuning on another class set.
 
-    Every tensor whose name and shape match is copied: backbone, extras and the box
-    regression heads (class-agnostic in SSD). The classification heads follow the class
-    names (``names``: the detector's, index 0 = background): the same names in another
-    order are reordered to ``model.class_names``; other names (or another count) leave
-    them as initialised. Returns the names left at their initial values. Raises
-    ValueError (naming ``where``) if a non-head tensor is missing or has another shape:
-    that is a different architecture.
+    Every tensor whose name and shape match is copied: backbone, extras, the box regression
+    heads (class-agnostic in SSD) and any layers of the class heads before their class
+    predictors (SSDLite's depthwise convolutions and BatchNorms; see `class_logit_tensors`).
+    The class predictors follow the class names (``names``: the detector's, index 0 =
+    background): the same names in another order are reordered to ``model.class_names``;
+    other names (or another count) leave them as initialised. Returns the names left at
+    their initial values. Raises ValueError (naming ``where``) if any other tensor is
+    missing or has another shape: that is a different architecture.
     """
     own = model.state_dict()
     kept: list[str] = []
     copied = {}
     order = _head_order(names, model.class_names)
+    logits = class_logit_tensors(model)
     for name, tensor in own.items():
         other = state_dict.get(name)
-        is_conf = name.startswith("head.conf.")
-        if is_conf and order is False:
+        is_logit = name in logits
+        if is_logit and order is False:
             kept.append(name)
         elif other is not None and other.shape == tensor.shape:
-            if is_conf and isinstance(order, torch.Tensor):  # (anchor, class) channels: reorder classes
+            if is_logit and isinstance(order, torch.Tensor):  # (anchor, class) channels: reorder classes
                 other = other.reshape(-1, len(order), *other.shape[1:])[:, order].reshape(other.shape)
             copied[name] = other
-        elif is_conf:
+        elif is_logit:
             kept.append(name)
         else:
             found = "missing" if other is None else f"shape {tuple(other.shape)}"
             raise ValueError(f"{where}: {name} ({tuple(tensor.shape)}) does not fit: {found}")
     model.load_state_dict(copied, strict=False)
     return kept
+
+
+def class_logit_tensors(model: SSD) -> set[str]:
+    """State-dict names of the class predictors: the last convolution of each level of
+    ``model.head.conf`` (the whole level for the SSD head, the final 1x1 after the depthwise
+    block for SSDLite's), whose output channels are (anchor, class) pairs. A head without
+    a ``conf`` list of levels: every ``head.conf.*`` tensor."""
+    levels = getattr(model.head, "conf", None)
+    if not isinstance(levels, nn.ModuleList):
+        return {name for name in model.state_dict() if name.startswith("head.conf.")}
+    names: set[str] = set()
+    for k, level in enumerate(levels):
+        convs = [name for name, module in level.named_modules() if isinstance(module, nn.Conv2d)]
+        if not convs:
+            raise ValueError(f"head.conf.{k} has no convolution predicting the class scores")
+        prefix = f"head.conf.{k}." + (f"{convs[-1]}." if convs[-1] else "")
+        names.update(prefix + p for p, _ in level.get_submodule(convs[-1]).named_parameters())
+    return names
 
 
 def _head_order(source: list | None, target: list | None) -> torch.Tensor | None | bool:
@@ -182,9 +203,20 @@ def resolve_amp(mode: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if mode == "bf16" else torch.float16
 
 
+# The `SSDAugmentation` switches a recipe's ``augment`` section may set.
+AUGMENT_OPTIONS = ("photometric", "expand")
+
+
 def default_transform(model: SSD, options: dict[str, Any]) -> Transform:
+    """`SSDAugmentation` at the model's input size and normalisation, with ``options``
+    (``TrainConfig.augment``). Raises ValueError for an option it does not take."""
     from ..data import SSDAugmentation
 
+    unknown = sorted(set(options) - set(AUGMENT_OPTIONS))
+    if unknown:
+        raise ValueError(
+            f"augment: unknown option(s) {', '.join(unknown)}; known: {', '.join(AUGMENT_OPTIONS)}"
+        )
     return SSDAugmentation(model.image_size, model.image_mean, std=model.image_std, **options)
 
 
