@@ -143,11 +143,7 @@ def _graph_module(
         model,
         model.priors,
         model.num_classes,
-        score_threshold=params["score_threshold"],
-        nms_threshold=params["nms_threshold"],
-        pre_nms_top_k=params["pre_nms_top_k"],
-        max_detections=params["max_detections"],
-        clip=params["clip"],
+        **params,
         nms=OnnxNMS(params["nms_threshold"], params["score_threshold"]),
     ).eval()
     return module, ["boxes", "scores", "labels", "counts"]

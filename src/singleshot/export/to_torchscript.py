@@ -73,11 +73,7 @@ def _script(
             network,
             model.priors,
             model.num_classes,
-            score_threshold=params["score_threshold"],
-            nms_threshold=params["nms_threshold"],
-            pre_nms_top_k=params["pre_nms_top_k"],
-            max_detections=params["max_detections"],
-            clip=params["clip"],
+            **params,
             nms=TorchNMS(params["nms_threshold"], params["score_threshold"]),
         ).eval()
         scripted = torch.jit.script(graph)

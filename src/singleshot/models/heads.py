@@ -9,15 +9,42 @@ from torch import Tensor, nn
 
 from .init import xavier_uniform_convs
 
-__all__ = ["MultiBoxHead"]
+__all__ = ["MultiBoxHead", "PerLevelHead"]
 
 
-class MultiBoxHead(nn.Module):
-    """Per-source 3x3 (padding 1) predictors of box offsets and class logits.
+class PerLevelHead(nn.Module):
+    """What every SSD head shares: one box predictor and one class predictor per source.
+
+    Subclasses fill ``self.loc`` and ``self.conf`` (ModuleLists, one module per level
+    mapping (B, C_k, H_k, W_k) to (B, A_k * 4, H_k, W_k) and (B, A_k * num_classes, H_k, W_k))
+    and set ``self.num_classes``.
 
     forward: list of sources (B, C_k, H_k, W_k) -> ``loc`` (B, P, 4), ``conf`` (B, P, num_classes)
     with P = sum(H_k * W_k * A_k), flattened level -> row -> column -> box (the order of
     Caffe SSD, ssd.pytorch and torchvision, so that their weights carry over).
+    """
+
+    loc: nn.ModuleList
+    conf: nn.ModuleList
+    num_classes: int
+
+    @staticmethod
+    def _flatten(x: Tensor, width: int) -> Tensor:
+        # (B, A * width, H, W) -> (B, H * W * A, width); free when x is channels_last.
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
+
+    def forward(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+        if len(sources) != len(self.loc):
+            raise ValueError(f"expected {len(self.loc)} sources, got {len(sources)}")
+        loc = torch.cat([self._flatten(head(x), 4) for head, x in zip(self.loc, sources)], dim=1)
+        conf = torch.cat(
+            [self._flatten(head(x), self.num_classes) for head, x in zip(self.conf, sources)], dim=1
+        )
+        return loc, conf
+
+
+class MultiBoxHead(PerLevelHead):
+    """Per-source 3x3 (padding 1) predictors of box offsets and class logits (see `PerLevelHead`).
 
     A head part (see `singleshot.models.spec`): ``part_name`` "multibox", no settings.
     """
@@ -45,17 +72,3 @@ class MultiBoxHead(nn.Module):
     def reset_parameters(self) -> None:
         """The paper's initialisation: Xavier-uniform weights, zero biases."""
         xavier_uniform_convs(self)
-
-    @staticmethod
-    def _flatten(x: Tensor, width: int) -> Tensor:
-        # (B, A * width, H, W) -> (B, H * W * A, width); free when x is channels_last.
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
-
-    def forward(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        if len(sources) != len(self.loc):
-            raise ValueError(f"expected {len(self.loc)} sources, got {len(sources)}")
-        loc = torch.cat([self._flatten(head(x), 4) for head, x in zip(self.loc, sources)], dim=1)
-        conf = torch.cat(
-            [self._flatten(head(x), self.num_classes) for head, x in zip(self.conf, sources)], dim=1
-        )
-        return loc, conf

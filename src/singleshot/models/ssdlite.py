@@ -28,10 +28,10 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from functools import partial
 
-import torch
 from torch import Tensor, nn
 
 from ..priors import PriorConfig
+from .heads import PerLevelHead
 from .init import reset_batch_norms
 from .spec import Part, PostprocessConfig, SSDSpec
 
@@ -192,7 +192,7 @@ def _predictor(channels: int, outputs: int) -> nn.Sequential:
     )
 
 
-class SSDLiteHead(nn.Module):
+class SSDLiteHead(PerLevelHead):
     """Per-source depthwise-separable predictors of box offsets and class logits.
 
     forward: list of sources (B, C_k, H_k, W_k) -> ``loc`` (B, P, 4), ``conf`` (B, P, num_classes),
@@ -223,20 +223,6 @@ class SSDLiteHead(nn.Module):
         """N(0, 0.03) convolutions with zero biases, BatchNorm reset (torchvision's scheme)."""
         _normal_convs(self)
         reset_batch_norms(self)
-
-    @staticmethod
-    def _flatten(x: Tensor, width: int) -> Tensor:
-        # (B, A * width, H, W) -> (B, H * W * A, width)
-        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, width)
-
-    def forward(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
-        if len(sources) != len(self.loc):
-            raise ValueError(f"expected {len(self.loc)} sources, got {len(sources)}")
-        loc = torch.cat([self._flatten(head(x), 4) for head, x in zip(self.loc, sources)], dim=1)
-        conf = torch.cat(
-            [self._flatten(head(x), self.num_classes) for head, x in zip(self.conf, sources)], dim=1
-        )
-        return loc, conf
 
 
 def scale_prior_config(
