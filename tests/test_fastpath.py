@@ -2,6 +2,7 @@
 and `detect` / `eval` run it on the CPU unless --no-fast."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -125,6 +126,10 @@ def test_openvino_runs_the_onnx_detector_as_predict(model, images, tmp_path):
 
     require(importlib.util.find_spec("openvino") is not None, "openvino")
     require(importlib.util.find_spec("onnxruntime") is not None, "onnxruntime")
+    if os.environ.get("DNNL_MAX_CPU_ISA", "").upper() in ("SSE41", "SSE4_1"):
+        # OpenVINO's CPU plugin refuses to run below SSE4.2 ("bad combination"); `make test`
+        # runs this test with the machine's own instruction set
+        pytest.skip("OpenVINO's CPU plugin does not run with oneDNN forced down to SSE4.1")
     from singleshot.export import OpenVinoDetector, export_onnx
 
     threshold = gap_threshold(model, images)

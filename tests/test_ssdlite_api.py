@@ -187,7 +187,7 @@ def test_export_cli_takes_the_models_postprocessing(model, checkpoint, images, t
     monkeypatch.setattr(runtime, "detect", recording_detect)
     threshold = gap_threshold(model, images)
     expected = model.predict(images, score_threshold=threshold)
-    assert_same(network_only.predict(images, score_threshold=threshold), expected, box_tol=0, score_tol=0)
+    assert_same(network_only.predict(images, score_threshold=threshold), expected, *tolerances(model, images))
     assert used == {**SETTINGS, "score_threshold": threshold}
     out = tmp_path / "detector.pt"
     argv = ["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--with-postprocess"]
