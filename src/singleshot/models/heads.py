@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -15,18 +15,30 @@ __all__ = ["MultiBoxHead", "PerLevelHead"]
 class PerLevelHead(nn.Module):
     """What every SSD head shares: one box predictor and one class predictor per source.
 
-    Subclasses fill ``self.loc`` and ``self.conf`` (ModuleLists, one module per level
-    mapping (B, C_k, H_k, W_k) to (B, A_k * 4, H_k, W_k) and (B, A_k * num_classes, H_k, W_k))
-    and set ``self.num_classes``.
+    ``predictor(in_channels, out_channels)`` makes one level's predictor, mapping
+    (B, C_k, H_k, W_k) to (B, A_k * 4, H_k, W_k) in ``self.loc`` and to
+    (B, A_k * num_classes, H_k, W_k) in ``self.conf``.
 
     forward: list of sources (B, C_k, H_k, W_k) -> ``loc`` (B, P, 4), ``conf`` (B, P, num_classes)
     with P = sum(H_k * W_k * A_k), flattened level -> row -> column -> box (the order of
     Caffe SSD, ssd.pytorch and torchvision, so that their weights carry over).
     """
 
-    loc: nn.ModuleList
-    conf: nn.ModuleList
-    num_classes: int
+    def __init__(
+        self,
+        in_channels: Sequence[int],
+        boxes_per_location: Sequence[int],
+        num_classes: int,
+        predictor: Callable[[int, int], nn.Module],
+    ) -> None:
+        super().__init__()
+        if len(in_channels) != len(boxes_per_location):
+            raise ValueError(f"{len(in_channels)} sources but {len(boxes_per_location)} prior levels")
+        self.num_classes = num_classes
+        pairs = list(zip(in_channels, boxes_per_location))
+        # all box predictors, then all class predictors: the order their weights are drawn in
+        self.loc = nn.ModuleList(predictor(c, a * 4) for c, a in pairs)
+        self.conf = nn.ModuleList(predictor(c, a * num_classes) for c, a in pairs)
 
     @staticmethod
     def _flatten(x: Tensor, width: int) -> Tensor:
@@ -43,6 +55,10 @@ class PerLevelHead(nn.Module):
         return loc, conf
 
 
+def _conv3x3(in_channels: int, out_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, 3, padding=1)
+
+
 class MultiBoxHead(PerLevelHead):
     """Per-source 3x3 (padding 1) predictors of box offsets and class logits (see `PerLevelHead`).
 
@@ -54,16 +70,7 @@ class MultiBoxHead(PerLevelHead):
     def __init__(
         self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int
     ) -> None:
-        super().__init__()
-        if len(in_channels) != len(boxes_per_location):
-            raise ValueError(f"{len(in_channels)} sources but {len(boxes_per_location)} prior levels")
-        self.num_classes = num_classes
-        self.loc = nn.ModuleList(
-            nn.Conv2d(c, a * 4, 3, padding=1) for c, a in zip(in_channels, boxes_per_location)
-        )
-        self.conf = nn.ModuleList(
-            nn.Conv2d(c, a * num_classes, 3, padding=1) for c, a in zip(in_channels, boxes_per_location)
-        )
+        super().__init__(in_channels, boxes_per_location, num_classes, _conv3x3)
 
     def config(self) -> dict:
         """Constructor keyword arguments beyond (in_channels, boxes_per_location, num_classes): none."""

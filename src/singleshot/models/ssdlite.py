@@ -207,13 +207,7 @@ class SSDLiteHead(PerLevelHead):
     def __init__(
         self, in_channels: Sequence[int], boxes_per_location: Sequence[int], num_classes: int
     ) -> None:
-        super().__init__()
-        if len(in_channels) != len(boxes_per_location):
-            raise ValueError(f"{len(in_channels)} sources but {len(boxes_per_location)} prior levels")
-        self.num_classes = num_classes
-        pairs = list(zip(in_channels, boxes_per_location))
-        self.loc = nn.ModuleList(_predictor(c, a * 4) for c, a in pairs)
-        self.conf = nn.ModuleList(_predictor(c, a * num_classes) for c, a in pairs)
+        super().__init__(in_channels, boxes_per_location, num_classes, _predictor)
 
     def config(self) -> dict:
         """Constructor keyword arguments beyond (in_channels, boxes_per_location, num_classes): none."""
