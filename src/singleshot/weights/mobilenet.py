@@ -21,13 +21,11 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .io import as_state_dict, read_state_dict
-from .keymaps import strip_prefix
+from .io import backbone_of, read_weights_source, source_name
 
 __all__ = [
     "is_torchvision_ssdlite",
@@ -141,22 +139,14 @@ def load_mobilenet_v3_backbone(model: nn.Module, source: str | os.PathLike | Map
     """
     from ..models.ssdlite import MobileNetV3Backbone
 
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "MobileNetV3 state dict"
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, MobileNetV3Backbone):
-        raise ValueError(
-            f"{where}: cannot load MobileNetV3 weights into a model without a MobileNetV3 backbone "
-            f"(got {type(backbone).__name__})"
-        )
+    where = source_name(source, "MobileNetV3")
+    backbone = backbone_of(model, MobileNetV3Backbone, "MobileNetV3", where)
     if backbone.reduced_tail:
         raise ValueError(
             f"{where}: ImageNet MobileNetV3 weights need the full tail; build the backbone with "
             "reduced_tail=False (training with --backbone-weights does)"
         )
-    if isinstance(source, (str, os.PathLike)):
-        state = strip_prefix(read_state_dict(Path(source)))
-    else:
-        state = strip_prefix(as_state_dict(source, where))
+    state = read_weights_source(source, where)
     if not is_torchvision_mobilenet_v3(state):
         shown = ", ".join(list(state)[:4])
         raise ValueError(f"{where}: not a torchvision mobilenet_v3_large state dict (keys start {shown})")

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from ..transforms import VGG_MEAN
-from .io import as_state_dict, read_state_dict
+from .io import backbone_of, read_weights_source, source_name
 from .keymaps import VGG_INDEX_TO_NAME, our_vgg_module, strip_prefix
 
 __all__ = [
@@ -181,18 +180,9 @@ def load_vgg16_backbone(model: nn.Module, source: str | os.PathLike | Mapping[st
     """
     from ..models.vgg import VGG16Backbone
 
-    where = str(source) if isinstance(source, (str, os.PathLike)) else "VGG16 state dict"
-    backbone = getattr(model, "backbone", None)
-    if not isinstance(backbone, VGG16Backbone):
-        raise ValueError(
-            f"{where}: cannot load VGG16 weights into a model without a VGG16 backbone "
-            f"(got {type(backbone).__name__})"
-        )
-    if isinstance(source, (str, os.PathLike)):
-        state = read_state_dict(Path(source))
-    else:
-        state = as_state_dict(source, where)
-    state = strip_prefix(state)
+    where = source_name(source, "VGG16")
+    backbone_of(model, VGG16Backbone, "VGG16", where)
+    state = read_weights_source(source, where)
     if is_torchvision_vgg16(state):
         try:
             state = reduce_vgg16(state, image_mean=getattr(model, "image_mean", VGG_MEAN))
