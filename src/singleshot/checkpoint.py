@@ -53,6 +53,7 @@ __all__ = [
     "model_metadata",
     "save_checkpoint",
     "load_checkpoint",
+    "checkpoint_file",
     "model_from_checkpoint",
     "load",
     "atomic_save",
@@ -146,20 +147,42 @@ def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read and validate a singleshot checkpoint (never executing code from the file).
 
+    ``path`` may also name published weights (``"ssd300_vgg16_coco"``, see
+    `singleshot.weights.published`): they are fetched, verified and converted once, and the
+    cached checkpoint is read.
+
     Raises:
-        ValueError: the file is missing, truncated, not a checkpoint, refused by the safe
-            unpickler (it holds objects other than tensors and plain containers), or a
-            checkpoint of an unknown format version. The message names the file.
+        ValueError: the file is missing (and no published weights have that name), truncated,
+            not a checkpoint, refused by the safe unpickler (it holds objects other than tensors
+            and plain containers), or a checkpoint of an unknown format version. The message
+            names the file.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: no such checkpoint file")
+    path = checkpoint_file(path)
     if is_safetensors_file(path):
         checkpoint = _load_safetensors(path, map_location)
     else:
         checkpoint = torch_load_data(path, map_location)
     validate_checkpoint(checkpoint, path)
     return checkpoint
+
+
+def checkpoint_file(source: str | os.PathLike) -> Path:
+    """The file ``source`` names: a path, or the cached checkpoint of published weights of that
+    name (fetched and converted on first use). ValueError when it is neither."""
+    path = Path(source)
+    if path.is_file():
+        return path
+    if isinstance(source, str):
+        # published weights are a layer above checkpoints: imported only for a missing file
+        from .weights.published import is_published_name, published_checkpoint
+        from .weights.registry import published_names
+
+        if is_published_name(source):
+            return published_checkpoint(source)
+        if not path.suffix and len(path.parts) == 1:  # a name rather than a path
+            known = ", ".join(published_names("detector"))
+            raise ValueError(f"{path}: no such checkpoint file, nor the name of published weights ({known})")
+    raise ValueError(f"{path}: no such checkpoint file")
 
 
 def _save_safetensors(path: str | os.PathLike, state: dict[str, torch.Tensor], meta: dict[str, Any]) -> Path:
@@ -330,7 +353,9 @@ def model_from_checkpoint(
 def load(
     path: str | os.PathLike, map_location: str | torch.device = "cpu", parts: dict[str, type] | None = None
 ) -> SSD:
-    """A ready model (in eval mode, with ``class_names``) from a singleshot checkpoint.
+    """A ready model (in eval mode, with ``class_names``) from a singleshot checkpoint, or from
+    published weights by name: ``load("ssd300_vgg16_coco")`` (`singleshot models` lists them;
+    downloaded, verified and converted once into the cache, see `singleshot.weights.published`).
 
     ``map_location``: the device the model lands on ("cpu", "cuda", "cuda:1", ...). Its
     weights take the memory layout its forward feeds them (channels-last unless
@@ -340,6 +365,7 @@ def load(
     ``part_name``), e.g. ``load("mine.pt", parts={"mynet": MyBackbone})``; the built-in
     parts and those of the presets are always known.
     """
+    path = checkpoint_file(path)
     checkpoint = load_checkpoint(path, map_location="cpu")
     model = model_from_checkpoint(checkpoint, path, parts).to(map_location)
     if model.channels_last:

@@ -14,7 +14,18 @@ import sys
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_MODULES = ("priors", "train", "demo", "convert", "export", "detect", "eval", "data", "build_kernels")
+COMMAND_MODULES = (
+    "priors",
+    "train",
+    "demo",
+    "convert",
+    "export",
+    "detect",
+    "eval",
+    "data",
+    "build_kernels",
+    "models",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

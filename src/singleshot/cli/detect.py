@@ -32,7 +32,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add = parser.add_argument
-    add("--checkpoint", required=True, help="singleshot checkpoint (.pt or .safetensors)")
+    add("--model", "--checkpoint", dest="checkpoint", required=True, metavar="NAME|FILE",
+        help="published weights by name, downloaded once and verified (e.g. ssd300_vgg16_coco; "
+             "`singleshot models` lists them), or a singleshot checkpoint (.pt or .safetensors); "
+             "--checkpoint is the same option")  # fmt: skip
     add(
         "inputs",
         nargs="+",

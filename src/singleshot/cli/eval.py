@@ -39,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add = parser.add_argument
-    add("--checkpoint", required=True, help="singleshot checkpoint to evaluate")
+    add("--checkpoint", "--model", dest="checkpoint", required=True, metavar="FILE|NAME",
+        help="singleshot checkpoint to evaluate, or published weights by name (e.g. ssd300_vgg16_coco, "
+             "downloaded once and verified; `singleshot models` lists them); --model is the same "
+             "option")  # fmt: skip
     add("--data", help="dataset root (a VOC20XX folder, a COCO or YOLO dataset folder, or an export of "
         "Roboflow, Ultralytics, CVAT or Label Studio); or --images/--annotations")  # fmt: skip
     add_coco_files_options(parser)

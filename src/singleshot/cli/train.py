@@ -151,12 +151,15 @@ def _model_arguments(group: argparse._ArgumentGroup) -> None:
     add("--paper-bias", action="store_true", help="Caffe SSD bias rules: 2x learning rate, no weight decay")
     add(
         "--backbone-weights",
-        metavar="FILE",
+        metavar="NAME|FILE",
         help="ImageNet backbone weights: VGG16 (vgg16_reducedfc.pth or torchvision) for ssd*, "
-        "torchvision mobilenet_v3_large for ssdlite*",
+        "torchvision mobilenet_v3_large for ssdlite*; or a published backbone's name, downloaded "
+        "once and verified: vgg16_reducedfc, vgg16_imagenet, mobilenet_v3_large_imagenet "
+        "(`singleshot models`)",
     )
-    add("--init-from", metavar="CHECKPOINT",
-        help="fine-tune a trained detector (class heads re-initialised for other class names)")  # fmt: skip
+    add("--init-from", metavar="NAME|CHECKPOINT",
+        help="fine-tune a trained detector, a checkpoint or a published detector's name (class heads "
+             "re-initialised for other class names)")  # fmt: skip
     add("--ema-decay", type=float, metavar="DECAY",
         help="evaluate and save an exponential moving average of the weights with this decay, e.g. 0.9998 "
         "(warmed up as DECAY * (1 - exp(-updates / ema_tau)), ema_tau 2000 by default)")  # fmt: skip

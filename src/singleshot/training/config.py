@@ -189,8 +189,10 @@ class TrainConfig:
         early_stop_min_delta: the smallest mAP gain counted as an improvement.
         backbone_weights: ImageNet backbone weights loaded before training: VGG16 (ssd.pytorch
             ``vgg16_reducedfc.pth`` or a torchvision VGG16 state dict) for the SSD presets,
-            torchvision's ``mobilenet_v3_large`` for SSDLite (whose backbone then has the full tail).
-        init_from: a singleshot checkpoint to fine-tune from; class heads are re-initialised
+            torchvision's ``mobilenet_v3_large`` for SSDLite (whose backbone then has the full tail);
+            a file, or a published backbone's name ("vgg16_reducedfc", "mobilenet_v3_large_imagenet").
+        init_from: a singleshot checkpoint (or a published detector's name) to fine-tune from;
+            class heads are re-initialised
             for another set of class names (reordered for the same names in another order),
             everything else is kept.
         class_map: a YAML or JSON file {dataset class name: model class name} relating

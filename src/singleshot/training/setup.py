@@ -38,9 +38,10 @@ def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
     """The model of a new run: preset ``config.model`` for ``class_names`` (index 0 = background).
 
     Initialised with the paper's scheme under ``config.seed``, then overwritten by
-    ``config.backbone_weights`` (VGG16 or MobileNetV3-Large ImageNet weights; the backbone is
-    then built in the layout they fit, see `imagenet_backbone`) and/or ``config.init_from`` (a
-    trained singleshot detector) when given.
+    ``config.backbone_weights`` (VGG16 or MobileNetV3-Large ImageNet weights, a file or a
+    published backbone's name such as "vgg16_reducedfc"; the backbone is then built in the
+    layout they fit, see `imagenet_backbone`) and/or ``config.init_from`` (a trained singleshot
+    detector, a file or a published detector's name) when given.
     """
     torch.manual_seed(config.seed)
     prior_config = None
@@ -63,8 +64,9 @@ def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
     model = build_ssd(spec, preset=config.model)
     if config.backbone_weights:
         from ..weights import load_backbone
+        from ..weights.published import backbone_file
 
-        load_backbone(model, config.backbone_weights)
+        load_backbone(model, backbone_file(config.backbone_weights))
     if source is not None:
         init_from_detector(
             model, source["state_dict"], str(config.init_from), source["model"].get("class_names")

@@ -1,18 +1,19 @@
 """Where built Winograd kernels live, and how they are named, listed and removed.
 
-The cache root is ``$SINGLESHOT_CACHE`` if set (the folder that also holds downloads and
-converted checkpoints), else ``$XDG_CACHE_HOME/singleshot`` or ``~/.cache/singleshot``.
-A built library is ``winograd-<key>.so`` in that folder, the key hashing the C source,
-the compiler, the compile flags and the CPU (a library built with ``-march=native``
-must not be loaded on another CPU sharing the home folder).
+The cache root is `singleshot.cache.cache_dir` (``$SINGLESHOT_CACHE``, else under
+``$XDG_CACHE_HOME`` or ``~/.cache``; re-exported here). A built library is
+``winograd-<key>.so`` in that folder, the key hashing the C source, the compiler, the
+compile flags and the CPU (a library built with ``-march=native`` must not be loaded on
+another CPU sharing the home folder).
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import platform
 from pathlib import Path
+
+from ..cache import cache_dir
 
 __all__ = [
     "FLAGS",
@@ -29,15 +30,6 @@ __all__ = [
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 PATTERN = "winograd-*.so"
-
-
-def cache_dir() -> Path:
-    """The cache root (created on first build)."""
-    configured = os.environ.get("SINGLESHOT_CACHE")
-    if configured:
-        return Path(configured)
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "singleshot"
 
 
 def cpu_identity() -> str:
