@@ -1,4 +1,5 @@
-"""``singleshot detect``: run a checkpoint on images, draw the detections, write COCO results."""
+"""``singleshot detect``: run a checkpoint on images (pictures with the detections drawn, COCO
+results) and on videos, cameras and streams (`singleshot.cli.detect_video`)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,13 @@ from .fastconv import add_fast_option, add_winograd_option
 
 if TYPE_CHECKING:
     from ..models.ssd import SSD
+    from ..video import VideoSource
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "detect",
-        help="detect objects in images and draw them",
+        help="detect objects in images, videos, cameras and streams, and draw them",
         description=(
             "Run a singleshot checkpoint on images. For each image, write a copy with the boxes, "
             "class names and scores drawn into --out, and write all detections into "
@@ -26,29 +28,42 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "name's number when every name is a number, as in COCO, else the file name; category_id "
             "is, by class name: the --categories file's id, else the id in the COCO set the checkpoint "
             "was trained on, else COCO's own id (1..90) for COCO's 80 classes, else the label). Images "
-            "that cannot be read are reported and skipped; the others are still processed."
+            "that cannot be read are reported and skipped; the others are still processed. "
+            "Videos (.mp4, .avi, .mkv, .webm, ...), cameras (an index: 0) and streams (rtsp://, "
+            "http://, ...) give OUT/NAME.mp4, the video with the detections drawn (same size and frame "
+            'rate), and OUT/NAME.jsonl, one line per frame: {"frame": index, "time": seconds, '
+            '"detections": COCO results with image_id = frame index}. A camera or stream is read in '
+            "a thread and frames that arrive while the model is busy are skipped, so the output stays "
+            "live; stop it with Ctrl-C or --max-frames. Video needs PyAV: pip install 'singleshot[video]'."
         ),
     )
     add = parser.add_argument
     add("--checkpoint", required=True, help="singleshot checkpoint (.pt or .safetensors)")
     add(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="image files, folders (their images, sorted) or glob patterns",
+        help="image files, folders (their images, sorted) or glob patterns; video files, "
+        "camera indices or stream URLs",
     )
+    add("--source", action="append", default=[], metavar="SOURCE",
+        help="a video file, camera index (0 = the first camera) or stream URL; repeatable")  # fmt: skip
+    add("--max-frames", type=int, metavar="N",
+        help="stop each video, camera or stream after N frames (default: until it ends)")  # fmt: skip
     add("--out", default="detections", help="output folder (default: detections)")
     add("--threshold", type=float, default=0.5,
         help="keep detections scoring above this, in the pictures and the JSON (default 0.5; "
              "use 0.01 for results meant for mAP)")  # fmt: skip
-    add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    add("--batch-size", type=int, default=8,
+        help="images (or frames of a video file) per forward pass (default 8)")  # fmt: skip
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
     add_fast_option(parser)
     add_winograd_option(parser)
     add("--categories", metavar="ANNOTATIONS_JSON",
         help="a COCO annotation file whose categories give each class's category_id, by name")  # fmt: skip
-    add("--no-draw", action="store_true", help="only write detections.json, no pictures")
+    add("--no-draw", action="store_true",
+        help="only the JSON (detections.json, a video's .jsonl): no pictures, no drawn videos")  # fmt: skip
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -112,6 +127,10 @@ def _check_options(args: argparse.Namespace) -> None:
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError("--max-frames must be >= 1")
+    if not args.inputs and not args.source:
+        raise ValueError("name at least one INPUT or --source")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     if args.half and args.device != "cuda":
@@ -136,13 +155,37 @@ def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
     return model, label_map
 
 
+def split_inputs(inputs: Sequence[str]) -> tuple[list[str], list[VideoSource]]:
+    """(image inputs, video sources): video files, camera indices and stream URLs are the
+    video sources (see `singleshot.video.parse_source`); the rest are images, folders and globs."""
+    from ..video import parse_source
+
+    images: list[str] = []
+    videos: list[VideoSource] = []
+    for item in inputs:
+        source = parse_source(item)
+        if source is None:
+            images.append(item)
+        else:
+            videos.append(source)
+    return images, videos
+
+
 def run(args: argparse.Namespace) -> int:
+    from .detect_video import check_video_support, detect_videos
+
     _check_options(args)
-    paths = collect_images(args.inputs)
+    image_inputs, videos = split_inputs([*args.inputs, *args.source])
+    paths = collect_images(image_inputs) if image_inputs else []
+    if videos:
+        check_video_support()
     model, label_map = _load_model(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    return detect_images(model, label_map, paths, args, out)
+    code = detect_images(model, label_map, paths, args, out) if paths else 0
+    if videos:
+        code = max(code, detect_videos(model, label_map, videos, args, out))
+    return code
 
 
 def detect_images(
