@@ -24,7 +24,8 @@ import torch
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
 from singleshot.cli.detect import split_inputs
-from singleshot.video import VideoSource
+from singleshot.cli.detect_video import video_output_names
+from singleshot.video import VideoSource, parse_source
 from video_fixtures import HEIGHT, PERIOD, WIDTH, box_center, read_video, square_detector, write_video
 
 THRESHOLD = 0.3
@@ -179,6 +180,14 @@ def test_inputs_split_into_images_and_video_sources(tmp_path, monkeypatch):
         VideoSource("stream", "rtsp://cam/main", "main", live=True),
         VideoSource("file", "b.webm", "b", live=False),
     ]
+
+
+def test_output_names_never_clash_nor_overwrite_an_input(tmp_path):
+    sources = [parse_source(str(tmp_path / "a" / "clip.mp4")), parse_source(str(tmp_path / "b" / "clip.mkv")),
+               parse_source("0"), parse_source("rtsp://cam/clip")]  # fmt: skip
+    assert video_output_names(sources, tmp_path / "out") == ["clip", "clip_1", "camera0", "clip_2"]
+    # --out is the input's own folder: the annotated video must not replace the input
+    assert video_output_names(sources[:1], tmp_path / "a") == ["clip_1"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="camera devices are named the v4l2 way")

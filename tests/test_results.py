@@ -1,6 +1,7 @@
 """`singleshot.results.Detections`: what `predict` returns, still the dict it always was, plus
 its image, class names, pictures, COCO results and data frames."""
 
+import collections
 import copy
 import json
 import pickle
@@ -46,7 +47,7 @@ def hand_made(**kwargs):
     )
 
 
-def test_predict_returns_the_same_dict_as_before(model, frame_file):
+def test_predict_returns_the_same_dict_as_before(model, frame_file, tmp_path):
     image = read_image(frame_file)
     (det,) = model.predict(image, score_threshold=0.3)
     assert type(det) is Detections and isinstance(det, dict)
@@ -57,12 +58,19 @@ def test_predict_returns_the_same_dict_as_before(model, frame_file):
     assert det == plain and plain == det  # dict equality compares the same tensor objects
     assert len(det["scores"]) > 0
     assert det["boxes"].dtype == torch.float32 and det["labels"].dtype == torch.int64
-    # copies and pickles keep what the results know
-    for clone in (copy.copy(det), copy.deepcopy(det), pickle.loads(pickle.dumps(det))):
+    # copies keep what the results know
+    for clone in (copy.copy(det), copy.deepcopy(det)):
         assert type(clone) is Detections and list(clone) == KEYS
         assert torch.equal(clone["boxes"], det["boxes"])
         assert clone.names == SQUARE_NAMES and clone.image_size == (128, 192)
         assert torch.equal(clone.image, image)
+    assert copy.copy(det)["boxes"] is det["boxes"] and copy.deepcopy(det)["boxes"] is not det["boxes"]
+    # saved, results are their dicts alone: files load with weights_only=True, as before
+    torch.save([det], tmp_path / "detections.pt")
+    (loaded,) = torch.load(tmp_path / "detections.pt", weights_only=True)
+    assert type(loaded) is collections.OrderedDict and list(loaded) == KEYS
+    assert all(torch.equal(loaded[k], det[k]) for k in KEYS)
+    assert list(pickle.loads(pickle.dumps(det))) == KEYS
 
 
 def test_results_know_their_image_names_and_size(model, frame_file):

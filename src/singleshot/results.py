@@ -14,6 +14,8 @@ what it adds lives in attributes, never in keys.
 
 from __future__ import annotations
 
+import collections
+import copy
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -44,6 +46,10 @@ class Detections(dict[str, Tensor]):
 
     Attributes (besides the args): ``image`` reads the file again when only a path is kept,
     so a list of results over many files does not hold every picture in memory.
+
+    Saved with ``torch.save`` or pickle, a result is written as its dict alone (an
+    ``OrderedDict`` when read back), so such files still load with ``torch.load(...,
+    weights_only=True)``; copies (``copy.copy``, ``copy.deepcopy``) keep everything.
     """
 
     def __init__(
@@ -64,6 +70,21 @@ class Detections(dict[str, Tensor]):
         self.path = None if path is None else Path(path)
         self.names = None if names is None else list(names)
         self.category_ids = None if category_ids is None else [int(c) for c in category_ids]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # as an OrderedDict: one of the types torch.load(weights_only=True) rebuilds
+        return collections.OrderedDict, (), None, None, iter(self.items())
+
+    def __copy__(self) -> Detections:
+        return self._with(self["boxes"], self["scores"], self["labels"], self._image)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Detections:
+        boxes, scores, labels = (copy.deepcopy(self[key], memo) for key in ("boxes", "scores", "labels"))
+        return self._with(boxes, scores, labels, copy.deepcopy(self._image, memo))
+
+    def _with(self, boxes: Tensor, scores: Tensor, labels: Tensor, image: Tensor | None) -> Detections:
+        return Detections(boxes, scores, labels, image_size=self.image_size, image=image, path=self.path,
+                          names=self.names, category_ids=self.category_ids)  # fmt: skip
 
     @property
     def image(self) -> Tensor:
