@@ -6,12 +6,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import torch
-from torch import Tensor
 
 from .boxes import fractions_to_pixels
 from .imageio import ImageLike, to_rgb_tensor
 from .models.spec import MODEL_DEFAULT, PostprocessConfig
 from .postprocess import detect
+from .results import Detections, attach_sources
 from .transforms import VGG_MEAN, preprocess, resize_bilinear  # re-exported: public API (README)
 
 if TYPE_CHECKING:
@@ -37,7 +37,7 @@ def predict(
     nms_threshold: float = MODEL_DEFAULT,
     pre_nms_top_k: int = MODEL_DEFAULT,
     max_detections: int | None = MODEL_DEFAULT,
-) -> list[dict[str, Tensor]]:
+) -> list[Detections]:
     """See `singleshot.SSD.predict`."""
     settings = _settings(
         model,
@@ -46,10 +46,8 @@ def predict(
         pre_nms_top_k=pre_nms_top_k,
         max_detections=max_detections,
     )
-    if isinstance(images, (list, tuple)):
-        tensors = [to_rgb_tensor(image) for image in images]
-    else:
-        tensors = [to_rgb_tensor(images)]
+    inputs = list(images) if isinstance(images, (list, tuple)) else [images]
+    tensors = [to_rgb_tensor(image) for image in inputs]
     if not tensors:
         return []
     parameter = next(model.parameters())
@@ -71,4 +69,4 @@ def predict(
         height, width = image.shape[-2:]
         boxes = fractions_to_pixels(det["boxes"], height, width)
         results.append({"boxes": boxes.cpu(), "scores": det["scores"].cpu(), "labels": det["labels"].cpu()})
-    return results
+    return attach_sources(results, inputs, tensors, model)

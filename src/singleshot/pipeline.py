@@ -20,6 +20,7 @@ from torch import Tensor
 from .imageio import read_image
 from .inference import predict
 from .models.spec import MODEL_DEFAULT
+from .results import Detections
 
 if TYPE_CHECKING:
     from .models.ssd import SSD
@@ -33,14 +34,15 @@ class FilePrediction(NamedTuple):
     Attributes:
         path: the file, as given.
         image: its pixels, uint8 (3, H, W) RGB; None when it could not be read.
-        detections: {"boxes" (N, 4) xyxy pixels of the image, "scores" (N,), "labels" (N,)},
-            as `SSD.predict`; None when the file could not be read.
+        detections: `singleshot.results.Detections` ({"boxes" (N, 4) xyxy pixels of the
+            image, "scores" (N,), "labels" (N,)}, knowing the image and its path), as
+            `SSD.predict`; None when the file could not be read.
         error: why the file could not be read (the message names it); None when it was.
     """
 
     path: Path
     image: Tensor | None
-    detections: dict[str, Tensor] | None
+    detections: Detections | None
     error: str | None
 
 
@@ -66,6 +68,8 @@ def _predict_batch(
     batch: list[FilePrediction] = []
     for path, (image, error) in zip(paths, reads):
         detections = next(results) if image is not None else None
+        if detections is not None:
+            detections.path = path
         batch.append(FilePrediction(path, image, detections, error))
     return batch
 

@@ -14,7 +14,7 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
-__all__ = ["class_color", "detection_labels", "draw_detections", "save_image"]
+__all__ = ["class_color", "label_name", "detection_labels", "draw_detections", "save_image"]
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -24,19 +24,20 @@ def class_color(label: int) -> tuple[int, int, int]:
     return int(r * 255), int(g * 255), int(b * 255)
 
 
+def label_name(label: int, class_names: Sequence[str] | None) -> str:
+    """The class name of ``label`` (index into ``class_names``), else "class <label>"."""
+    if class_names is not None and 0 <= label < len(class_names):
+        return class_names[label]
+    return f"class {label}"
+
+
 def detection_labels(
     labels: Sequence[int], scores: Sequence[float], class_names: Sequence[str] | None
 ) -> list[str]:
     """Captions "name 0.87" (or "class 3 0.87" without names) for each detection."""
-    captions = []
-    for label, score in zip(labels, scores):
-        label = int(label)
-        if class_names is not None and 0 <= label < len(class_names):
-            name = class_names[label]
-        else:
-            name = f"class {label}"
-        captions.append(f"{name} {float(score):.2f}")
-    return captions
+    return [
+        f"{label_name(int(label), class_names)} {float(score):.2f}" for label, score in zip(labels, scores)
+    ]
 
 
 def draw_detections(

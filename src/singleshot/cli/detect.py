@@ -1,4 +1,5 @@
-"""``singleshot detect``: run a checkpoint on images, draw the detections, write COCO results."""
+"""``singleshot detect``: run a checkpoint on images (pictures with the detections drawn, COCO
+results) and on videos, cameras and streams (`singleshot.cli.detect_video`)."""
 
 from __future__ import annotations
 
@@ -7,20 +8,19 @@ import glob
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .fastconv import add_fast_option, add_winograd_option
 
 if TYPE_CHECKING:
-    from torch import Tensor
-
     from ..models.ssd import SSD
+    from ..video import VideoSource
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "detect",
-        help="detect objects in images and draw them",
+        help="detect objects in images, videos, cameras and streams, and draw them",
         description=(
             "Run a singleshot checkpoint on images. For each image, write a copy with the boxes, "
             "class names and scores drawn into --out, and write all detections into "
@@ -28,7 +28,13 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "name's number when every name is a number, as in COCO, else the file name; category_id "
             "is, by class name: the --categories file's id, else the id in the COCO set the checkpoint "
             "was trained on, else COCO's own id (1..90) for COCO's 80 classes, else the label). Images "
-            "that cannot be read are reported and skipped; the others are still processed."
+            "that cannot be read are reported and skipped; the others are still processed. "
+            "Videos (.mp4, .avi, .mkv, .webm, ...), cameras (an index: 0) and streams (rtsp://, "
+            "http://, ...) give OUT/NAME.mp4, the video with the detections drawn (same size and frame "
+            'rate), and OUT/NAME.jsonl, one line per frame: {"frame": index, "time": seconds, '
+            '"detections": COCO results with image_id = frame index}. A camera or stream is read in '
+            "a thread and frames that arrive while the model is busy are skipped, so the output stays "
+            "live; stop it with Ctrl-C or --max-frames. Video needs PyAV: pip install 'singleshot[video]'."
         ),
     )
     add = parser.add_argument
@@ -38,22 +44,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
              "--checkpoint is the same option")  # fmt: skip
     add(
         "inputs",
-        nargs="+",
+        nargs="*",
         metavar="INPUT",
-        help="image files, folders (their images, sorted) or glob patterns",
+        help="image files, folders (their images, sorted) or glob patterns; video files, "
+        "camera indices or stream URLs",
     )
+    add("--source", action="append", default=[], metavar="SOURCE",
+        help="a video file, camera index (0 = the first camera) or stream URL; repeatable")  # fmt: skip
+    add("--max-frames", type=int, metavar="N",
+        help="stop each video, camera or stream after N frames (default: until it ends)")  # fmt: skip
     add("--out", default="detections", help="output folder (default: detections)")
     add("--threshold", type=float, default=0.5,
         help="keep detections scoring above this, in the pictures and the JSON (default 0.5; "
              "use 0.01 for results meant for mAP)")  # fmt: skip
-    add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
+    add("--batch-size", type=int, default=8,
+        help="images (or frames of a video file) per forward pass (default 8)")  # fmt: skip
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
     add_fast_option(parser)
     add_winograd_option(parser)
     add("--categories", metavar="ANNOTATIONS_JSON",
         help="a COCO annotation file whose categories give each class's category_id, by name")  # fmt: skip
-    add("--no-draw", action="store_true", help="only write detections.json, no pictures")
+    add("--no-draw", action="store_true",
+        help="only the JSON (detections.json, a video's .jsonl): no pictures, no drawn videos")  # fmt: skip
     add("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -112,55 +125,15 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
-def file_categories(path: str) -> dict[str, int]:
-    """{name: category id} of a COCO annotation file's "categories" list."""
-    from ..data.coco import load_coco_json
-
-    data = load_coco_json(Path(path))
-    pairs = [(c.get("name"), c.get("id")) for c in data["categories"] if isinstance(c, dict)]
-    named = [(n, i) for n, i in pairs if isinstance(n, str) and isinstance(i, int)]
-    if not pairs or len(named) != len(pairs):
-        raise ValueError(f"{path}: every category needs a string 'name' and an integer 'id'")
-    return dict(named)
-
-
-def label_to_category_map(model: SSD, categories: str | None = None) -> dict[int, int] | None:
-    """{model label: COCO category id} for the results file, found by class name.
-
-    In this order: the ids of ``categories`` (a COCO annotation file naming every class of
-    the model); the ids of the set the model was trained on (``model.category_ids``); COCO's
-    own ids (1..90) for a model of COCO's 80 classes (any order, or the 91-entry layout);
-    else None (label = category id).
-    """
-    from ..classes import match_classes
-    from ..data.common import BACKGROUND
-    from ..weights.names import coco_names_91
-
-    names = model.class_names
-    if categories is not None:
-        by_name = file_categories(categories)
-        if names is None:
-            raise ValueError(f"--categories {categories}: the checkpoint has no class names to look up")
-        order = [BACKGROUND, *by_name]
-        try:
-            match = match_classes(names, order)
-        except ValueError as error:
-            raise ValueError(f"--categories {categories}: {error}") from None
-        return {label: by_name[order[int(match.model_to_dataset[label])]] for label in range(1, len(names))}
-    category_ids = getattr(model, "category_ids", None)
-    if category_ids is not None:
-        return dict(enumerate(category_ids))
-    coco = {name: index for index, name in enumerate(coco_names_91()) if index > 0 and name != "N/A"}
-    if names is not None and {name for name in names[1:] if name != "N/A"} == set(coco):
-        return {label: coco.get(name, label) for label, name in enumerate(names) if label > 0}
-    return None
-
-
 def _check_options(args: argparse.Namespace) -> None:
     import torch
 
     if args.batch_size < 1:
         raise ValueError("--batch-size must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise ValueError("--max-frames must be >= 1")
+    if not args.inputs and not args.source:
+        raise ValueError("name at least one INPUT or --source")
     if args.device == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda: no CUDA device is available")
     if args.half and args.device != "cuda":
@@ -169,11 +142,14 @@ def _check_options(args: argparse.Namespace) -> None:
 
 def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
     """(model ready to run, {label: category id} or None); errors come before any image is read."""
+    from ..categories import label_to_category_map
     from ..checkpoint import load
     from .fastconv import apply_fast, apply_winograd
 
     model = load(args.checkpoint, map_location=args.device)
-    label_map = label_to_category_map(model, args.categories)
+    label_map = label_to_category_map(
+        model.class_names, getattr(model, "category_ids", None), args.categories
+    )
     model = apply_fast(model, args.fast, args.device, half=args.half)
     if args.half:
         model = model.half()
@@ -182,46 +158,73 @@ def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
     return model, label_map
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+def split_inputs(inputs: Sequence[str]) -> tuple[list[str], list[VideoSource]]:
+    """(image inputs, video sources): video files, camera indices and stream URLs are the
+    video sources (see `singleshot.video.parse_source`); the rest are images, folders and globs."""
+    from ..video import parse_source
 
-    from ..evaluation import write_coco_results
-    from ..pipeline import predict_files
-    from ..visualize import draw_detections, save_image
+    images: list[str] = []
+    videos: list[VideoSource] = []
+    for item in inputs:
+        source = parse_source(item)
+        if source is None:
+            images.append(item)
+        else:
+            videos.append(source)
+    return images, videos
+
+
+def run(args: argparse.Namespace) -> int:
+    from .detect_video import check_video_support, detect_videos
 
     _check_options(args)
-    paths = collect_images(args.inputs)
+    image_inputs, videos = split_inputs([*args.inputs, *args.source])
+    paths = collect_images(image_inputs) if image_inputs else []
+    if videos:
+        check_video_support()
     model, label_map = _load_model(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    names = dict(zip(paths, output_names(paths)))
-    ids = dict(zip(paths, image_ids_for(paths)))
+    code = detect_images(model, label_map, paths, args, out) if paths else 0
+    if videos:
+        code = max(code, detect_videos(model, label_map, videos, args, out))
+    return code
 
-    done_paths: list[Path] = []
-    detections: list[dict[str, Tensor]] = []
-    skipped: list[tuple[Path, str]] = []
+
+def detect_images(
+    model: SSD, label_map: dict[int, int] | None, paths: list[Path], args: argparse.Namespace, out: Path
+) -> int:
+    """Draw each image's detections into ``out`` and write ``out/detections.json``; 1 when no
+    image could be read."""
+    import json
+
+    from tqdm import tqdm
+
+    from ..pipeline import predict_files
+
+    names = dict(zip(paths, output_names(paths)))
+    ids: dict[Path, int | str] = dict(zip(paths, image_ids_for(paths)))
+    done = 0
+    results: list[dict[str, Any]] = []
+    skipped: list[str] = []
     progress = tqdm(total=len(paths), unit="img", desc="detect", disable=args.no_progress or len(paths) < 2)
     for item in predict_files(model, paths, batch_size=args.batch_size, score_threshold=args.threshold):
         progress.update(1)
-        if item.error is not None:
-            skipped.append((item.path, item.error))
+        if item.detections is None:
+            skipped.append(str(item.error))
             tqdm.write(f"skipped {item.error}", file=sys.stderr)
             continue
-        assert item.image is not None and item.detections is not None  # read: both are set
-        done_paths.append(item.path)
-        detections.append(item.detections)
+        done += 1
+        results.extend(item.detections.to_json(ids[item.path], label_to_category_id=label_map))
         if not args.no_draw:
-            drawn = draw_detections(item.image, item.detections, model.class_names, score_threshold=0.0)
-            save_image(drawn, out / names[item.path])
+            item.detections.save(out / names[item.path], score_threshold=0.0)
     progress.close()
 
-    json_path = write_coco_results(
-        detections, [ids[p] for p in done_paths], label_map, out / "detections.json"
-    )
-    total = sum(len(d["scores"]) for d in detections)
-    print(f"{len(done_paths)} images, {total} detections (score > {args.threshold}) -> {json_path}")
+    json_path = out / "detections.json"
+    json_path.write_text(json.dumps(results))
+    print(f"{done} images, {len(results)} detections (score > {args.threshold}) -> {json_path}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)
-        for _, error in skipped:
+        for error in skipped:
             print(f"  {error}", file=sys.stderr)
-    return 0 if done_paths else 1
+    return 0 if done else 1

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..categories import category_lookup, coco_results, plain_id
 from .plots import class_name
 
 if TYPE_CHECKING:
@@ -63,25 +64,6 @@ def _numpy(value: Any, dtype: Any) -> np.ndarray:
     return np.asarray(value, dtype=dtype)
 
 
-def _plain_id(value: Any) -> Any:
-    """Image ids as JSON-friendly Python values (ints stay ints, strings stay strings)."""
-    if isinstance(value, torch.Tensor):
-        value = value.item()
-    if isinstance(value, np.generic):
-        value = value.item()
-    return value
-
-
-def _category_lookup(label_to_category_id: Mapping[int, int] | None, labels: np.ndarray) -> np.ndarray:
-    if label_to_category_id is None:
-        return labels.astype(np.int64)
-    table = {int(k): int(v) for k, v in label_to_category_id.items()}
-    missing = sorted(set(np.unique(labels).tolist()) - table.keys())
-    if missing:
-        raise ValueError(f"labels {missing} have no entry in label_to_category_id")
-    return np.array([table[label] for label in labels.tolist()], dtype=np.int64)
-
-
 def detections_to_coco_results(
     detections: Sequence[Mapping[str, Any]],
     image_ids: Sequence[Any],
@@ -106,25 +88,8 @@ def detections_to_coco_results(
         raise ValueError(f"{len(detections)} images of detections but {len(image_ids)} image ids")
     results: list[dict[str, Any]] = []
     for index, (det, image_id) in enumerate(zip(detections, image_ids)):
-        boxes = _numpy(det["boxes"], np.float64).reshape(-1, 4)
-        scores = _numpy(det["scores"], np.float64).reshape(-1)
-        labels = _numpy(det["labels"], np.int64).reshape(-1)
-        if not len(boxes) == len(scores) == len(labels):
-            raise ValueError(
-                f"detections of image {index}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels"
-            )
-        if not len(boxes):
-            continue
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
-        if decimals is not None:
-            xywh = np.round(xywh, decimals)
-            scores = np.round(scores, decimals + 2)
-        categories = _category_lookup(label_to_category_id, labels)
-        image_id = _plain_id(image_id)
-        results.extend(
-            {"image_id": image_id, "category_id": category, "bbox": box, "score": score}
-            for category, box, score in zip(categories.tolist(), xywh.tolist(), scores.tolist())
-        )
+        what = f"detections of image {index}"
+        results.extend(coco_results(det, image_id, label_to_category_id, decimals=decimals, what=what))
     return results
 
 
@@ -179,7 +144,7 @@ def _image_annotations(
     xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)
     area = target.get("area")
     area = xywh[:, 2] * xywh[:, 3] if area is None else _numpy(area, np.float64).reshape(-1)
-    categories = _category_lookup(label_to_category_id, labels)
+    categories = category_lookup(label_to_category_id, labels)
     for box, category, is_crowd, box_area in zip(xywh.tolist(), categories.tolist(), crowd, area.tolist()):
         annotations.append(
             {
@@ -223,7 +188,7 @@ def build_coco_ground_truth(
     annotations: list[dict[str, Any]] = []
     labels_seen: set[int] = set()
     for index, target in enumerate(ground_truths):
-        image_id = _plain_id(image_ids[index])
+        image_id = plain_id(image_ids[index])
         size = image_sizes[index] if image_sizes is not None else target.get("size", (0, 0))
         height, width = (int(v) for v in _numpy(size, np.int64).reshape(2))
         images.append({"id": image_id, "height": height, "width": width})
@@ -274,7 +239,7 @@ def _run_cocoeval(
     with _quiet(verbose):
         coco_dt = _results_coco(coco_gt, results)
         evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
-        evaluator.params.imgIds = list(dict.fromkeys(_plain_id(i) for i in image_ids))
+        evaluator.params.imgIds = list(dict.fromkeys(plain_id(i) for i in image_ids))
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -394,7 +359,7 @@ def evaluate_coco_file(
             raise ValueError(f"{path}: not a COCO annotation file ({error})") from None
     else:
         coco_gt = annotation_file
-    missing = {_plain_id(i) for i in image_ids} - set(coco_gt.getImgIds())
+    missing = {plain_id(i) for i in image_ids} - set(coco_gt.getImgIds())
     if missing:
         raise ValueError(f"image ids not in the annotation file: {sorted(missing, key=str)[:5]}")
     results = detections_to_coco_results(detections, image_ids, label_to_category_id)

@@ -194,7 +194,8 @@ def _run_model(
     targets: list[dict[str, Any]] = []
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
         for batch in loader:
-            detections.extend(predict(model, [image for image, _ in batch], **options))
+            # plain dicts: a `Detections` keeps its image, and a dataset's worth would stay in memory
+            detections.extend(dict(d) for d in predict(model, [image for image, _ in batch], **options))
             for image, target in batch:
                 target = dict(target)
                 target.setdefault("size", tuple(image.shape[-2:]))

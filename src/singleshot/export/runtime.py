@@ -20,6 +20,7 @@ from torch import Tensor
 from ..boxes import fractions_to_pixels
 from ..imageio import ImageLike, to_rgb_tensor
 from ..postprocess import detect
+from ..results import Detections, attach_sources
 from ..transforms import preprocess
 from .graph import outputs_to_detections
 from .to_onnx import POSTPROCESS_DEFAULTS
@@ -62,9 +63,10 @@ class _ExportedDetector:
     def run(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], **postprocess: Any) -> list[dict[str, Tensor]]:
-        """Images (uint8 (3, H, W) RGB tensors, PIL images or paths) -> one dict per image:
-        ``boxes`` (N, 4) xyxy in the original pixels, ``scores`` (N,), ``labels`` int64 (N,).
+    def predict(self, images: ImageLike | Sequence[ImageLike], **postprocess: Any) -> list[Detections]:
+        """Images (uint8 (3, H, W) RGB tensors, PIL images or paths) -> one
+        `singleshot.results.Detections` per image, as `SSD.predict`: ``boxes`` (N, 4) xyxy
+        in the original pixels, ``scores`` (N,), ``labels`` int64 (N,).
 
         ``postprocess`` (``score_threshold``, ``nms_threshold``, ``pre_nms_top_k``,
         ``max_detections``, ``clip``) applies to network-only exports, post-processed here
@@ -87,7 +89,8 @@ class _ExportedDetector:
         sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
         if self.with_postprocess:
             boxes, scores, labels, counts = outputs
-            return outputs_to_detections(boxes, scores, labels, counts, image_sizes=sizes)
+            raw = outputs_to_detections(boxes, scores, labels, counts, image_sizes=sizes)
+            return attach_sources(raw, items, tensors, self)
         # network only: post-process in PyTorch, by default as the exported model's predict
         loc, conf = outputs
         params = {**(self.metadata.get("model_postprocess") or POSTPROCESS_DEFAULTS), **postprocess}
@@ -105,7 +108,7 @@ class _ExportedDetector:
         for det, (height, width) in zip(detections, sizes):
             boxes = fractions_to_pixels(det["boxes"], height, width)
             results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
-        return results
+        return attach_sources(results, items, tensors, self)
 
     def _priors(self) -> Tensor:
         from ..presets import get_preset

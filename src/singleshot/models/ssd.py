@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -13,6 +13,9 @@ from ..transforms import VGG_MEAN
 from .heads import MultiBoxHead
 from .spec import MODEL_DEFAULT as _MODEL_DEFAULT
 from .spec import UNIT_STD, PostprocessConfig
+
+if TYPE_CHECKING:
+    from ..results import Detections
 
 __all__ = ["SSD", "source_channels"]
 
@@ -160,7 +163,7 @@ class SSD(nn.Module):
         nms_threshold: float = _MODEL_DEFAULT,
         pre_nms_top_k: int = _MODEL_DEFAULT,
         max_detections: int | None = _MODEL_DEFAULT,
-    ) -> list[dict[str, Tensor]]:
+    ) -> list[Detections]:
         """Detect objects in images of any size.
 
         Args:
@@ -171,9 +174,11 @@ class SSD(nn.Module):
                 Boxes are clipped before NMS when ``postprocess.clip`` is set.
 
         Returns:
-            One dict per image: ``boxes`` float (N, 4) xyxy in the original image's pixels
-            (clipped to it), ``scores`` (N,), ``labels`` int64 (N,) in 1..C-1, sorted by
-            score, descending.
+            One `singleshot.results.Detections` per image, a dict: ``boxes`` float (N, 4)
+            xyxy in the original image's pixels (clipped to it), ``scores`` (N,), ``labels``
+            int64 (N,) in 1..C-1, sorted by score, descending; it also knows its image (or
+            file), the class names, and draws (``plot``, ``save``) and converts itself
+            (``to_json``, ``to_pandas``).
         """
         from ..inference import predict
 

@@ -130,8 +130,8 @@ def draw_pictures(model: SSD, dataset: Any, out: Path, count: int) -> list[Path]
         height, width = image.shape[-2:]
         big = resize_bilinear(image, height * PICTURE_SCALE, width * PICTURE_SCALE)
         big = big.round().clamp(0, 255).to(torch.uint8)
-        detection = {**detection, "boxes": detection["boxes"] * PICTURE_SCALE}
-        drawn = draw_detections(big, detection, model.class_names, score_threshold=0.5)
+        scaled = {**detection, "boxes": detection["boxes"] * PICTURE_SCALE}
+        drawn = draw_detections(big, scaled, model.class_names, score_threshold=0.5)
         paths.append(save_image(drawn, out / f"{target['image_id']}.png"))
     return paths
 
