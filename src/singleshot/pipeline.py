@@ -22,7 +22,7 @@ from .inference import predict
 from .models.spec import MODEL_DEFAULT
 
 if TYPE_CHECKING:
-    from .models.ssd import SSD
+    from .detector import Detector
 
 __all__ = ["FilePrediction", "predict_files"]
 
@@ -56,7 +56,7 @@ def _read_all(paths: Sequence[Path]) -> list[tuple[Tensor | None, str | None]]:
 
 
 def _predict_batch(
-    model: SSD,
+    model: Detector,
     paths: Sequence[Path],
     reads: Sequence[tuple[Tensor | None, str | None]],
     predict_options: dict[str, Any],
@@ -71,7 +71,7 @@ def _predict_batch(
 
 
 def predict_files(
-    model: SSD,
+    model: Detector,
     paths: Sequence[str | os.PathLike],
     *,
     batch_size: int = 8,
@@ -82,6 +82,8 @@ def predict_files(
     max_detections: int | None = MODEL_DEFAULT,
 ) -> Iterator[FilePrediction]:
     """Run ``model.predict`` over image files, ``batch_size`` images per forward pass.
+
+    ``model``: a `singleshot.SSD` or an exported file's runner (`singleshot.export.load_detector`).
 
     Yields one `FilePrediction` per path, in order. A file that cannot be read (missing,
     corrupt, not an image) yields its error instead of stopping the run. With ``prefetch``
