@@ -10,11 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .fastconv import add_fast_option, add_winograd_option
+from .modelfile import add_runtime_option
 
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ..models.ssd import SSD
+    from ..detector import Detector
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,6 +47,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--batch-size", type=int, default=8, help="images per forward pass (default 8)")
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
+    add_runtime_option(parser)
     add_fast_option(parser)
     add_winograd_option(parser)
     add("--categories", metavar="ANNOTATIONS_JSON",
@@ -121,7 +123,7 @@ def file_categories(path: str) -> dict[str, int]:
     return dict(named)
 
 
-def label_to_category_map(model: SSD, categories: str | None = None) -> dict[int, int] | None:
+def label_to_category_map(model: Detector, categories: str | None = None) -> dict[int, int] | None:
     """{model label: COCO category id} for the results file, found by class name.
 
     In this order: the ids of ``categories`` (a COCO annotation file naming every class of
@@ -164,18 +166,19 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--half needs --device cuda (CPUs have no fast float16 convolutions)")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
-    """(model ready to run, {label: category id} or None); errors come before any image is read."""
-    from ..checkpoint import load
-    from .fastconv import apply_fast, apply_winograd
+def _load_model(args: argparse.Namespace) -> tuple[Detector, dict[int, int] | None]:
+    """(model ready to run, {label: category id} or None); errors come before any image is read.
 
-    model = load(args.checkpoint, map_location=args.device)
+    A checkpoint or an exported file (`open_model`); a graph with NMS inside may raise
+    ``args.threshold`` to the score threshold it was built with (with a note).
+    """
+    from .modelfile import detect_threshold, open_model
+
+    model = open_model(
+        args.checkpoint, args.device, args.runtime, fast=args.fast, winograd=args.winograd, half=args.half
+    )
     label_map = label_to_category_map(model, args.categories)
-    model = apply_fast(model, args.fast, args.device, half=args.half)
-    if args.half:
-        model = model.half()
-    else:
-        apply_winograd(model, args.winograd, args.device)
+    args.threshold = detect_threshold(model, args.threshold)
     return model, label_map
 
 
