@@ -242,8 +242,28 @@ def test_onnx_network_runner_postprocesses_like_predict(model, images, onnx_file
         model.predict(images, threshold),
         *network_tolerances(model, images),
     )
-    with pytest.raises(ValueError, match="fixed inside this graph"):
-        OnnxDetector(onnx_files["detector"]).predict(images, score_threshold=0.5)
+
+
+def test_a_graph_with_nms_inside_takes_only_a_higher_score_threshold(model, images, tmp_path):
+    """Built at 0.01, asked for a threshold in a gap: its output filtered there equals predict's at
+    that threshold (NMS never lets a lower score suppress a higher one); lower thresholds and
+    other NMS settings are refused, naming the file."""
+    path = export_onnx(model, tmp_path / "low.onnx", with_postprocess=True, score_threshold=0.01)
+    runner = OnnxDetector(path)
+    assert runner.postprocess.score_threshold == 0.01 and runner.model_postprocess == model.postprocess
+    threshold = threshold_in_a_gap(model, images)
+    got = runner.predict(images, score_threshold=threshold, nms_threshold=model.postprocess.nms_threshold)
+    expected = model.predict(images, score_threshold=threshold)
+    assert all(0 < len(d["scores"]) < len(r["scores"]) for d, r in zip(expected, runner.predict(images)))
+    assert_same_detections(got, expected, *network_tolerances(model, images))
+    with pytest.raises(
+        ValueError, match=r"low.onnx: NMS is inside this graph and keeps only scores above 0.01"
+    ):
+        runner.predict(images, score_threshold=0.005)
+    with pytest.raises(
+        ValueError, match=r"low.onnx: NMS is inside this graph, built at export with nms_threshold=0.45"
+    ):
+        runner.predict(images, nms_threshold=0.3)
 
 
 def test_torchscript_exports_equal_predict(model, images, tmp_path):

@@ -15,6 +15,7 @@ from .results import Detections, attach_sources
 from .transforms import VGG_MEAN, preprocess, resize_bilinear  # re-exported: public API (README)
 
 if TYPE_CHECKING:
+    from .detector import Detector
     from .models.ssd import SSD
 
 __all__ = ["VGG_MEAN", "MODEL_DEFAULT", "predict", "preprocess", "resize_bilinear"]
@@ -31,14 +32,24 @@ def _settings(model: SSD, **given: Any) -> dict[str, Any]:
 
 
 def predict(
-    model: SSD,
+    model: SSD | Detector,
     images: ImageLike | Sequence[ImageLike],
     score_threshold: float = MODEL_DEFAULT,
     nms_threshold: float = MODEL_DEFAULT,
     pre_nms_top_k: int = MODEL_DEFAULT,
     max_detections: int | None = MODEL_DEFAULT,
 ) -> list[Detections]:
-    """See `singleshot.SSD.predict`."""
+    """See `singleshot.SSD.predict`. ``model``: a PyTorch module that runs as an SSD (any with
+    ``image_size``, ``image_mean`` and ``priors``), or an exported file's runner
+    (`singleshot.export.load_detector`), which predicts by itself."""
+    if not isinstance(model, torch.nn.Module):
+        return model.predict(
+            images,
+            score_threshold=score_threshold,
+            nms_threshold=nms_threshold,
+            pre_nms_top_k=pre_nms_top_k,
+            max_detections=max_detections,
+        )
     settings = _settings(
         model,
         score_threshold=score_threshold,

@@ -23,7 +23,7 @@ from .models.spec import MODEL_DEFAULT
 from .results import Detections
 
 if TYPE_CHECKING:
-    from .models.ssd import SSD
+    from .detector import Detector
 
 __all__ = ["FilePrediction", "predict_files"]
 
@@ -58,7 +58,7 @@ def _read_all(paths: Sequence[Path]) -> list[tuple[Tensor | None, str | None]]:
 
 
 def _predict_batch(
-    model: SSD,
+    model: Detector,
     paths: Sequence[Path],
     reads: Sequence[tuple[Tensor | None, str | None]],
     predict_options: dict[str, Any],
@@ -75,7 +75,7 @@ def _predict_batch(
 
 
 def predict_files(
-    model: SSD,
+    model: Detector,
     paths: Sequence[str | os.PathLike],
     *,
     batch_size: int = 8,
@@ -86,6 +86,8 @@ def predict_files(
     max_detections: int | None = MODEL_DEFAULT,
 ) -> Iterator[FilePrediction]:
     """Run ``model.predict`` over image files, ``batch_size`` images per forward pass.
+
+    ``model``: a `singleshot.SSD` or an exported file's runner (`singleshot.export.load_detector`).
 
     Yields one `FilePrediction` per path, in order. A file that cannot be read (missing,
     corrupt, not an image) yields its error instead of stopping the run. With ``prefetch``

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .fastconv import add_fast_option, add_winograd_option
+from .modelfile import MODEL_HELP, add_runtime_option
 
 if TYPE_CHECKING:
-    from ..models.ssd import SSD
+    from ..detector import Detector
     from ..video import VideoSource
 
 
@@ -39,9 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add = parser.add_argument
     add("--model", "--checkpoint", dest="checkpoint", required=True, metavar="NAME|FILE",
-        help="published weights by name, downloaded once and verified (e.g. ssd300_vgg16_coco; "
-             "`singleshot models` lists them), or a singleshot checkpoint (.pt or .safetensors); "
-             "--checkpoint is the same option")  # fmt: skip
+        help=f"what to run: {MODEL_HELP}; --checkpoint is the same option")  # fmt: skip
     add(
         "inputs",
         nargs="*",
@@ -61,6 +60,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         help="images (or frames of a video file) per forward pass (default 8)")  # fmt: skip
     add("--device", default="cpu", choices=("cpu", "cuda"), help="where to run the model (default cpu)")
     add("--half", action="store_true", help="float16 inference (CUDA only)")
+    add_runtime_option(parser)
     add_fast_option(parser)
     add_winograd_option(parser)
     add("--categories", metavar="ANNOTATIONS_JSON",
@@ -140,21 +140,22 @@ def _check_options(args: argparse.Namespace) -> None:
         raise ValueError("--half needs --device cuda (CPUs have no fast float16 convolutions)")
 
 
-def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
-    """(model ready to run, {label: category id} or None); errors come before any image is read."""
-    from ..categories import label_to_category_map
-    from ..checkpoint import load
-    from .fastconv import apply_fast, apply_winograd
+def _load_model(args: argparse.Namespace) -> tuple[Detector, dict[int, int] | None]:
+    """(model ready to run, {label: category id} or None); errors come before any image is read.
 
-    model = load(args.checkpoint, map_location=args.device)
+    A checkpoint or an exported file (`open_model`); a graph with NMS inside may raise
+    ``args.threshold`` to the score threshold it was built with (with a note).
+    """
+    from ..categories import label_to_category_map
+    from .modelfile import detect_threshold, open_model
+
+    model = open_model(
+        args.checkpoint, args.device, args.runtime, fast=args.fast, winograd=args.winograd, half=args.half
+    )
     label_map = label_to_category_map(
         model.class_names, getattr(model, "category_ids", None), args.categories
     )
-    model = apply_fast(model, args.fast, args.device, half=args.half)
-    if args.half:
-        model = model.half()
-    else:
-        apply_winograd(model, args.winograd, args.device)
+    args.threshold = detect_threshold(model, args.threshold)
     return model, label_map
 
 
@@ -192,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def detect_images(
-    model: SSD, label_map: dict[int, int] | None, paths: list[Path], args: argparse.Namespace, out: Path
+    model: Detector, label_map: dict[int, int] | None, paths: list[Path], args: argparse.Namespace, out: Path
 ) -> int:
     """Draw each image's detections into ``out`` and write ``out/detections.json``; 1 when no
     image could be read."""

@@ -9,12 +9,13 @@ from typing import TYPE_CHECKING, Any
 
 from .data import add_coco_files_options, coco_files
 from .fastconv import add_fast_option, add_winograd_option
+from .modelfile import MODEL_HELP, add_runtime_option
 
 if TYPE_CHECKING:
     import torch
 
     from ..classes import ClassMatch
-    from ..models.ssd import SSD
+    from ..detector import Detector
 
 CLASS_MAP_HELP = (
     "a YAML or JSON file mapping dataset class names to the model's, one 'dataset name: model name' "
@@ -26,9 +27,10 @@ CLASS_MAP_HELP = (
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "eval",
-        help="measure a checkpoint's average precision on a dataset",
+        help="measure a checkpoint's (or an exported file's) average precision on a dataset",
         description=(
-            "Run a singleshot checkpoint over every image of a dataset split and score the detections: "
+            "Run a singleshot checkpoint, or a file `singleshot export` wrote (ONNX, OpenVINO IR, "
+            "TorchScript), over every image of a dataset split and score the detections: "
             "voc07 = PASCAL VOC2007 11-point mAP, voc12 = VOC2010+ area mAP (both exactly the official "
             "devkit's rules: IoU >= 0.5, difficult objects ignored), coco = COCO AP@[.50:.95] and the "
             "other 11 COCO numbers (pycocotools). Prints a per-class table and writes OUT/metrics.json "
@@ -39,10 +41,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     add = parser.add_argument
-    add("--checkpoint", "--model", dest="checkpoint", required=True, metavar="FILE|NAME",
-        help="singleshot checkpoint to evaluate, or published weights by name (e.g. ssd300_vgg16_coco, "
-             "downloaded once and verified; `singleshot models` lists them); --model is the same "
-             "option")  # fmt: skip
+    add("--checkpoint", "--model", dest="checkpoint", required=True, metavar="MODEL",
+        help=f"what to evaluate: {MODEL_HELP}; --model is the same option")  # fmt: skip
     add("--data", help="dataset root (a VOC20XX folder, a COCO or YOLO dataset folder, or an export of "
         "Roboflow, Ultralytics, CVAT or Label Studio); or --images/--annotations")  # fmt: skip
     add_coco_files_options(parser)
@@ -66,8 +66,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     add("--score-threshold", type=float, default=None,
         help="keep detections scoring above this before NMS (default: the model's, 0.01 for the VGG "
-             "presets as in the paper; higher is faster but lowers AP)")  # fmt: skip
+             "presets as in the paper; higher is faster but lowers AP). An export with NMS inside "
+             "applies the threshold it was built with, and takes only a higher one")  # fmt: skip
     add("--workers", type=int, default=2, help="processes reading and decoding images (default 2; 0 = none)")
+    add_runtime_option(parser)
     add_fast_option(parser)
     add_winograd_option(parser)
     add("--no-progress", action="store_true", help="no progress bar")
@@ -101,7 +103,7 @@ def _device(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def _match_classes(args: argparse.Namespace, model: SSD, dataset: Any, source: str) -> ClassMatch:
+def _match_classes(args: argparse.Namespace, model: Detector, dataset: Any, source: str) -> ClassMatch:
     from ..evaluation.run import model_classes
 
     try:
@@ -114,7 +116,12 @@ def _match_classes(args: argparse.Namespace, model: SSD, dataset: Any, source: s
 
 
 def _write_outputs(
-    args: argparse.Namespace, result: dict[str, Any], data_names: list[str], source: str, split: str | None
+    args: argparse.Namespace,
+    result: dict[str, Any],
+    data_names: list[str],
+    source: str,
+    split: str | None,
+    runtime: str,
 ) -> None:
     from ..evaluation import plot_pr_curves, write_metrics
 
@@ -129,6 +136,7 @@ def _write_outputs(
         split=split,
         class_map=args.class_map,
         score_threshold=args.score_threshold,
+        runtime=runtime,
     )
     on = f"{Path(source).name}/{split}" if split else Path(source).name
     title = f"{Path(args.checkpoint).name} on {on} ({args.metric})"
@@ -137,20 +145,18 @@ def _write_outputs(
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..checkpoint import load
     from ..evaluation import evaluate_model, format_table
-    from .fastconv import apply_fast, apply_winograd
+    from ..export import runtime_of
+    from .modelfile import eval_score_threshold, open_model
 
     device = _device(args)
-    model = apply_fast(load(args.checkpoint, map_location=device), args.fast, device)
-    apply_winograd(model, args.winograd, device)
+    model = open_model(args.checkpoint, device, args.runtime, fast=args.fast, winograd=args.winograd)
+    args.score_threshold = eval_score_threshold(model, args.score_threshold)
     dataset, source, split = open_eval_data(args)
     if len(dataset) == 0:
         raise ValueError(f"{source}: {f'split {split!r} ' if split else ''}has no images")
     data_names = list(dataset.classes)
     classes = _match_classes(args, model, dataset, source)
-    if args.score_threshold is None:
-        args.score_threshold = model.postprocess.score_threshold
     result = evaluate_model(
         model,
         dataset,
@@ -163,5 +169,5 @@ def run(args: argparse.Namespace) -> int:
         classes=classes,
     )
     print(format_table(result, data_names))
-    _write_outputs(args, result, data_names, source, split)
+    _write_outputs(args, result, data_names, source, split, runtime_of(model))
     return 0

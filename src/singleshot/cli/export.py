@@ -1,4 +1,5 @@
-"""``singleshot export``: a checkpoint -> ONNX or TorchScript, optionally with post-processing inside."""
+"""``singleshot export``: a checkpoint -> ONNX, OpenVINO IR or TorchScript, optionally with
+post-processing inside."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import argparse
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript",
+        help="export a checkpoint to ONNX, OpenVINO IR or TorchScript",
         description=(
             "Export a singleshot checkpoint for deployment, with a dynamic batch dimension. The graph "
             "takes a normalised batch: float32 (B, 3, S, S), RGB 0-255 resized to S x S (bilinear) "
@@ -16,15 +17,24 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "Without --with-postprocess it returns loc (B, P, 4) and conf (B, P, C) logits. With it, "
             "decoding and per-class NMS are inside the graph and it returns boxes (B, K, 4) xyxy as "
             "fractions of the input, scores (B, K), labels (B, K) and counts (B,): image b's "
-            "detections are its first counts[b] rows, so ONNX Runtime alone gives final detections."
+            "detections are its first counts[b] rows, so ONNX Runtime alone gives final detections. "
+            "--format openvino converts the ONNX graph with OpenVINO's own converter into OpenVINO IR "
+            "(OUT.xml + OUT.bin, float32 weights; pip install 'singleshot[openvino]'). `singleshot eval` "
+            "and `singleshot detect` run every format, reading the metadata stored in the file."
         ),
     )
     add = parser.add_argument
     add("--checkpoint", required=True, help="singleshot checkpoint (.pt or .safetensors)")
-    add("--format", required=True, choices=("onnx", "torchscript"), help="output format")
+    add("--format", required=True, choices=("onnx", "torchscript", "openvino"),
+        help="output format: onnx, torchscript or openvino (IR: OUT.xml with OUT.bin beside it)")  # fmt: skip
     add("--with-postprocess", action="store_true", help="put decoding and NMS inside the graph")
-    add("output", metavar="OUT", help="file to write (.onnx or .pt)")
-    add("--opset", type=int, default=None, help="ONNX opset, >= 17 (default 18)")
+    add("output", metavar="OUT", help="file to write (.onnx, .pt, or .xml for openvino)")
+    add(
+        "--opset",
+        type=int,
+        default=None,
+        help="ONNX opset, >= 17 (default 18; openvino: of the ONNX it converts)",
+    )
     # Post-processing settings left out are the model's own (model.postprocess).
     add(
         "--score-threshold",
@@ -61,14 +71,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--freeze", action="store_true", help="TorchScript only: torch.jit.freeze the module (inference only)"
     )
     add("--verify", action="store_true",
-        help="run the exported file (ONNX Runtime / torch.jit) on random input and compare with "
-             "PyTorch")  # fmt: skip
+        help="run the exported file (ONNX Runtime / OpenVINO / torch.jit) on random input and compare "
+             "with PyTorch")  # fmt: skip
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
-    from ..export import DEFAULT_OPSET, export_onnx, export_torchscript, verify_export
+    from ..export import DEFAULT_OPSET, export_onnx, export_openvino, export_torchscript, verify_export
 
     model = load(args.checkpoint)
     given = {
@@ -82,10 +92,15 @@ def run(args: argparse.Namespace) -> int:
     postprocess = {name: value for name, value in given.items() if value is not None}
     if args.max_detections == 0:
         postprocess["max_detections"] = None  # no cap
+    if args.format != "torchscript" and args.freeze:
+        raise ValueError("--freeze applies to --format torchscript only")
     if args.format == "onnx":
-        if args.freeze:
-            raise ValueError("--freeze applies to --format torchscript only")
         path = export_onnx(
+            model, args.output, with_postprocess=args.with_postprocess, opset=args.opset or DEFAULT_OPSET,
+            **postprocess,
+        )  # fmt: skip
+    elif args.format == "openvino":
+        path = export_openvino(
             model, args.output, with_postprocess=args.with_postprocess, opset=args.opset or DEFAULT_OPSET,
             **postprocess,
         )  # fmt: skip

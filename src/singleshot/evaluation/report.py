@@ -10,7 +10,8 @@ Schema (a JSON object; per-class entries keyed by class name; NaN written as nul
 - every other key of the evaluation's result except ``curves`` (VOC: ``num_ground_truth``,
   ``num_detections``, ``true_positives``, ``iou_threshold``; COCO: ``AP``, ``AP50``, ...,
   ``stats``, ``per_class``), see `evaluate_voc` and `evaluate_coco`.
-- the writer's own context: ``eval`` adds ``class_map`` and ``score_threshold``; the demo
+- the writer's own context: ``eval`` adds ``class_map``, ``score_threshold`` and ``runtime``
+  ("torch" for a checkpoint, else what ran the exported file: "onnxruntime", "openvino"); the demo
   adds ``model``, ``num_train_images``, ``num_test_images`` (= ``num_images``, kept for
   earlier readers), ``iterations``, ``train_seconds``, ``stopped_by_budget``,
   ``follows_clock_from``, ``final_loss``, ``threads`` and ``config``.

@@ -20,7 +20,7 @@ from .coco import evaluate_coco, evaluate_coco_file
 from .voc import evaluate_voc
 
 if TYPE_CHECKING:
-    from ..models.ssd import SSD
+    from ..detector import Detector
 
 __all__ = ["METRICS", "COCOCategories", "COCOFileSource", "NamedClasses", "evaluate_model",
            "evaluate_detections", "model_classes"]  # fmt: skip
@@ -114,7 +114,7 @@ def model_classes(
 
 
 def evaluate_model(
-    model: SSD,
+    model: Detector,
     dataset: Any,
     metric: str = "voc07",
     batch_size: int = 8,
@@ -132,18 +132,21 @@ def evaluate_model(
     """Run ``model`` over every image of ``dataset`` and score the detections.
 
     Args:
-        model: a singleshot `SSD` (any model with ``image_size``, ``image_mean`` and ``priors``).
+        model: a singleshot `SSD`, or an exported file's runner (any `singleshot.detector.Detector`,
+            e.g. from `singleshot.export.load_detector`).
         dataset: ``ds[i] -> (image uint8 (3, H, W) RGB, target)`` with target {"boxes" (M, 4)
             xyxy pixels, "labels", "difficult", ...}, and ``len(ds)``; no transforms (images
             are resized here, exactly as `SSD.predict` does).
         metric: "voc07" (11-point), "voc12" (area) or "coco" (pycocotools).
         batch_size: images per forward pass.
-        device: where the model runs (it is moved there).
+        device: where a PyTorch model runs (it is moved there); an exported file's runner
+            runs where it was loaded.
         progress: show a tqdm bar.
         num_workers: DataLoader worker processes that read and decode images.
         score_threshold, nms_threshold, pre_nms_top_k, max_detections: as in `SSD.predict`;
             left out, ``model.postprocess``'s (evaluation keeps low scores: the VGG presets'
-            are the paper's 0.01 and 200).
+            are the paper's 0.01 and 200). A graph with NMS inside takes only a higher
+            score threshold than it was exported with (ValueError otherwise).
         class_map: {dataset class name: model class name} or a YAML/JSON file of it, for
             classes named differently (see `singleshot.classes.match_classes`).
         classes: the model-dataset relation already computed (then ``class_map`` is unused
@@ -164,7 +167,8 @@ def evaluate_model(
         classes = model_classes(model, dataset, class_map)
         if classes.note:
             print(f"note: {classes.note}", file=sys.stderr)
-    model = model.to(device)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(device)
     options = {"score_threshold": score_threshold, "nms_threshold": nms_threshold,
                "pre_nms_top_k": pre_nms_top_k, "max_detections": max_detections}  # fmt: skip
     detections, targets = _run_model(
@@ -176,7 +180,7 @@ def evaluate_model(
 
 
 def _run_model(
-    model: SSD,
+    model: Detector,
     dataset: Any,
     batch_size: int,
     num_workers: int,

@@ -1,9 +1,11 @@
-"""Running an exported ONNX detector with OpenVINO's CPU plugin (``pip install singleshot[openvino]``).
+"""Running an exported detector with OpenVINO's CPU plugin (``pip install singleshot[openvino]``).
 
-OpenVINO reads the ``.onnx`` file `singleshot.export.export_onnx` writes (with or without
-decoding and NMS inside) and compiles it for the CPU. Its CPU plugin may run float32 models
-in bfloat16 on CPUs that have it (``INFERENCE_PRECISION_HINT``); `OpenVinoDetector` asks for
-float32, so that its detections equal `singleshot.SSD.predict`'s to float32 rounding.
+OpenVINO reads the ``.onnx`` file `singleshot.export.export_onnx` writes and the OpenVINO
+IR (``.xml`` + ``.bin``) `singleshot.export.export_openvino` writes (with or without
+decoding and NMS inside), and compiles it for the CPU. Its CPU plugin may run float32
+models in bfloat16 on CPUs that have it (``INFERENCE_PRECISION_HINT``); `OpenVinoDetector`
+asks for float32, so that its detections equal `singleshot.SSD.predict`'s to float32
+rounding.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,41 +21,58 @@ from torch import Tensor
 
 from .runtime import _ExportedDetector
 
-__all__ = ["OpenVinoDetector"]
+__all__ = ["OpenVinoDetector", "METADATA_KEY"]
+
+# Where the singleshot metadata sits in an OpenVINO model's runtime info: at the top of an
+# IR written by `export_openvino`; under "framework" when OpenVINO converted or read the
+# ONNX file itself (its ONNX frontend carries the ONNX metadata entries there).
+METADATA_KEY = "singleshot"
+_METADATA_PATHS = ([METADATA_KEY], ["framework", METADATA_KEY])
 
 
-def _read_metadata(path: Path) -> dict:
-    """The ``singleshot`` metadata entry of an ONNX file (OpenVINO does not expose it)."""
-    import onnx
+def read_metadata(model: Any, path: Path) -> dict[str, Any]:
+    """The singleshot metadata of an ``openvino.Model`` read from ``path``.
 
-    model = onnx.load(str(path), load_external_data=False)
-    props = {p.key: p.value for p in model.metadata_props}
-    if "singleshot" not in props:
-        raise ValueError(f"{path}: not a singleshot export (no 'singleshot' metadata)")
-    return json.loads(props["singleshot"])
+    Raises:
+        ValueError: the model carries none (the message names ``path``).
+    """
+    for key in _METADATA_PATHS:
+        if model.has_rt_info(key):
+            return dict(json.loads(model.get_rt_info(key).astype(str)))
+    raise ValueError(f"{path}: not a singleshot export (no 'singleshot' metadata)")
 
 
 class OpenVinoDetector(_ExportedDetector):
-    """An ONNX file written by `singleshot.export.export_onnx`, compiled by OpenVINO.
+    """An exported detector compiled by OpenVINO: an OpenVINO IR ``.xml`` (weights in the
+    ``.bin`` beside it) or an ``.onnx`` file, as singleshot wrote them.
 
     ``predict`` takes and returns what `singleshot.SSD.predict` does.
 
     Args:
-        path: the ``.onnx`` file.
+        path: the ``.xml`` or ``.onnx`` file.
         threads: inference threads (None = OpenVINO's default, all cores).
         device: OpenVINO's device name ("CPU").
     """
+
+    runtime = "openvino"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str = "CPU") -> None:
         import openvino as ov
 
         self.path = Path(path)
-        self.metadata = _read_metadata(self.path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"{self.path}: no such file")
+        core = ov.Core()
+        try:
+            model = core.read_model(str(self.path))
+        except RuntimeError as error:
+            raise ValueError(f"{self.path}: OpenVINO cannot read it: {error}") from None
+        self.metadata = read_metadata(model, self.path)
         config: dict[str, object] = {"INFERENCE_PRECISION_HINT": "f32"}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         try:
-            self.compiled = ov.Core().compile_model(str(self.path), device, config)
+            self.compiled = core.compile_model(model, device, config)
         except RuntimeError as error:
             raise ValueError(f"{self.path}: OpenVINO cannot compile it: {error}") from None
         self.request = self.compiled.create_infer_request()

@@ -1,7 +1,9 @@
 """Running exported detectors on images: ONNX Runtime and TorchScript.
 
-Both take what `singleshot.SSD.predict` takes and return what it returns, so an exported
-model can stand in for the PyTorch one (and be checked against it).
+Both take what `singleshot.SSD.predict` takes and return what it returns, and describe
+themselves as a model does (``image_size``, ``class_names``, ``num_classes``,
+``postprocess``: a `singleshot.detector.Detector`), so an exported model can stand in for
+the PyTorch one (and be checked against it).
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ from torch import Tensor
 
 from ..boxes import fractions_to_pixels
 from ..imageio import ImageLike, to_rgb_tensor
+from ..models.spec import MODEL_DEFAULT, PostprocessConfig
 from ..postprocess import detect
 from ..results import Detections, attach_sources
 from ..transforms import preprocess
 from .graph import outputs_to_detections
 from .to_onnx import POSTPROCESS_DEFAULTS
 
-__all__ = ["OnnxDetector", "TorchScriptDetector"]
+__all__ = ["ExportedDetector", "OnnxDetector", "TorchScriptDetector"]
 
 
 class _ExportedDetector:
@@ -33,6 +36,7 @@ class _ExportedDetector:
 
     metadata: dict[str, Any]
     path: Path
+    runtime: str  # what runs the file: "onnxruntime", "openvino" or "torch"
 
     @property
     def image_size(self) -> int:
@@ -57,29 +61,92 @@ class _ExportedDetector:
         return self.metadata.get("category_ids")
 
     @property
+    def num_classes(self) -> int:
+        """C, background included."""
+        return int(self.metadata["num_classes"])
+
+    @property
     def with_postprocess(self) -> bool:
         return self.metadata.get("postprocess") is not None
+
+    @property
+    def postprocess(self) -> PostprocessConfig:
+        """What `predict` applies when its keywords are left out: the settings built into a
+        graph with post-processing (fixed at export), else the exported model's own
+        (``model.postprocess`` at export time, as its `predict`)."""
+        built_in = self.metadata.get("postprocess")
+        return self.model_postprocess if built_in is None else PostprocessConfig.from_dict(built_in)
+
+    @property
+    def model_postprocess(self) -> PostprocessConfig:
+        """The exported model's own post-processing (``model.postprocess`` at export time),
+        whatever a graph with NMS inside was built with."""
+        return PostprocessConfig.from_dict(self.metadata.get("model_postprocess") or POSTPROCESS_DEFAULTS)
+
+    def settings(self, **given: Any) -> dict[str, Any]:
+        """The post-processing a `predict` call with these keywords runs: ``given`` over
+        ``postprocess`` (values that are `MODEL_DEFAULT` count as left out).
+
+        A graph with post-processing can only narrow what it was built with: a higher
+        ``score_threshold`` drops its lower-scored detections, which gives exactly the
+        detections of the model at that threshold (NMS never lets a lower score suppress a
+        higher one, and the top-k cuts keep the best). Anything else it cannot honour.
+
+        Raises:
+            ValueError: an unknown keyword; for a graph with post-processing, a lower
+                ``score_threshold`` or another NMS setting than it was built with.
+        """
+        given = {name: value for name, value in given.items() if value is not MODEL_DEFAULT}
+        unknown = set(given) - set(POSTPROCESS_DEFAULTS)
+        if unknown:
+            raise ValueError(f"unknown post-processing options: {', '.join(sorted(unknown))}")
+        own = self.postprocess.to_dict()
+        if not self.with_postprocess:
+            return {**own, **given}
+        fixed = sorted(
+            name for name, value in given.items() if name != "score_threshold" and value != own[name]
+        )
+        if fixed:
+            built = ", ".join(f"{name}={own[name]}" for name in fixed)
+            raise ValueError(
+                f"{self.path}: NMS is inside this graph, built at export with {built}; export again "
+                "with the settings you want, or without --with-postprocess"
+            )
+        threshold = float(given.get("score_threshold", own["score_threshold"]))
+        if threshold < own["score_threshold"]:
+            raise ValueError(
+                f"{self.path}: NMS is inside this graph and keeps only scores above "
+                f"{own['score_threshold']} (set at export), so score threshold {threshold} cannot "
+                f"apply; export again with --score-threshold {threshold} (or without --with-postprocess)"
+            )
+        return {**own, "score_threshold": threshold}
 
     def run(self, x: Tensor) -> list[Tensor]:
         raise NotImplementedError
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], **postprocess: Any) -> list[Detections]:
+    def predict(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        score_threshold: float = MODEL_DEFAULT,
+        nms_threshold: float = MODEL_DEFAULT,
+        pre_nms_top_k: int = MODEL_DEFAULT,
+        max_detections: int | None = MODEL_DEFAULT,
+        clip: bool = MODEL_DEFAULT,
+    ) -> list[Detections]:
         """Images (uint8 (3, H, W) RGB tensors, PIL images or paths) -> one
         `singleshot.results.Detections` per image, as `SSD.predict`: ``boxes`` (N, 4) xyxy
         in the original pixels, ``scores`` (N,), ``labels`` int64 (N,).
 
-        ``postprocess`` (``score_threshold``, ``nms_threshold``, ``pre_nms_top_k``,
-        ``max_detections``, ``clip``) applies to network-only exports, post-processed here
-        in PyTorch (defaults: the exported model's own, as its `predict`); a graph with
-        post-processing has them built in.
+        ``score_threshold``, ``nms_threshold``, ``pre_nms_top_k``, ``max_detections``,
+        ``clip``: as `SSD.predict`'s (left out: ``self.postprocess``).
+        A network-only export is post-processed here in PyTorch; a graph with
+        post-processing runs its own, and takes only a higher ``score_threshold`` (see
+        `settings`).
         """
-        unknown = set(postprocess) - set(POSTPROCESS_DEFAULTS)
-        if unknown:
-            raise ValueError(f"unknown post-processing options: {', '.join(sorted(unknown))}")
-        if postprocess and self.with_postprocess:
-            raise ValueError(
-                f"{self.path}: post-processing options are fixed inside this graph (set at export)"
-            )
+        params = self.settings(
+            score_threshold=score_threshold, nms_threshold=nms_threshold, pre_nms_top_k=pre_nms_top_k,
+            max_detections=max_detections, clip=clip,
+        )  # fmt: skip
         items = images if isinstance(images, (list, tuple)) else [images]
         tensors = [to_rgb_tensor(image) for image in items]
         if not tensors:
@@ -90,10 +157,11 @@ class _ExportedDetector:
         if self.with_postprocess:
             boxes, scores, labels, counts = outputs
             raw = outputs_to_detections(boxes, scores, labels, counts, image_sizes=sizes)
+            if params["score_threshold"] != self.postprocess.score_threshold:
+                raw = [_above(det, params["score_threshold"]) for det in raw]
             return attach_sources(raw, items, tensors, self)
         # network only: post-process in PyTorch, by default as the exported model's predict
         loc, conf = outputs
-        params = {**(self.metadata.get("model_postprocess") or POSTPROCESS_DEFAULTS), **postprocess}
         detections = detect(
             loc.float(),
             torch.softmax(conf.float(), dim=-1),
@@ -120,6 +188,16 @@ class _ExportedDetector:
         return generate_priors(get_preset(self.metadata["preset"]).prior_config)
 
 
+# The public name of the runners' base, for ``isinstance`` (a checkpoint's model is an `SSD`).
+ExportedDetector = _ExportedDetector
+
+
+def _above(detections: dict[str, Tensor], threshold: float) -> dict[str, Tensor]:
+    """The detections scoring strictly above ``threshold`` (they are sorted by score)."""
+    keep = detections["scores"] > threshold
+    return {key: value[keep] for key, value in detections.items()}
+
+
 class OnnxDetector(_ExportedDetector):
     """An ONNX file written by `singleshot.export.export_onnx`, run with ONNX Runtime.
 
@@ -128,6 +206,8 @@ class OnnxDetector(_ExportedDetector):
         threads: intra-op threads (None = ONNX Runtime's default, all cores).
         providers: execution providers (None = CPU).
     """
+
+    runtime = "onnxruntime"
 
     def __init__(
         self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None
@@ -160,6 +240,8 @@ class OnnxDetector(_ExportedDetector):
 
 class TorchScriptDetector(_ExportedDetector):
     """A TorchScript file written by `singleshot.export.export_torchscript`."""
+
+    runtime = "torch"
 
     def __init__(self, path: str | os.PathLike, device: str | torch.device = "cpu"):
         import torchvision  # noqa: F401  (registers torchvision::nms for the loaded graph)

@@ -11,6 +11,7 @@ from torch import Tensor
 
 from ..transforms import std_divisor
 from .graph import DetectorGraph
+from .openvino import OpenVinoDetector
 from .runtime import OnnxDetector, TorchScriptDetector
 from .to_onnx import postprocess_settings
 
@@ -69,8 +70,9 @@ def verify_export(
 
     Args:
         model: the `SSD` that was exported (it is put in eval mode).
-        path: the file `export_onnx` or `export_torchscript` wrote.
-        fmt: "onnx" (run by ONNX Runtime) or "torchscript" (torch.jit).
+        path: the file `export_onnx`, `export_openvino` or `export_torchscript` wrote.
+        fmt: "onnx" (run by ONNX Runtime), "openvino" (an IR, run by OpenVINO) or
+            "torchscript" (torch.jit).
         with_postprocess: whether the file holds decoding and NMS (outputs boxes (B, K, 4)
             xyxy fractions, scores (B, K), labels (B, K), counts (B,)) or just the network
             (loc (B, P, 4), conf (B, P, C)).
@@ -85,10 +87,11 @@ def verify_export(
     Raises:
         ValueError: an unknown ``fmt``, or a mismatch (the message names ``path``).
     """
-    if fmt not in ("onnx", "torchscript"):
-        raise ValueError(f"{path}: unknown export format {fmt!r}; choose onnx or torchscript")
+    runners = {"onnx": OnnxDetector, "openvino": OpenVinoDetector, "torchscript": TorchScriptDetector}
+    if fmt not in runners:
+        raise ValueError(f"{path}: unknown export format {fmt!r}; choose {', '.join(runners)}")
     x = _random_batch(model)
-    runner = OnnxDetector(path) if fmt == "onnx" else TorchScriptDetector(path)
+    runner = runners[fmt](path)
     got = runner.run(x)
     with torch.no_grad():
         if not with_postprocess:
