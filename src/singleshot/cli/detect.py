@@ -167,7 +167,7 @@ def _check_options(args: argparse.Namespace) -> None:
 def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
     """(model ready to run, {label: category id} or None); errors come before any image is read."""
     from ..checkpoint import load
-    from .fastconv import apply_fast, apply_winograd
+    from .fastconv import apply_fast, apply_layout, apply_winograd
 
     model = load(args.checkpoint, map_location=args.device)
     label_map = label_to_category_map(model, args.categories)
@@ -176,6 +176,7 @@ def _load_model(args: argparse.Namespace) -> tuple[SSD, dict[int, int] | None]:
         model = model.half()
     else:
         apply_winograd(model, args.winograd, args.device)
+    apply_layout(model, args.device, args.batch_size)
     return model, label_map
 
 

@@ -136,11 +136,12 @@ def _write_outputs(
 def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..evaluation import evaluate_model, format_table
-    from .fastconv import apply_fast, apply_winograd
+    from .fastconv import apply_fast, apply_layout, apply_winograd
 
     device = _device(args)
     model = apply_fast(load(args.checkpoint, map_location=device), args.fast, device)
     apply_winograd(model, args.winograd, device)
+    apply_layout(model, device, args.batch_size)
     dataset, source, split = open_eval_data(args)
     if len(dataset) == 0:
         raise ValueError(f"{source}: {f'split {split!r} ' if split else ''}has no images")
