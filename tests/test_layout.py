@@ -6,6 +6,7 @@ layout is faster is known; the real steps run where a test needs them to.
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,3 +297,20 @@ def test_inference_takes_the_faster_layout_and_tells_what_it_measured(cache, mon
     monkeypatch.setattr(trial, "time_step", never)
     assert apply_layout(model, "cpu", batch_size=8).source == "cached"
     assert capsys.readouterr().err == ""  # a cached decision is not news
+
+
+def test_build_kernels_lists_and_clears_the_cached_decisions(cache, model, capsys):
+    from singleshot.cli import main
+
+    timer = FakeTimer({"channels_last": 0.5, "contiguous": 0.25})
+    decision = choose_memory_format(model, SHAPE, training=True, timer=timer)
+    (cache / "layout-0000000000000000.json").write_text("{broken")
+    (cache / "download.pt").write_bytes(b"not a decision")
+    assert main(["build-kernels", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert "layouts:  2 cached decision(s)" in out
+    assert f"  {Path(decision.cache_file).name}  NCHW (train: {decision.describe_trial()})" in out
+    assert "  layout-0000000000000000.json  unreadable (" in out
+    assert main(["build-kernels", "--clear"]) == 0
+    assert "2 cached layout decision(s) removed" in capsys.readouterr().out
+    assert sorted(p.name for p in cache.iterdir()) == ["download.pt"]
