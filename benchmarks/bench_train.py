@@ -232,7 +232,7 @@ def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
         agrees = "agrees" if t["layout"] == winner else "DISAGREES"
         seconds = t["seconds"]
         print(f"trial {number}: {shown[t['layout']]} ({seconds['channels_last']:.3f} s channels-last, "
-              f"{seconds['contiguous']:.3f} s NCHW per step of {t['trial_batch']} images; the trial "
+              f"{seconds['contiguous']:.3f} s NCHW per step of {t['trial_batch']} image(s); the trial "
               f"took {t['wall_s']:.1f} s): {agrees}")  # fmt: skip
     print(f"tv/ours is for singleshot in the trial's layout ({shown[chosen]}), as `singleshot train` runs")
 

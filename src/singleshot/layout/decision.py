@@ -92,7 +92,8 @@ class LayoutDecision:
             return "no trial"
         what = "forward+backward" if self.mode == "train" else "forward"
         timings = ", ".join(f"{self.seconds[name]:.3f} s {_SHOWN[name]}" for name in LAYOUTS)
-        return f"{timings} per {what} of {self.trial_batch} images on {self.measured_on}"
+        images = f"{self.trial_batch} image{'s' if self.trial_batch != 1 else ''}"
+        return f"{timings} per {what} of {images} on {self.measured_on}"
 
     def with_source(self, source: str) -> LayoutDecision:
         """The same decision, reached another way (e.g. "checkpoint" when a resumed run reuses it)."""
