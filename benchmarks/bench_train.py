@@ -1,6 +1,8 @@
-"""Training-step speed of SSD300 against torchvision's ``ssd300_vgg16``, on the same batch.
+"""Training-step speed of SSD300 in both memory formats against torchvision's ``ssd300_vgg16``,
+on the same batch, and whether the trial of ``singleshot train`` picks the faster format.
 
-    .venv/bin/python benchmarks/bench_train.py [--batch-size 8] [--steps 5] [--threads 2]
+    .venv/bin/python benchmarks/bench_train.py [--batch-size 8] [--steps 3] [--rounds 2] [--threads 2]
+    ATEN_CPU_CAPABILITY=avx2 DNNL_MAX_CPU_ISA=AVX2 .venv/bin/python benchmarks/bench_train.py
     .venv/bin/python benchmarks/bench_train.py --device cuda --batch-size 32 --amp bf16
 
 One training step = forward, loss, backward, SGD update (momentum 0.9, weight decay 5e-4),
@@ -11,20 +13,26 @@ converted with `singleshot.weights.convert`; our ``ssd300_coco`` layout with 21 
 and ``prior_clip="size"`` has torchvision's default boxes) and see the same seeded batch
 of 300x300 images with 1-6 boxes each.
 
-Each configuration runs in its own fresh process (the parent only launches and reports),
-because glibc's malloc settings are process-wide:
+Each run is a fresh process (the parent only launches and reports), because glibc's
+malloc settings are process-wide:
 
-- ``singleshot``: as ``singleshot train`` runs it (`singleshot.runtime.tune_malloc`, the
-  network's weights and input channels-last, as the trainer runs it by default);
-- ``torchvision``: ``ssd300_vgg16`` as its users run it;
+- ``singleshot channels-last`` and ``singleshot NCHW``: as ``singleshot train`` runs
+  (`singleshot.runtime.tune_malloc`), in each memory format;
+- ``torchvision``: ``ssd300_vgg16`` as its users run it (NCHW);
 - ``torchvision+malloc``: the same with our malloc settings, to show what is left of the
-  difference without them.
+  difference without them;
+- ``trial``: the timed trial ``singleshot train`` starts with (``channels_last: auto``,
+  `singleshot.layout.choose_memory_format` at `trial_batch_size` images), measured afresh
+  (the cache neither read nor written): the layout a run would take on this machine.
 
-Runs alternate (singleshot, torchvision, torchvision+malloc, singleshot, ...) ``--rounds``
-times so that load from other processes falls on all alike; each reports the median of
-``--steps`` timed steps after one warm-up step. Printed: seconds per step, split into
-forward+loss / backward / update, images per second, and torchvision's time over ours
-(> 1: singleshot is faster). Never asserts a time.
+Runs alternate (trial, singleshot channels-last, singleshot NCHW, torchvision,
+torchvision+malloc, trial, ...) ``--rounds`` times, so that load from other processes falls
+on all alike; each step run reports the median of ``--steps`` timed steps after one warm-up
+step. Printed: the CPU (name, the kernels ATen and oneDNN may use), each run's layout,
+seconds per step split into forward+loss / backward / update, images per second, and
+torchvision's time over ours (> 1: singleshot is faster) for ours in the layout the trial
+chose; then each trial's decision against the layout measured faster at the full batch.
+Never asserts a time.
 """
 
 from __future__ import annotations
@@ -37,7 +45,9 @@ import subprocess
 import sys
 import time
 
-KINDS = ("singleshot", "torchvision", "torchvision+malloc")
+STEP_KINDS = ("singleshot channels-last", "singleshot NCHW", "torchvision", "torchvision+malloc")
+KINDS = ("trial", *STEP_KINDS)
+OURS = {"channels_last": "singleshot channels-last", "contiguous": "singleshot NCHW"}
 
 
 def make_batch(batch_size: int, num_classes: int, seed: int = 0):
@@ -52,34 +62,62 @@ def make_batch(batch_size: int, num_classes: int, seed: int = 0):
     return images, targets
 
 
-def worker(kind: str, args: argparse.Namespace) -> dict:
-    """Time ``args.steps`` training steps of one configuration in this process."""
+def our_model(tv, num_classes: int, channels_last: bool):
+    """Our ``ssd300_coco`` with torchvision's weights, in the given memory format."""
+    import singleshot
+    from singleshot.layout import apply_memory_format, forced_layout
+    from singleshot.weights import convert
+
+    model = singleshot.build_model("ssd300_coco", num_classes=num_classes, prior_clip="size")
+    model.load_state_dict(convert(tv.state_dict(), "torchvision"), strict=True)
+    return apply_memory_format(model, forced_layout(channels_last, "the benchmark"))
+
+
+def setup(args: argparse.Namespace):
     import torch
     from torchvision.models.detection import ssd300_vgg16
 
-    import singleshot
-    from singleshot.loss import MultiBoxLoss
-    from singleshot.runtime import tune_malloc
-    from singleshot.weights import convert
-
-    if kind in ("singleshot", "torchvision+malloc"):
-        tune_malloc()
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     amp = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.amp]
-    num_classes = 21
     torch.manual_seed(0)
-    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=num_classes)
+    tv = ssd300_vgg16(weights=None, weights_backbone=None, num_classes=21)
+    return device, amp, tv
+
+
+def trial_worker(args: argparse.Namespace) -> dict:
+    """The layout trial of ``singleshot train`` for this batch, afresh; its decision and cost."""
+    from singleshot.layout import choose_memory_format, trial_batch_size
+    from singleshot.runtime import tune_malloc
+
+    tune_malloc()
+    device, amp, tv = setup(args)
+    model = our_model(tv, 21, channels_last=False).to(device).train()
+    shape = (trial_batch_size(args.batch_size, 300), 3, 300, 300)
+    start = time.perf_counter()
+    decision = choose_memory_format(model, shape, training=True, autocast_dtype=amp, use_cache=False)
+    return {**decision.to_dict(), "wall_s": time.perf_counter() - start}
+
+
+def step_worker(kind: str, args: argparse.Namespace) -> dict:
+    """Time ``args.steps`` training steps of one configuration in this process."""
+    import torch
+
+    from singleshot.loss import MultiBoxLoss
+    from singleshot.runtime import tune_malloc
+
+    if kind != "torchvision":
+        tune_malloc()
+    device, amp, tv = setup(args)
+    num_classes = 21
     images, targets = make_batch(args.batch_size, num_classes)
-    if kind == "singleshot":
-        model = singleshot.build_model("ssd300_coco", num_classes=num_classes, prior_clip="size")
-        model.load_state_dict(convert(tv.state_dict(), "torchvision"), strict=True)
-        model = model.to(memory_format=torch.channels_last)  # as the trainer runs it by default
-        model.channels_last = True
+    if kind.startswith("singleshot"):
+        model = our_model(tv, num_classes, channels_last=kind == OURS["channels_last"])
         del tv
         criterion = MultiBoxLoss(num_classes)
         mean = torch.tensor(model.image_mean).view(1, 3, 1, 1)
-        x = (images * 255 - mean).to(device).contiguous(memory_format=torch.channels_last)
+        layout = torch.channels_last if model.channels_last else torch.contiguous_format
+        x = (images * 255 - mean).to(device).contiguous(memory_format=layout)
         batch_targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
 
         def forward_loss():
@@ -100,6 +138,18 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
             return losses["bbox_regression"] + losses["classification"]
 
     model.to(device).train()
+    result = time_steps(model, forward_loss, device, amp, args.steps, kind)
+    weight = next(p for p in model.parameters() if p.ndim == 4 and p.shape[-1] > 1)
+    result["layout"] = (
+        "channels_last" if weight.is_contiguous(memory_format=torch.channels_last) else "contiguous"
+    )
+    return result
+
+
+def time_steps(model, forward_loss, device, amp, steps: int, kind: str) -> dict:
+    """Median seconds of ``steps`` SGD steps (after one warm-up): step, forward_loss, backward, update."""
+    import torch
+
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-5, momentum=0.9, weight_decay=5e-4)
     scaler = torch.amp.GradScaler(device.type, enabled=amp == torch.float16)
 
@@ -107,8 +157,8 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    phases = {"forward_loss": [], "backward": [], "update": [], "step": []}
-    for step in range(args.steps + 1):
+    phases: dict[str, list[float]] = {"forward_loss": [], "backward": [], "update": [], "step": []}
+    for step in range(steps + 1):
         sync()
         t0 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -128,11 +178,7 @@ def worker(kind: str, args: argparse.Namespace) -> dict:
             for name, value in (("forward_loss", t1 - t0), ("backward", t2 - t1), ("update", t3 - t2),
                                 ("step", t3 - t0)):  # fmt: skip
                 phases[name].append(value)
-    result = {name: statistics.median(values) for name, values in phases.items()}
-    result["device"] = (
-        torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {args.threads} threads"
-    )
-    return result
+    return {name: statistics.median(values) for name, values in phases.items()}
 
 
 def launch(kind: str, args: argparse.Namespace) -> dict:
@@ -147,6 +193,50 @@ def launch(kind: str, args: argparse.Namespace) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def machine(args: argparse.Namespace) -> str:
+    """The device, and for a CPU the kernels ATen and oneDNN may use here."""
+    import torch
+
+    from singleshot.cache import cpu_name
+
+    if args.device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name(torch.device(args.device))}, torch {torch.__version__}"
+    isa = os.environ.get("DNNL_MAX_CPU_ISA") or os.environ.get("ONEDNN_MAX_CPU_ISA") or "unset"
+    return (
+        f"{cpu_name()}, {args.threads} threads (ATen kernels: {torch.backends.cpu.get_cpu_capability()}, "
+        f"DNNL_MAX_CPU_ISA: {isa}), torch {torch.__version__}"
+    )
+
+
+def report(args: argparse.Namespace, runs: dict[str, list[dict]]) -> None:
+    shown = {"channels_last": "channels-last", "contiguous": "NCHW"}
+    best = {kind: min(runs[kind], key=lambda r: r["step"]) for kind in STEP_KINDS}
+    trials = runs["trial"]
+    chosen = statistics.mode(t["layout"] for t in trials)  # the trial's usual decision
+    ours = best[OURS[chosen]]["step"]
+    print(f"SSD300 training step, batch {args.batch_size}, amp={args.amp}, median of {args.steps} steps, "
+          f"best of {args.rounds} round(s)")  # fmt: skip
+    print(f"machine: {machine(args)}")
+    print(f"{'run':26s} {'layout':>13s} {'s/step':>8s} {'fwd+loss':>9s} {'backward':>9s} {'update':>8s} "
+          f"{'img/s':>7s} {'tv/ours':>8s}")  # fmt: skip
+    for kind in STEP_KINDS:
+        r = best[kind]
+        print(f"{kind:26s} {shown[r['layout']]:>13s} {r['step']:8.3f} {r['forward_loss']:9.3f} "
+              f"{r['backward']:9.3f} {r['update']:8.3f} {args.batch_size / r['step']:7.2f} "
+              f"{r['step'] / ours:8.2f}")  # fmt: skip
+    winner = min(OURS, key=lambda layout: best[OURS[layout]]["step"])
+    steps = {layout: best[OURS[layout]]["step"] for layout in OURS}
+    print(f"faster at batch {args.batch_size}: {shown[winner]} ({steps['channels_last']:.3f} s "
+          f"channels-last, {steps['contiguous']:.3f} s NCHW per step)")  # fmt: skip
+    for number, t in enumerate(trials, 1):
+        agrees = "agrees" if t["layout"] == winner else "DISAGREES"
+        seconds = t["seconds"]
+        print(f"trial {number}: {shown[t['layout']]} ({seconds['channels_last']:.3f} s channels-last, "
+              f"{seconds['contiguous']:.3f} s NCHW per step of {t['trial_batch']} image(s); the trial "
+              f"took {t['wall_s']:.1f} s): {agrees}")  # fmt: skip
+    print(f"tv/ours is for singleshot in the trial's layout ({shown[chosen]}), as `singleshot train` runs")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -155,9 +245,7 @@ def main() -> None:
     parser.add_argument(
         "--steps", type=int, default=3, help="timed steps per run, after one warm-up (default 3)"
     )
-    parser.add_argument(
-        "--rounds", type=int, default=1, help="alternating rounds of the three runs (default 1)"
-    )
+    parser.add_argument("--rounds", type=int, default=1, help="alternating rounds of the runs (default 1)")
     parser.add_argument(
         "--threads", type=int, default=os.cpu_count() or 1, help="torch threads (default: all)"
     )
@@ -168,26 +256,14 @@ def main() -> None:
     parser.add_argument("--worker", choices=KINDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args)))
+        result = trial_worker(args) if args.worker == "trial" else step_worker(args.worker, args)
+        print(json.dumps(result))
         return
-
     runs: dict[str, list[dict]] = {kind: [] for kind in KINDS}
     for _ in range(args.rounds):
         for kind in KINDS:
             runs[kind].append(launch(kind, args))
-    best = {kind: min(results, key=lambda r: r["step"]) for kind, results in runs.items()}
-    print(f"SSD300 training step, batch {args.batch_size}, {best['singleshot']['device']}, amp={args.amp}, "
-          f"median of {args.steps} steps, best of {args.rounds} round(s)")  # fmt: skip
-    print(
-        f"{'':20s} {'s/step':>8s} {'fwd+loss':>9s} {'backward':>9s} {'update':>8s} {'img/s':>7s} "
-        f"{'tv/ours':>8s}"
-    )
-    ours = best["singleshot"]["step"]
-    for kind in KINDS:
-        r = best[kind]
-        ratio = r["step"] / ours
-        print(f"{kind:20s} {r['step']:8.3f} {r['forward_loss']:9.3f} {r['backward']:9.3f} {r['update']:8.3f} "
-              f"{args.batch_size / r['step']:7.2f} {ratio:8.2f}")  # fmt: skip
+    report(args, runs)
 
 
 if __name__ == "__main__":

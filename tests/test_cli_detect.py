@@ -1,6 +1,7 @@
 """``singleshot detect`` on folders and globs, and the drawing helpers it uses."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
 from singleshot.imageio import read_image
 from singleshot.inference import preprocess
+from singleshot.layout import list_decisions
 from singleshot.visualize import class_color, draw_detections, save_image
 from tolerances import WINOGRAD_GAIN, network
 
@@ -187,7 +189,11 @@ def test_detect_winograd_choices(checkpoint, tmp_path, capsys, monkeypatch):
 
     # no compiler: the default falls back with a note, --winograd is an error
     monkeypatch.setattr(kernel_build, "_loaded", None)
+    decisions = list_decisions()  # this machine's memory-format decisions go along: direct's layout
     monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache").mkdir()
+    for path in decisions:
+        shutil.copy(path, tmp_path / "cache")
     monkeypatch.setenv("CC", "no-such-compiler-here")
     assert detections() == direct
     assert "note: direct convolutions" in capsys.readouterr().err

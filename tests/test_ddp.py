@@ -13,7 +13,7 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ci import require
-from ddp_worker import INPUT_SIZES
+from ddp_worker import INPUT_SIZES, RANK0_TRIAL
 from singleshot.checkpoint import load_checkpoint
 from singleshot.loss import MultiBoxLoss
 from singleshot.training.data import make_train_loader
@@ -41,12 +41,18 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, mode
     rank1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert int(rank0.pop("_world_size")) == int(rank1.pop("_world_size")) == 2
     assert int(rank0.pop("_iterations")) == int(rank1.pop("_iterations")) == 3
+    # both ranks train in rank 0's layout: its trial found NCHW faster; rank 1 never measured
+    assert not bool(rank0.pop("_channels_last")) and not bool(rank1.pop("_channels_last"))
+    assert len(list((tmp_path / "cache-rank0").glob("layout-*.json"))) == 1
+    assert not (tmp_path / "cache-rank1").exists()
     for name, tensor in rank0.items():  # identical on both ranks
         assert torch.equal(tensor, rank1[name]), name
     # rank 0 alone logs and checkpoints: each logged iteration appears once
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [2, 3]
-    assert load_checkpoint(tmp_path / "run" / "last.pt")["training"]["world_size"] == 2
+    assert [(r["kind"], r["iteration"]) for r in records] == [("layout", 0), ("train", 2), ("train", 3)]
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["training"]
+    assert state["world_size"] == 2
+    assert state["layout"]["seconds"] == RANK0_TRIAL and state["layout"]["layout"] == "contiguous"
 
     # One process doing the two ranks' arithmetic in turn: the same equality, bit for bit.
     reference = two_ranks_in_one_process(tmp_path / "reference", model)
@@ -63,7 +69,7 @@ def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, mode
 def ddp_config(out, model):
     config = tiny_config(
         out, model=model, iterations=3, freeze_bn=True, channels_last=False
-    )  # as ddp_worker.py
+    )  # as ddp_worker.py, whose rank 0 decides on NCHW
     config.optimizer.lr = 1e-3
     return config
 

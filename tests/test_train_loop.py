@@ -27,6 +27,8 @@ def test_training_reduces_the_loss(tmp_path):
     assert losses[-1] < 0.5 * losses[0]
     # the log on disk holds the same records, one JSON object per line
     lines = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in lines[:1]] == ["layout"]  # the run's memory format comes first
+    lines = [r for r in lines if r["kind"] == "train"]
     assert [r["iteration"] for r in lines] == [4, 8, 12, 16, 20, 24]
     assert [r["loss"] for r in lines] == losses  # JSON writes float64s so that they read back exactly
     for r in lines:
@@ -78,7 +80,12 @@ def test_resume_continues_exactly_like_an_uninterrupted_run(tmp_path):
     assert a["training"]["scheduler"] == b["training"]["scheduler"] == expected
     # the resumed run appended to the same log: iterations 2, 4 (+5 at the stop), then 6, 8
     records = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert [r["iteration"] for r in records] == [2, 4, 5, 6, 8]
+    assert [r["iteration"] for r in records if r["kind"] == "train"] == [2, 4, 5, 6, 8]
+    # each process logged its memory format; the resumed one took the checkpoint's, untimed
+    layouts = [(r["iteration"], r["decision"]) for r in records if r["kind"] == "layout"]
+    assert [(iteration, d["source"]) for iteration, d in layouts][1:] == [(5, "checkpoint")]
+    assert layouts[0][1]["layout"] == layouts[1][1]["layout"]
+    assert layouts[0][1]["seconds"] == layouts[1][1]["seconds"]
 
 
 def test_nonfinite_loss_stops_with_the_batch_and_keeps_the_last_checkpoint(tmp_path):

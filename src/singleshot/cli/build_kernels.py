@@ -1,4 +1,5 @@
-"""``singleshot build-kernels``: build, list or clear the Winograd C kernels of CPU inference."""
+"""``singleshot build-kernels``: build, list or clear the Winograd C kernels of CPU inference (and
+list or clear the cached memory-format decisions, the other per-machine tuning in the cache)."""
 
 from __future__ import annotations
 
@@ -15,18 +16,23 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "for this CPU and C compiler ($CC, else cc, gcc or clang), into the cache "
             "($SINGLESHOT_CACHE, else $XDG_CACHE_HOME/singleshot or ~/.cache/singleshot). Without "
             "this step they are built on first use. Then print the cache, the compiler, the kernel "
-            "key (a hash of the source, compiler, flags and CPU) and the built files."
+            "key (a hash of the source, compiler, flags and CPU) and the built files, and the "
+            "cached memory-format decisions (channels-last or NCHW, timed once per machine and "
+            "model by train, detect and eval; see singleshot.layout)."
         ),
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--list", action="store_true", help="only print the cache's state; build nothing")
     group.add_argument(
-        "--clear", action="store_true", help="delete the built kernels (nothing else in the cache)"
+        "--clear",
+        action="store_true",
+        help="delete the built kernels and the cached layout decisions (nothing else in the cache)",
     )
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..layout import clear_decisions
     from ..winograd.build import KernelBuildError, build_kernels
     from ..winograd.cache import cache_dir, clear_kernels
 
@@ -35,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         for path in removed:
             print(f"removed {path}")
         print(f"{len(removed)} built kernel file(s) removed from {cache_dir()}")
+        decisions = clear_decisions()
+        print(f"{len(decisions)} cached layout decision(s) removed")
         return 0
     if not args.list:
         try:
@@ -67,3 +75,21 @@ def describe() -> None:
     for path in built:
         mark = "  <- this CPU and compiler" if path == current else ""
         print(f"  {path.name}  {path.stat().st_size // 1024} KiB{mark}")
+    describe_layouts()
+
+
+def describe_layouts() -> None:
+    """Print the cached layout decisions: file, layout, mode, trial timings, where measured."""
+    import json
+
+    from ..layout import LayoutDecision, list_decisions
+
+    files = list_decisions()
+    print(f"layouts:  {len(files)} cached decision(s)")
+    for path in files:
+        try:
+            decision = LayoutDecision.from_dict(json.loads(path.read_text(encoding="utf-8"))["decision"])
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"  {path.name}  unreadable ({error}): measured again on next use")
+            continue
+        print(f"  {path.name}  {decision.display_name} ({decision.mode}: {decision.describe_trial()})")

@@ -150,7 +150,13 @@ def _load_model(args: argparse.Namespace) -> tuple[Detector, dict[int, int] | No
     from .modelfile import detect_threshold, open_model
 
     model = open_model(
-        args.checkpoint, args.device, args.runtime, fast=args.fast, winograd=args.winograd, half=args.half
+        args.checkpoint,
+        args.device,
+        args.runtime,
+        fast=args.fast,
+        winograd=args.winograd,
+        half=args.half,
+        batch_size=args.batch_size,
     )
     label_map = label_to_category_map(
         model.class_names, getattr(model, "category_ids", None), args.categories

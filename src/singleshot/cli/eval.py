@@ -150,7 +150,14 @@ def run(args: argparse.Namespace) -> int:
     from .modelfile import eval_score_threshold, open_model
 
     device = _device(args)
-    model = open_model(args.checkpoint, device, args.runtime, fast=args.fast, winograd=args.winograd)
+    model = open_model(
+        args.checkpoint,
+        device,
+        args.runtime,
+        fast=args.fast,
+        winograd=args.winograd,
+        batch_size=args.batch_size,
+    )
     args.score_threshold = eval_score_threshold(model, args.score_threshold)
     dataset, source, split = open_eval_data(args)
     if len(dataset) == 0:

@@ -1,4 +1,5 @@
-"""The ``--fast / --no-fast`` and ``--winograd / --no-winograd`` options shared by ``detect`` and ``eval``."""
+"""The ``--fast / --no-fast`` and ``--winograd / --no-winograd`` options shared by ``detect`` and
+``eval``, and the memory format they run the model in (`apply_layout`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ from typing import TYPE_CHECKING, TypeVar
 if TYPE_CHECKING:
     import torch
     from torch import nn
+
+    from ..layout import LayoutDecision
+    from ..models.ssd import SSD
 
 ModelT = TypeVar("ModelT", bound="nn.Module")
 
@@ -71,3 +75,26 @@ def apply_fast(model: ModelT, choice: bool | None, device: str | torch.device, h
     if choice is False or (choice is None and (half or torch.device(device).type != "cpu")):
         return model
     return fuse_for_inference(model)
+
+
+def apply_layout(model: SSD, device: str | torch.device, batch_size: int) -> LayoutDecision:
+    """Put ``model`` (an SSD, plain or converted) in the faster memory format for inference, in place.
+
+    A model with Winograd convolutions runs channels-last (their C kernels read that layout):
+    no choice. Otherwise a forward-only trial of both layouts at (a part of) ``batch_size``
+    decides, once per machine and model (`singleshot.layout.choose_memory_format`, cached);
+    a note on stderr says what a new trial measured.
+    """
+    from ..layout import apply_memory_format, choose_memory_format, forced_layout, trial_batch_size
+    from ..winograd.module import WinogradConv2d
+
+    if any(isinstance(module, WinogradConv2d) for module in model.modules()):
+        decision = forced_layout(True, "the Winograd convolutions")
+    else:
+        size = model.image_size
+        shape = (trial_batch_size(batch_size, size), 3, size, size)
+        decision = choose_memory_format(model, shape, training=False)
+        if decision.source == "measured":
+            print(f"note: memory format {decision.describe()}", file=sys.stderr)
+    apply_memory_format(model, decision)
+    return decision

@@ -147,7 +147,10 @@ def _model_arguments(group: argparse._ArgumentGroup) -> None:
     add("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under multi-GPU DDP")
     add("--freeze-bn", action="store_true", default=None, help="keep BatchNorm layers in eval mode")
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None,
-        help="channels-last memory format (default on: faster on oneDNN CPUs and tensor cores)")  # fmt: skip
+        help="force the channels-last (or, --no-channels-last, the NCHW) memory format. Default "
+        "(channels_last: auto): the run starts by timing a few training steps in each on this "
+        "machine and keeps the faster, cached per machine, model, batch and thread count; the "
+        "choice is logged and kept by --resume")  # fmt: skip
     add("--paper-bias", action="store_true", help="Caffe SSD bias rules: 2x learning rate, no weight decay")
     add(
         "--backbone-weights",

@@ -172,9 +172,14 @@ class TrainConfig:
             while the other ranks wait).
         sync_bn: convert BatchNorm layers to SyncBatchNorm under multi-GPU DDP.
         freeze_bn: keep BatchNorm layers in eval mode (running statistics, no update).
-        channels_last: the network's weights and input in the channels-last memory format
-            (default: an SSD300 batch-8 training step took 8.3 s instead of 10.6 s on a
-            2-core AVX-512 CPU with torch 2.14, and it is the layout tensor cores want).
+        channels_last: the memory format of the network's weights and input. "auto" (the
+            default): at the start of a run, rank 0 times a few training steps in each of
+            channels-last and NCHW on this machine and keeps the faster (seconds; cached
+            per machine, model, batch and thread count: see `singleshot.layout`), since
+            which wins depends on the CPU (channels-last won an SSD300 step on an AVX-512
+            Xeon and lost it on an AVX2 EPYC). true / false force channels-last / NCHW
+            without a trial. The decision is logged and recorded in the checkpoint: a
+            resumed run keeps the layout it started with.
         log_every / checkpoint_every / eval_every: in iterations (eval_every 0 = only at the end).
         eval_metric: "voc07", "voc12" or "coco"; the best checkpoint is chosen by its mAP.
         eval_batch_size: images per evaluation batch.
@@ -231,7 +236,7 @@ class TrainConfig:
     dist_timeout_minutes: float = 60.0
     sync_bn: bool = False
     freeze_bn: bool = False
-    channels_last: bool = True
+    channels_last: bool | str = "auto"
     log_every: int = 20
     checkpoint_every: int = 5000
     eval_every: int = 0
@@ -263,6 +268,8 @@ class TrainConfig:
             raise ValueError(
                 f"on_bad_sample must be one of {BAD_SAMPLE_POLICIES}, got {self.on_bad_sample!r}"
             )
+        if isinstance(self.channels_last, str) and self.channels_last != "auto":
+            raise ValueError(f"channels_last must be true, false or auto, got {self.channels_last!r}")
         if self.workers is not None and self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
         if self.log_every < 1 or self.checkpoint_every < 1 or self.eval_every < 0:
@@ -351,6 +358,8 @@ def _coerce(value: Any, kind: str, where: str) -> Any:
         return int(value)  # YAML reads 1.2e5 as a float
     if base == "bool" and isinstance(value, bool):
         return value
+    if base == "bool | str":
+        return value if isinstance(value, bool) else _coerce(value, "str", where)
     if base == "str" and isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
     if base == "list[int]" and isinstance(value, (list, tuple)):

@@ -11,11 +11,21 @@ from __future__ import annotations
 import datetime
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistInfo", "init_distributed", "select_device", "all_max", "barrier", "cleanup"]
+__all__ = [
+    "DistInfo",
+    "init_distributed",
+    "select_device",
+    "all_max",
+    "all_sum",
+    "broadcast_from_main",
+    "barrier",
+    "cleanup",
+]
 
 
 @dataclass(frozen=True)
@@ -109,6 +119,16 @@ def all_sum(value: int, device: torch.device) -> int:
     tensor = torch.tensor([int(value)], dtype=torch.int64, device=device)
     dist.all_reduce(tensor)
     return int(tensor.item())
+
+
+def broadcast_from_main(value: Any) -> Any:
+    """Rank 0's ``value`` (picklable) on every process, by one broadcast; ``value`` itself when
+    not distributed. Every process must call it; the others' ``value`` is ignored."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def barrier() -> None:

@@ -8,10 +8,13 @@
     {"kind": "eval", "iteration": 1000, "metric": "voc07", "map": 0.71, "ap": {"cat": 0.8, ...}}
     {"kind": "bad_sample", "iteration": 310, "image": "JPEGImages/0042.jpg", "reason": "..."}
 
-(``bad_sample``: an image skipped as unreadable with ``on_bad_sample="skip"``.) Two
-rarer kinds: ``schedule`` (the time budget binds the learning rate from that iteration)
-and ``early_stop`` (``{"iteration", "best_map", "best_iteration", "patience"}``: early
-stopping ended the run).
+(``bad_sample``: an image skipped as unreadable with ``on_bad_sample="skip"``.) Each
+process of a run (a fresh start, each resume) first writes a ``layout`` record:
+``{"kind": "layout", "iteration", "decision": {...}}``, the memory format it trains in
+(`singleshot.layout.LayoutDecision.to_dict`: layout, source, the trial's seconds per
+layout...). Two rarer kinds: ``schedule`` (the time budget binds the learning rate from
+that iteration) and ``early_stop`` (``{"iteration", "best_map", "best_iteration",
+"patience"}``: early stopping ended the run).
 
 ``iteration`` counts completed updates. Losses are means over the steps since the
 previous line (and over all processes under DDP).

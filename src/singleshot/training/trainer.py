@@ -29,6 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from ..classes import load_class_map
+from ..layout import apply_memory_format
 from ..loss import MultiBoxLoss
 from ..models.ssd import SSD
 from . import distributed
@@ -37,6 +38,7 @@ from .data import Transform, default_workers, make_train_loader, open_run_datase
 from .determinism import deterministic_algorithms
 from .hooks import HookBase, default_hooks, note_clock
 from .logging import RunLogger
+from .memory_format import run_layout
 from .optim import build_optimizer
 from .results import NonFiniteLossError, TrainResult
 from .schedule import LRSchedule
@@ -97,18 +99,18 @@ class Trainer:
         if checkpoint is not None and "training" not in checkpoint:
             raise ValueError(f"{resume}: has no training state to resume (a bare model checkpoint)")
         model = self._model(checkpoint, resume)
+        self.amp_dtype = resolve_amp(config.amp, self.device)
         self.train_dataset, val_classes, notes = relate_classes(
             model, self.train_dataset, self.val_dataset, class_map
         )
         self.class_notes = root_notes + notes
         self.evaluator = evaluator or functools.partial(default_evaluator, classes=val_classes)
-        self.model = self._place(model)
+        self.model = self._place(model, checkpoint, resume)
         self.output_model: SSD = self.model
         self.transform = transform or default_transform(self.model, config.augment)
         self.criterion = MultiBoxLoss(model.num_classes, sync_positives=self.dist.distributed)
         self.optimizer = build_optimizer(self.model, config.optimizer)
         self.schedule = LRSchedule(self.optimizer, config.schedule, config.iterations)
-        self.amp_dtype = resolve_amp(config.amp, self.device)
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self._reset_state()
         self.hooks: list[HookBase] = []
@@ -128,13 +130,15 @@ class Trainer:
         model.category_ids = dataset_category_ids(self.train_dataset, model.num_classes)
         return model
 
-    def _place(self, model: SSD) -> SSD:
+    def _place(self, model: SSD, checkpoint: dict[str, Any] | None, where: Any) -> SSD:
         model = model.to(self.device)
-        # The run's model takes the run's memory format, once: SSD.forward converts its input
-        # to channels-last when model.channels_last is set, and evaluation runs it as it is.
-        model.channels_last = self.config.channels_last
-        if self.config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+        # The run's model takes the run's memory format (forced, the checkpoint's or rank 0's
+        # trial), once: SSD.forward converts its input to channels-last when model.channels_last
+        # is set, and evaluation runs it as it is.
+        recorded = checkpoint["training"].get("layout") if checkpoint is not None else None
+        self.layout = run_layout(self.config, model, recorded, self.local_batch, self.amp_dtype, self.dist,
+                                 where)  # fmt: skip
+        model = apply_memory_format(model, self.layout)
         if self.config.sync_bn and self.dist.distributed:
             if self.device.type != "cuda":
                 raise ValueError("sync_bn needs GPUs (SyncBatchNorm does not run on CPU); use freeze_bn")
@@ -203,6 +207,7 @@ class Trainer:
             "best_map": self.best_map,
             "best_iteration": self.best_iteration,
             "world_size": self.dist.world_size,
+            "layout": self.layout.to_dict(),
             "elapsed_s": time.perf_counter() - self.clock_start,
             "hooks": {h.state_key: h.state_dict() for h in self.hooks if h.state_key is not None},
         }
@@ -230,6 +235,8 @@ class Trainer:
         self.batches = iter(self._loader())
         for note in self.class_notes:
             self.logger.message(f"note: {note}")
+        self.logger.message(f"layout: {self.layout.describe()}")
+        self.logger.write({"kind": "layout", "iteration": self.iteration, "decision": self.layout.to_dict()})
         if self.rng_state is not None:  # after the loader drew its worker seed, as a fresh run did
             restore_rng_state(self.rng_state)
         self.budget_s = config.max_minutes * 60 if config.max_minutes else math.inf
@@ -337,7 +344,7 @@ class Trainer:
     def _batch_to_device(self, x: Tensor, targets: list[dict]) -> tuple[Tensor, list[dict]]:
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=non_blocking)
-        if self.config.channels_last:
+        if self.layout.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         moved = [
             {"boxes": t["boxes"].to(self.device, non_blocking=non_blocking),

@@ -10,10 +10,9 @@ another CPU sharing the home folder).
 from __future__ import annotations
 
 import hashlib
-import platform
 from pathlib import Path
 
-from ..cache import cache_dir
+from ..cache import cache_dir, cpu_identity, cpu_name
 
 __all__ = [
     "FLAGS",
@@ -30,24 +29,6 @@ __all__ = [
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 PATTERN = "winograd-*.so"
-
-
-def cpu_identity() -> str:
-    """The CPU's model and instruction-set flags, as /proc/cpuinfo gives them for the first CPU."""
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return f"{platform.machine()} {platform.processor()}"
-    wanted = [line for line in lines if line.startswith(("model name", "flags", "Features"))]
-    return "\n".join(dict.fromkeys(wanted))  # the first CPU's lines; the others repeat them
-
-
-def cpu_name() -> str:
-    """The CPU's model name (for messages), or the machine type where /proc/cpuinfo has none."""
-    for line in cpu_identity().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return platform.machine() or "unknown CPU"
 
 
 def kernel_key(compiler: str) -> str:

@@ -1,0 +1,41 @@
+"""The memory format a model runs in, chosen per machine by a short timed trial.
+
+channels-last or NCHW: which is faster depends on the CPU (oneDNN's kernels per
+instruction set: channels-last won an SSD300 training step on an AVX-512 Xeon and lost it
+on an AVX2 EPYC), the model, the threads and the batch. So, the way cuDNN's benchmark mode
+picks convolution algorithms, `choose_memory_format` times both on the model's own shapes
+and keeps the faster, cached per machine; callers with a reason force one instead::
+
+    from singleshot.layout import apply_memory_format, choose_memory_format, trial_batch_size
+
+    shape = (trial_batch_size(8, model.image_size), 3, model.image_size, model.image_size)
+    decision = choose_memory_format(model, shape, training=False)
+    print(decision.describe())   # channels-last (trial: 0.081 s channels-last, 0.097 s NCHW ...)
+    model = apply_memory_format(model, decision)
+
+`singleshot train` does this at the start of a run (``channels_last: auto``, the default;
+``--channels-last/--no-channels-last`` force it) and records the decision in the
+checkpoint, so that ``--resume`` continues in the same layout; ``detect`` and ``eval`` do it
+for the CPU paths that have a choice (the Winograd path runs channels-last).
+"""
+
+from .choose import choose_memory_format
+from .decision import LAYOUTS, LayoutDecision, apply_memory_format, forced_layout
+from .store import cached_decision, clear_decisions, decision_key, list_decisions, store_decision
+from .trial import measure_layouts, time_step, trial_batch_size
+
+__all__ = [
+    "LAYOUTS",
+    "LayoutDecision",
+    "apply_memory_format",
+    "cached_decision",
+    "choose_memory_format",
+    "clear_decisions",
+    "decision_key",
+    "forced_layout",
+    "list_decisions",
+    "measure_layouts",
+    "store_decision",
+    "time_step",
+    "trial_batch_size",
+]

@@ -1,0 +1,168 @@
+"""The timed trial: one step of the model in each layout on its own input shape, interleaved.
+
+Each layout gets its own copy of the model (the caller's model is never run, changed or
+trained) and the same seeded input. A step is a forward and, for training, a backward
+of the squared outputs (the MultiBox loss costs the same in both layouts and is left
+out); one untimed step per layout first (oneDNN builds its kernels on the first call),
+then rounds of one timed step each, the order alternating between rounds (A B, B A, ...)
+so that drift in the machine's load falls on both alike, until at least `MIN_ROUNDS`
+rounds and `TRIAL_SECONDS` of timed steps are done (at most `MAX_ROUNDS`). Each layout's
+time is its fastest step: load from other processes only ever adds time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .decision import LAYOUTS, apply_memory_format, forced_layout
+
+__all__ = [
+    "MAX_ROUNDS",
+    "MIN_ROUNDS",
+    "TRIAL_PIXELS",
+    "TRIAL_SECONDS",
+    "Timer",
+    "device_and_dtype",
+    "layout_steps",
+    "measure_layouts",
+    "time_step",
+    "trial_batch_size",
+]
+
+# A trial step holds at most the pixels of two 300x300 images: an SSD300 trial step is then
+# 2-4 s of forward and backward on 2 cores (a batch-8 step 8-16 s), and the demo's 160 px
+# compact model gets 7 of its 16 images. The layouts' relative speed is a property of the
+# layers' shapes (channels, map sizes, strides); the batch mostly multiplies the work. At
+# least 2 images when the run has 2: BatchNorm in train mode cannot normalise a 1x1 map of
+# one image (SSDLite's last extras), which a batch of 2 can.
+TRIAL_PIXELS = 2 * 300 * 300
+TRIAL_SECONDS = 1.5  # timed steps, both layouts together, once the minimum rounds are done
+MIN_ROUNDS = 2
+MAX_ROUNDS = 10
+
+# timer(layout, step) -> seconds that one call of ``step`` took (``step`` runs the layout's
+# model once and waits for the device); a fake timer may return numbers without calling it.
+Timer = Callable[[str, Callable[[], None]], float]
+
+
+def trial_batch_size(batch_size: int, image_size: int) -> int:
+    """Images per trial step: ``batch_size`` (the run's per-process batch), cut to `TRIAL_PIXELS`
+    but not below 2."""
+    if batch_size < 1 or image_size < 1:
+        raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size} and {image_size}")
+    return min(batch_size, max(2, TRIAL_PIXELS // (image_size * image_size)))
+
+
+def time_step(layout: str, step: Callable[[], None]) -> float:
+    """The default timer: wall-clock seconds of one call of ``step``."""
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def layout_steps(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    training: bool,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, Callable[[], None]]:
+    """{layout: one trial step} for both `LAYOUTS`, each on its own copy of ``model`` in that
+    layout (train/eval flags as ``model`` has them) and a seeded float input of
+    ``input_shape`` (B, C, H, W) in the model's dtype and on its device."""
+    device, dtype = device_and_dtype(model)
+    generator = torch.Generator().manual_seed(0)
+    # about the spread of mean-subtracted 0-255 pixels
+    base = (torch.randn(tuple(input_shape), generator=generator) * 64).to(device=device, dtype=dtype)
+    steps = {}
+    for layout in LAYOUTS:
+        decision = forced_layout(layout == LAYOUTS[0], "the trial")
+        replica = apply_memory_format(copy.deepcopy(model), decision)
+        x = base.contiguous(memory_format=decision.memory_format)
+        make = _training_step if training else _inference_step
+        steps[layout] = make(replica, x, autocast_dtype)
+    return steps
+
+
+def device_and_dtype(model: nn.Module) -> tuple[torch.device, torch.dtype]:
+    """Where ``model`` runs and in which float dtype (its first floating-point parameter's)."""
+    parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
+    if parameter is None:
+        return torch.device("cpu"), torch.float32
+    return parameter.device, parameter.dtype
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _training_step(model: nn.Module, x: Tensor, autocast_dtype: torch.dtype | None) -> Callable[[], None]:
+    def step() -> None:
+        model.zero_grad(set_to_none=True)
+        with _autocast(x.device, autocast_dtype):
+            outputs = model(x)
+        loss = sum(t.float().square().mean() for t in _tensors(outputs))
+        if not isinstance(loss, Tensor):
+            raise ValueError(f"the model's forward returned no tensor to time a backward of: {outputs!r}")
+        loss.backward()
+        _synchronize(x.device)
+
+    return step
+
+
+def _inference_step(model: nn.Module, x: Tensor, autocast_dtype: torch.dtype | None) -> Callable[[], None]:
+    def step() -> None:
+        with torch.inference_mode(), _autocast(x.device, autocast_dtype):
+            model(x)
+        _synchronize(x.device)
+
+    return step
+
+
+def _tensors(outputs: Any) -> Iterator[Tensor]:
+    """The tensors in a forward's output (a tensor, or tuples, lists and dicts of them)."""
+    if isinstance(outputs, Tensor):
+        yield outputs
+    elif isinstance(outputs, (tuple, list)):
+        for item in outputs:
+            yield from _tensors(item)
+    elif isinstance(outputs, dict):
+        for item in outputs.values():
+            yield from _tensors(item)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_layouts(
+    steps: dict[str, Callable[[], None]],
+    timer: Timer = time_step,
+    budget_s: float = TRIAL_SECONDS,
+    min_rounds: int = MIN_ROUNDS,
+    max_rounds: int = MAX_ROUNDS,
+) -> dict[str, float]:
+    """{layout: its fastest timed step in seconds}, timed as the module docstring says."""
+    order = list(steps)
+    for name in order:  # warm-up, not counted
+        timer(name, steps[name])
+    times: dict[str, list[float]] = {name: [] for name in order}
+    spent = 0.0
+    rounds = 0
+    while rounds < max_rounds and (rounds < min_rounds or spent < budget_s):
+        for name in order if rounds % 2 == 0 else reversed(order):
+            seconds = float(timer(name, steps[name]))
+            times[name].append(seconds)
+            spent += seconds
+        rounds += 1
+    return {name: min(values) for name, values in times.items()}
