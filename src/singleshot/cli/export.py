@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .export_int8 import add_int8_options, check_int8_options, run_int8
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -63,6 +65,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--verify", action="store_true",
         help="run the exported file (ONNX Runtime / torch.jit) on random input and compare with "
              "PyTorch")  # fmt: skip
+    add_int8_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -70,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..export import DEFAULT_OPSET, export_onnx, export_torchscript, verify_export
 
+    check_int8_options(args)
     model = load(args.checkpoint)
     given = {
         "score_threshold": args.score_threshold,
@@ -82,6 +86,8 @@ def run(args: argparse.Namespace) -> int:
     postprocess = {name: value for name, value in given.items() if value is not None}
     if args.max_detections == 0:
         postprocess["max_detections"] = None  # no cap
+    if args.int8:
+        return run_int8(args, model, postprocess)
     if args.format == "onnx":
         if args.freeze:
             raise ValueError("--freeze applies to --format torchscript only")
