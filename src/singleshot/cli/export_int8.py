@@ -34,11 +34,11 @@ def add_int8_options(parser: argparse.ArgumentParser) -> None:
     )
     add("--float-layers", default="first", metavar="LAYERS",
         help="layers kept in float, comma-separated: first (the convolution reading the image), "
-             "heads (the loc/conf predictors), none (default: first, measured as fast and as "
+             "heads (the loc/conf predictors), none (default: first, measured faster in float and as "
              "accurate)")  # fmt: skip
     add("--val-data", metavar="DIR",
         help="also score the float and the int8 file on this dataset and time both: prints a table and "
-             "writes OUT's name + .report.json")  # fmt: skip
+             "writes the report beside OUT (m.int8.onnx -> m.int8.report.json)")  # fmt: skip
     add("--val-split", default="test", help="split of --val-data (default test)")
     add("--val-metric", choices=("voc07", "voc12", "coco"), default="voc07",
         help="metric of the report (default voc07)")  # fmt: skip

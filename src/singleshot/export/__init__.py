@@ -5,6 +5,7 @@
 >>> detections = OnnxDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # as model.predict
 >>> OpenVinoDetector("ssd300.onnx", threads=2).predict(["street.jpg"])   # the same file in OpenVINO
 >>> verify_export(model, "ssd300.onnx", "onnx", with_postprocess=True)   # ValueError on a mismatch
+>>> quantize_onnx("ssd300.onnx", "ssd300.int8.onnx", calibration_images("VOC2007", 100))   # int8 twin
 
 The exported graphs take a normalised batch, float32 (B, 3, S, S): RGB on the 0-255 scale,
 resized to S x S (bilinear, no antialiasing) minus the model's ``image_mean``, divided by
@@ -13,7 +14,9 @@ return ``boxes`` (B, K, 4) xyxy as fractions of the input, ``scores`` (B, K), ``
 (B, K) and ``counts`` (B,).
 """
 
+from .calibration import calibration_images
 from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detections
+from .int8 import quantize_onnx
 from .openvino import OpenVinoDetector
 from .runtime import OnnxDetector, TorchScriptDetector
 from .to_onnx import DEFAULT_OPSET, POSTPROCESS_DEFAULTS, export_onnx
@@ -33,4 +36,6 @@ __all__ = [
     "verify_export",
     "DEFAULT_OPSET",
     "POSTPROCESS_DEFAULTS",
+    "calibration_images",
+    "quantize_onnx",
 ]
