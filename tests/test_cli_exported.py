@@ -8,7 +8,6 @@ its detections (within the float32 bounds of `tolerances`).
 """
 
 import json
-import os
 import subprocess
 import sys
 
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 import singleshot
-from ci import require
+from ci import openvino_runs
 from singleshot.checkpoint import save_checkpoint
 from singleshot.data import open_dataset
 from singleshot.data.synthetic import write_dataset
@@ -28,13 +27,6 @@ from tolerances import network
 BOX_DECIMALS, SCORE_DECIMALS = 0.5e-3, 0.5e-5  # detections.json's rounding
 MAP_TOLERANCE = 1e-3  # 0.1 point: the issue's bar for a float export
 IMAGE_SIDE = 96
-
-
-def openvino_runs() -> bool:
-    """OpenVINO's CPU plugin refuses to run below SSE4.2 ("bad combination"): under the
-    forced portable kernels (`make test-portable`) its runs are skipped; `make test` runs them."""
-    require(__import__("importlib").util.find_spec("openvino") is not None, "openvino")
-    return os.environ.get("DNNL_MAX_CPU_ISA", "").upper() not in ("SSE41", "SSE4_1")
 
 
 def cli(*args, check=True):

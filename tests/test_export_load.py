@@ -3,7 +3,6 @@ carries the metadata, and `eval` / `detect` refuse or explain what an exported f
 
 import importlib.util
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,7 +10,7 @@ import torch
 from PIL import Image
 
 import singleshot
-from ci import require
+from ci import openvino_runs, require
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
 from singleshot.export import (
@@ -29,13 +28,6 @@ from singleshot.export import (
 from singleshot.export.openvino import read_metadata
 from singleshot.models import SSD
 from test_cli_eval import CLASSES, write_voc
-
-
-def openvino_runs() -> bool:
-    """Whether OpenVINO's CPU plugin runs here: it refuses to below SSE4.2 (`make test-portable`
-    forces oneDNN down to SSE4.1; `make test` runs these with the machine's instruction set)."""
-    require(importlib.util.find_spec("openvino") is not None, "openvino")
-    return os.environ.get("DNNL_MAX_CPU_ISA", "").upper() not in ("SSE41", "SSE4_1")
 
 
 @pytest.fixture(scope="module")

@@ -2,7 +2,6 @@
 and `detect` / `eval` run it on the CPU unless --no-fast."""
 
 import json
-import os
 
 import pytest
 import torch
@@ -122,13 +121,10 @@ def test_eval_runs_the_fused_copy_unless_told_not_to(flag, model, tmp_path, monk
 def test_openvino_runs_the_onnx_detector_as_predict(model, images, tmp_path):
     import importlib.util
 
-    from ci import require
+    from ci import openvino_runs, require
 
-    require(importlib.util.find_spec("openvino") is not None, "openvino")
     require(importlib.util.find_spec("onnxruntime") is not None, "onnxruntime")
-    if os.environ.get("DNNL_MAX_CPU_ISA", "").upper() in ("SSE41", "SSE4_1"):
-        # OpenVINO's CPU plugin refuses to run below SSE4.2 ("bad combination"); `make test`
-        # runs this test with the machine's own instruction set
+    if not openvino_runs():
         pytest.skip("OpenVINO's CPU plugin does not run with oneDNN forced down to SSE4.1")
     from singleshot.export import OpenVinoDetector, export_onnx
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from .export_int8 import add_int8_options, check_int8_options, run_int8
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -73,6 +75,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add("--verify", action="store_true",
         help="run the exported file (ONNX Runtime / OpenVINO / torch.jit) on random input and compare "
              "with PyTorch")  # fmt: skip
+    add_int8_options(parser)
     parser.set_defaults(func=run)
 
 
@@ -80,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import load
     from ..export import DEFAULT_OPSET, export_onnx, export_openvino, export_torchscript, verify_export
 
+    check_int8_options(args)
     model = load(args.checkpoint)
     given = {
         "score_threshold": args.score_threshold,
@@ -94,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
         postprocess["max_detections"] = None  # no cap
     if args.format != "torchscript" and args.freeze:
         raise ValueError("--freeze applies to --format torchscript only")
+    if args.int8:
+        return run_int8(args, model, postprocess)
     if args.format == "onnx":
         path = export_onnx(
             model, args.output, with_postprocess=args.with_postprocess, opset=args.opset or DEFAULT_OPSET,

@@ -8,6 +8,7 @@ inside the graph, and the runtimes that run them as `singleshot.SSD.predict` doe
 >>> verify_export(model, "ssd300.onnx", "onnx", with_postprocess=True)   # ValueError on a mismatch
 >>> export_openvino(model, "ssd300.xml", with_postprocess=True)   # OpenVINO IR: ssd300.xml + .bin
 >>> load_detector("ssd300.xml").predict(["street.jpg"])   # any checkpoint or exported file
+>>> quantize_onnx("ssd300.onnx", "ssd300.int8.onnx", calibration_images("VOC2007", 100))   # int8 twin
 
 The exported graphs take a normalised batch, float32 (B, 3, S, S): RGB on the 0-255 scale,
 resized to S x S (bilinear, no antialiasing) minus the model's ``image_mean``, divided by
@@ -16,7 +17,9 @@ return ``boxes`` (B, K, 4) xyxy as fractions of the input, ``scores`` (B, K), ``
 (B, K) and ``counts`` (B,).
 """
 
+from .calibration import calibration_images
 from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detections
+from .int8 import quantize_onnx
 from .load import FORMAT_RUNTIMES, load_detector, model_format, runtime_of
 from .openvino import OpenVinoDetector
 from .runtime import ExportedDetector, OnnxDetector, TorchScriptDetector
@@ -45,4 +48,6 @@ __all__ = [
     "verify_export",
     "DEFAULT_OPSET",
     "POSTPROCESS_DEFAULTS",
+    "calibration_images",
+    "quantize_onnx",
 ]

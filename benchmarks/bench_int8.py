@@ -1,0 +1,179 @@
+"""Int8 against float, both in ONNX Runtime: mAP and speed in the same run.
+
+    .venv/bin/python benchmarks/bench_int8.py [--checkpoint runs/demo/best.pt] [--data runs/demo/data]
+        [--models demo ssd300 ssdlite320] [--threads 1 2] [--batch 1 8] [--rounds 10]
+        [--calibration-images 100] [--out bench-int8]
+
+- demo: the trained demo model (``make demo``: ssd160_compact on the synthetic shapes).
+  Float and int8 files with post-processing (decoding and NMS inside the graph, as
+  ``singleshot export --with-postprocess`` writes them); int8 calibrated on the data's
+  ``train`` images with each choice of layers kept in float (none, the first convolution,
+  the heads, both); VOC07 mAP of every file on all ``test`` images.
+- ssd300 / ssdlite320: the benchmarks' SSD300 and SSDLite320 (``peers.build_models`` and
+  ``peers.build_ssdlite_models``: random weights shaped like a trained model's outputs; no
+  trained weights exist here), so speed only, plus how far the int8 network's loc and conf
+  move from float (relative error over the test images). Calibrated on the same train
+  images, resized to 300 / 320.
+
+Speed: for each thread count and batch size, every file of a model runs on the same
+inputs, interleaved (`singleshot.export.compare.time_onnx_files`: each round runs every
+file in turn, the order reversed every other round); the median ms per image over rounds
+x inputs, and float's time divided by each file's (> 1 = faster than float). "network"
+rows time the network alone (loc, conf), without decoding and NMS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from singleshot.checkpoint import load
+from singleshot.data import open_dataset
+from singleshot.export import OnnxDetector, export_onnx
+from singleshot.export.calibration import calibration_images
+from singleshot.export.compare import cpu_name, evaluate_detector, time_onnx_files
+from singleshot.export.int8 import quantize_onnx
+from singleshot.transforms import preprocess
+
+LAYER_CHOICES = {"none": (), "first": ("first",), "heads": ("heads",), "first+heads": ("first", "heads")}
+
+
+def timing_inputs(images: list[torch.Tensor], model: Any, batch: int, count: int) -> list[np.ndarray]:
+    """``count`` batches of ``batch`` images (cycling through ``images``), as the model's input."""
+    std = getattr(model, "image_std", None)
+    batches = []
+    for k in range(count):
+        chosen = [images[(k * batch + i) % len(images)] for i in range(batch)]
+        batches.append(preprocess(chosen, model.image_size, model.image_mean, std=std).numpy())
+    return batches
+
+
+def time_files(
+    files: dict[str, Path], images: list[torch.Tensor], model: Any, args: argparse.Namespace
+) -> list:
+    """Rows {threads, batch, name: ms per image} for every thread count and batch size."""
+    rows = []
+    for threads in args.threads:
+        for batch in args.batch:
+            inputs = timing_inputs(images, model, batch, max(1, args.inputs // batch))
+            times = time_onnx_files(list(files.values()), inputs, threads, args.rounds)
+            rows.append(
+                {"threads": threads, "batch": batch, **{n: t._asdict() for n, t in zip(files, times)}}
+            )
+            cells = [f"{name} {t.wall:.2f} ({times[0].wall / t.wall:.2f}x) | {t.cpu:.2f} "
+                     f"({times[0].cpu / t.cpu:.2f}x)" for name, t in zip(files, times)]  # fmt: skip
+            print(f"  {threads} threads, batch {batch}, ms/image elapsed | CPU: " + ", ".join(cells))
+    return rows
+
+
+def bench_demo(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    model = load(args.checkpoint)
+    test = open_dataset(args.data, split="test")
+    calibration = calibration_images(args.data, args.calibration_images, split="train")
+    files = {"float": export_onnx(model, folder / "demo_float.onnx", with_postprocess=True)}
+    for name, layers in LAYER_CHOICES.items():
+        path = folder / f"demo_int8_{name.replace('+', '_')}.onnx"
+        files[f"int8 ({name} float)"] = quantize_onnx(files["float"], path, calibration, float_layers=layers)
+    maps = {}
+    for name, path in files.items():
+        maps[name] = evaluate_detector(OnnxDetector(path, threads=2), test, "voc07", progress=False)["map"]
+        print(f"  {name}: VOC07 mAP {100 * maps[name]:.2f} on {len(test)} test images")
+    images = [test[i][0] for i in range(min(len(test), args.inputs))]
+    network = {"float network": export_onnx(model, folder / "demo_float_network.onnx")}
+    network["int8 network (first float)"] = quantize_onnx(
+        network["float network"], folder / "demo_int8_network.onnx", calibration
+    )
+    return {
+        "model": model.preset,
+        "test_images": len(test),
+        "calibration_images": len(calibration),
+        "map": maps,
+        "speed": time_files(files, images, model, args),
+        "network_speed": time_files(network, images, model, args),
+    }
+
+
+def peer_model(name: str) -> Any:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from peers import build_models, build_ssdlite_models
+
+    return build_models()[1] if name == "ssd300" else build_ssdlite_models()[1]
+
+
+def relative_errors(float_path: Path, int8_path: Path, images: list[torch.Tensor], model: Any) -> dict:
+    """||int8 - float|| / ||float|| of the networks' loc and conf over ``images`` (one batch)."""
+    x = torch.from_numpy(timing_inputs(images, model, len(images), 1)[0])
+    reference = OnnxDetector(float_path, threads=2).run(x)
+    quantized = OnnxDetector(int8_path, threads=2).run(x)
+    return {
+        name: float((q - f).norm() / f.norm()) for name, f, q in zip(("loc", "conf"), reference, quantized)
+    }
+
+
+def bench_peer(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    model = peer_model(name)
+    test = open_dataset(args.data, split="test")
+    images = [test[i][0] for i in range(min(len(test), args.inputs))]
+    calibration = calibration_images(args.data, args.calibration_images, split="train")
+    files = {"float": export_onnx(model, folder / f"{name}_float.onnx", with_postprocess=True)}
+    files["int8"] = quantize_onnx(files["float"], folder / f"{name}_int8.onnx", calibration)
+    network = {"float network": export_onnx(model, folder / f"{name}_float_network.onnx")}
+    network["int8 network"] = quantize_onnx(network["float network"], folder / f"{name}_int8_network.onnx",
+                                            calibration)  # fmt: skip
+    errors = relative_errors(network["float network"], network["int8 network"], images[:8], model)
+    print(f"  int8 network vs float, relative error over 8 images: loc {errors['loc']:.3f}, "
+          f"conf {errors['conf']:.3f}")  # fmt: skip
+    return {
+        "model": model.preset,
+        "calibration_images": len(calibration),
+        "relative_error": errors,
+        "speed": time_files(files, images, model, args),
+        "network_speed": time_files(network, images, model, args),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--checkpoint", default="runs/demo/best.pt", help="the demo's trained model")
+    parser.add_argument("--data", default="runs/demo/data", help="the demo's data (VOC: train, test)")
+    parser.add_argument("--models", nargs="+", default=["demo", "ssd300", "ssdlite320"],
+                        choices=("demo", "ssd300", "ssdlite320"))  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, nargs="+", default=[1, 2], help="ONNX Runtime intra-op threads"
+    )
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8], help="batch sizes to time")
+    parser.add_argument("--rounds", type=int, default=10, help="timing rounds (median over rounds x inputs)")
+    parser.add_argument("--inputs", type=int, default=8, help="images per timing round (default 8)")
+    parser.add_argument("--calibration-images", type=int, default=100, help="train images to calibrate on")
+    parser.add_argument("--out", default="bench-int8", help="folder for the ONNX files and results.json")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore")
+    folder = Path(args.out)
+    folder.mkdir(parents=True, exist_ok=True)
+    import onnxruntime as ort
+
+    results: dict[str, Any] = {
+        "cpu": cpu_name(), "onnxruntime": ort.__version__, "torch": torch.__version__,
+        "load_average_start": list(os.getloadavg()), "args": vars(args),
+    }  # fmt: skip
+    print(f"{results['cpu']}, onnxruntime {ort.__version__}, load average {results['load_average_start']}")
+    for name in args.models:
+        print(f"{name}:")
+        results[name] = bench_demo(args, folder) if name == "demo" else bench_peer(name, args, folder)
+    results["load_average_end"] = list(os.getloadavg())
+    (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(f"load average at the end {results['load_average_end']}; wrote {folder / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

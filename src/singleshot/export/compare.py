@@ -1,0 +1,215 @@
+"""What int8 costs and gains: mAP and speed of a float and an int8 export on the same data.
+
+`int8_report` scores both files on a dataset (`evaluate_detector`, the evaluation of
+`singleshot.evaluation`) and times both with ONNX Runtime (`time_onnx_files`: the same
+session settings, runs interleaved, the median per image). `format_int8_report` prints it.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from ..transforms import preprocess
+from .runtime import OnnxDetector
+
+__all__ = ["evaluate_detector", "time_onnx_files", "Timing", "onnx_session", "int8_report",
+           "format_int8_report", "cpu_name"]  # fmt: skip
+
+
+def evaluate_detector(
+    detector: Any, dataset: Any, metric: str = "voc07", batch_size: int = 8, progress: bool = True
+) -> dict[str, Any]:
+    """Score an exported detector on ``dataset`` as `singleshot.evaluation.evaluate_model` scores a model.
+
+    Args:
+        detector: anything with ``predict(images) -> detections`` (boxes xyxy in the image's
+            pixels) and ``class_names`` (e.g. `OnnxDetector`).
+        dataset: ``ds[i] -> (uint8 (3, H, W) image, target)``, with ``classes`` (names are
+            matched to the detector's, as for a checkpoint).
+        metric: "voc07", "voc12" or "coco".
+
+    Returns:
+        `singleshot.evaluation.evaluate_detections`' result plus ``num_images``.
+    """
+    from tqdm import tqdm
+
+    from ..evaluation.run import evaluate_detections, model_classes
+
+    classes = model_classes(detector, dataset) if getattr(dataset, "classes", None) is not None else None
+    detections: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    with tqdm(total=len(dataset), desc=f"eval ({metric})", unit="img", disable=not progress) as bar:
+        for start in range(0, len(dataset), batch_size):
+            batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
+            detections.extend(detector.predict([image for image, _ in batch]))
+            for image, target in batch:
+                targets.append({**target, "size": target.get("size", tuple(image.shape[-2:]))})
+            bar.update(len(batch))
+    result = evaluate_detections(detections, targets, metric, dataset, classes)
+    result["num_images"] = len(targets)
+    return result
+
+
+def onnx_session(path: str | os.PathLike, threads: int | None) -> Any:
+    """An ONNX Runtime CPU session for timing: all graph optimisations, ``threads`` intra-op
+    threads (None = one per core), one inter-op thread, and worker threads that sleep
+    rather than spin between runs (on a shared machine spinning threads fight the others)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+class Timing(NamedTuple):
+    """Median milliseconds per image of one file: ``wall`` (elapsed) and ``cpu`` (CPU time of
+    this process's threads: what the run computed, whatever else the machine ran meanwhile)."""
+
+    wall: float
+    cpu: float
+
+
+def time_onnx_files(
+    paths: Sequence[str | os.PathLike],
+    inputs: Sequence[np.ndarray],
+    threads: int | None = None,
+    repeats: int = 5,
+) -> list[Timing]:
+    """Median milliseconds per image of each file, runs interleaved.
+
+    Every round runs each input through every file in turn (the order reversed every other
+    round), so all see the same machine load; the median over ``repeats`` rounds x inputs
+    of each run's time / batch size is reported, as elapsed time and as CPU time. On a
+    machine other processes keep busy, a longer run is more often preempted, which inflates
+    elapsed-time ratios; CPU time does not count the time spent preempted (the worker
+    threads sleep rather than spin, see `onnx_session`).
+
+    Args:
+        paths: ONNX files with one input, float32 (B, 3, S, S).
+        inputs: batches to run, float32 (B, 3, S, S).
+        threads: intra-op threads of every session (None = one per core).
+        repeats: rounds over ``inputs``.
+    """
+    if repeats < 1 or not inputs:
+        raise ValueError("timing needs at least one input and one round")
+    sessions = [onnx_session(path, threads) for path in paths]
+    names = [session.get_inputs()[0].name for session in sessions]
+    for session, name in zip(sessions, names):  # warm-up: allocations and first-run set-up
+        session.run(None, {name: inputs[0]})
+    wall: list[list[float]] = [[] for _ in sessions]
+    cpu: list[list[float]] = [[] for _ in sessions]
+    for round_index in range(repeats):
+        order = list(range(len(sessions)))
+        if round_index % 2:
+            order.reverse()
+        for x in inputs:
+            for k in order:
+                start, start_cpu = time.perf_counter(), time.process_time()
+                sessions[k].run(None, {names[k]: x})
+                wall[k].append((time.perf_counter() - start) * 1000.0 / x.shape[0])
+                cpu[k].append((time.process_time() - start_cpu) * 1000.0 / x.shape[0])
+    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform reports."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def int8_report(
+    float_path: str | os.PathLike,
+    int8_path: str | os.PathLike,
+    dataset: Any,
+    metric: str = "voc07",
+    threads: int | None = None,
+    timing_images: int = 8,
+    repeats: int = 10,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """mAP and speed of a float export and its int8 twin on ``dataset``.
+
+    Args:
+        float_path, int8_path: ONNX files of the same model (`export_onnx`, `quantize_onnx`).
+        dataset: as for `evaluate_detector`; every image is scored.
+        metric: "voc07" (VOC data), "voc12" or "coco".
+        threads: ONNX Runtime intra-op threads for both (None = one per core).
+        timing_images: the dataset's first images timed one at a time (batch 1).
+        repeats: timing rounds (see `time_onnx_files`).
+
+    Returns:
+        {"metric", "num_images", "float": {"file", "map", "ms_per_image", "cpu_ms_per_image"},
+        "int8": {...}, "map_change_points": (int8 - float) x 100, "speedup": float ms / int8 ms
+        (elapsed), "cpu_speedup" (CPU time), "timing": {how it was timed: threads, batch,
+        rounds, images, runtime, CPU, load average}, "int8_settings": the int8 file's metadata}.
+    """
+    import onnxruntime as ort
+
+    detectors = {"float": OnnxDetector(float_path, threads), "int8": OnnxDetector(int8_path, threads)}
+    scores = {k: evaluate_detector(d, dataset, metric, progress=progress) for k, d in detectors.items()}
+    reference = detectors["float"]
+    count = min(timing_images, len(dataset))
+    inputs = [
+        preprocess(
+            [dataset[i][0]], reference.image_size, reference.image_mean, std=reference.image_std
+        ).numpy()
+        for i in range(count)
+    ]
+    float_time, int8_time = time_onnx_files([float_path, int8_path], inputs, threads, repeats)
+    return {
+        "metric": metric,
+        "num_images": scores["float"]["num_images"],
+        "float": _entry(float_path, scores["float"]["map"], float_time),
+        "int8": _entry(int8_path, scores["int8"]["map"], int8_time),
+        "map_change_points": 100.0 * (scores["int8"]["map"] - scores["float"]["map"]),
+        "speedup": float_time.wall / int8_time.wall,
+        "cpu_speedup": float_time.cpu / int8_time.cpu,
+        "timing": {
+            "runtime": f"onnxruntime {ort.__version__}, CPUExecutionProvider",
+            "threads": threads or os.cpu_count(),
+            "batch": 1,
+            "images": count,
+            "rounds": repeats,
+            "statistic": "median over rounds x images, float and int8 runs interleaved",
+            "cpu": cpu_name(),
+            "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        },
+        "int8_settings": detectors["int8"].metadata.get("int8"),
+    }
+
+
+def _entry(path: str | os.PathLike, map_: float, timing: Timing) -> dict[str, Any]:
+    return {"file": str(path), "map": map_, "ms_per_image": timing.wall, "cpu_ms_per_image": timing.cpu}
+
+
+def format_int8_report(report: dict[str, Any]) -> str:
+    """The report as a small table: mAP in points, ms per image elapsed and in CPU time."""
+    metric, timing = report["metric"], report["timing"]
+    rows = [f"{'':8s} {'mAP (' + metric + ')':>14s} {'ms/image':>10s} {'CPU ms/image':>13s}"]
+    for name in ("float", "int8"):
+        entry = report[name]
+        times = f"{entry['ms_per_image']:10.2f} {entry['cpu_ms_per_image']:13.2f}"
+        rows.append(f"{name:8s} {100 * entry['map']:14.2f} {times}")
+    rows.append(
+        f"int8 changes mAP by {report['map_change_points']:+.2f} points on {report['num_images']} images "
+        f"and runs {report['speedup']:.2f}x as fast ({report['cpu_speedup']:.2f}x in CPU time); ONNX "
+        f"Runtime, {timing['threads']} threads, batch 1, median of {timing['rounds']} interleaved rounds "
+        f"over {timing['images']} images; {timing['cpu']}"
+    )
+    return "\n".join(rows)
