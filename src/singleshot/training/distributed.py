@@ -30,7 +30,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 logs, evaluates and writes checkpoints."""
+        """Rank 0 logs, writes checkpoints and scores the evaluations."""
         return self.rank == 0
 
     @property

@@ -10,7 +10,8 @@ Per iteration (`Trainer.run_step`): the next batch of the endless sampler, forwa
 rate from the schedule, backward (scaled for fp16), optional clipping, the optimizer step.
 Around it, hooks (`singleshot.training.hooks`) handle non-finite losses, the EMA of the
 weights, logging, evaluation with ``best.pt``, early stopping, ``last.pt`` and the time
-budget; rank 0 logs, evaluates and writes checkpoints.
+budget; every process evaluates its share of the validation images, rank 0 logs and
+writes checkpoints.
 """
 
 from __future__ import annotations
@@ -101,7 +102,9 @@ class Trainer:
             model, self.train_dataset, self.val_dataset, class_map
         )
         self.class_notes = root_notes + notes
-        self.evaluator = evaluator or functools.partial(default_evaluator, classes=val_classes)
+        self.evaluator = evaluator or functools.partial(
+            default_evaluator, classes=val_classes, workers=config.workers
+        )
         self.model = self._place(model)
         self.output_model: SSD = self.model
         self.transform = transform or default_transform(self.model, config.augment)
@@ -393,8 +396,10 @@ def train(
             states, sampler position, best mAP): the continued run equals an uninterrupted one.
         transform: training augmentation ``(image, target, generator=g) -> (x, target)``;
             None = `singleshot.data.SSDAugmentation` with ``config.augment``.
-        evaluator: ``(model, dataset, metric, batch_size, device, progress) -> {"map": ...}``;
-            None = `singleshot.evaluation.run.evaluate_model`.
+        evaluator: ``(model, dataset, metric, batch_size, device, progress) -> {"map": ...}``,
+            called on every process under DDP (rank 0's result counts); None =
+            `singleshot.evaluation.run.evaluate_model` with the images shared among the
+            processes and ``config.workers`` loader workers.
         progress: show a progress bar (rank 0).
         stop_at: stop after this iteration as an interrupted run would (``last.pt`` written,
             evaluation run); the schedule still spans ``config.iterations``.
