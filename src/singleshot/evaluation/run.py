@@ -168,7 +168,8 @@ def evaluate_model(
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    rank, world_size = _process_group() if distributed else (0, 1)
+    group = _process_group() if distributed else None
+    rank, world_size = group or (0, 1)
     if classes is None and _attribute(dataset, NamedClasses, "classes") is not None:
         classes = model_classes(model, dataset, class_map)
         if classes.note and rank == 0:
@@ -181,7 +182,7 @@ def evaluate_model(
         model, Subset(dataset, indices), batch_size, num_workers, options, f"eval ({metric})",
         progress and rank == 0,
     )  # fmt: skip
-    if world_size == 1:
+    if group is None:
         return _score(detections, targets, metric, dataset, classes)
     gathered = _gather_in_order(detections, targets, indices, world_size)
     result = [_score(*gathered, metric, dataset, classes) if gathered is not None else None]
@@ -198,11 +199,11 @@ def shard_batches(count: int, batch_size: int, rank: int, world_size: int) -> li
     return [index for start in starts for index in range(start, min(start + batch_size, count))]
 
 
-def _process_group() -> tuple[int, int]:
-    """(rank, world size) of the default process group; (0, 1) without one."""
+def _process_group() -> tuple[int, int] | None:
+    """(rank, world size) of the default process group; None without one."""
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    return None
 
 
 def _score(
