@@ -16,8 +16,10 @@ import time
 import pytest
 import torch
 
+import singleshot.boxes as boxes_module
 import singleshot.loss as loss_module
 from device_reads import DeviceReads
+from singleshot.boxes import cxcywh_to_xyxy, match_indices, pad_targets
 from singleshot.loss import MultiBoxLoss, background_nll, mine_hard_negatives
 from singleshot.training.data import make_train_loader
 from singleshot.training.optim import build_optimizer
@@ -28,10 +30,35 @@ from tolerances import reduction
 from train_fixtures import ShapesDataset, resize_flip, tiny_config
 
 
+def force_device_forms(monkeypatch):
+    """Run the forms the matching and the loss use on a GPU, here on the CPU."""
+    for module in (boxes_module, loss_module):
+        monkeypatch.setattr(module, "host_reads_are_free", lambda tensor: False)
+
+
 @pytest.fixture
 def device_forms(monkeypatch):
-    """Run the forms the loss uses on a GPU, here on the CPU."""
-    monkeypatch.setattr(loss_module, "_host_reads_are_free", lambda tensor: False)
+    force_device_forms(monkeypatch)
+
+
+def test_matching_device_form_is_bitwise_the_cpu_form(monkeypatch):
+    """Masked IoU over the padded rows against the gathered real rows: the same matches,
+    with first-index ties and a prior shared as best by two ground truths."""
+    g = torch.Generator().manual_seed(2)
+    priors = torch.cat([torch.rand(300, 2, generator=g), 0.05 + 0.4 * torch.rand(300, 2, generator=g)], 1)
+    boxes = []
+    for n in (3, 0, 5, 1):
+        centre, size = 0.2 + 0.6 * torch.rand(n, 2, generator=g), 0.1 + 0.3 * torch.rand(n, 2, generator=g)
+        boxes.append(cxcywh_to_xyxy(torch.cat([centre, size], 1)))
+    boxes[2][3] = boxes[2][1]  # two equal boxes: the same best prior, the later one wins it
+    labels = [torch.ones(len(b), dtype=torch.int64) for b in boxes]
+    padded, _, valid = pad_targets(boxes, labels)
+    priors_xyxy = cxcywh_to_xyxy(priors)
+    expected = match_indices(padded, valid, priors_xyxy)
+    force_device_forms(monkeypatch)
+    got = match_indices(padded, valid, priors_xyxy)
+    assert torch.equal(got[0][got[1]], expected[0][expected[1]]) and torch.equal(got[1], expected[1])
+    assert expected[1][2].sum() > 0 and not expected[1][1].any()
 
 
 @pytest.mark.parametrize("kind", ["ordinary", "overflow", "underflow"])
@@ -42,7 +69,7 @@ def test_background_nll_device_form_is_bitwise_the_cpu_form(monkeypatch, kind):
     if kind == "underflow":
         conf[2, 3] = -300.0  # a whole row underflows
     expected = background_nll(conf)
-    monkeypatch.setattr(loss_module, "_host_reads_are_free", lambda tensor: False)
+    force_device_forms(monkeypatch)
     assert torch.equal(background_nll(conf), expected)
     assert torch.isfinite(expected).all()
 
@@ -52,7 +79,7 @@ def test_mining_device_form_chooses_the_cpu_forms_negatives(monkeypatch):
     background = torch.rand(4, 300, generator=g)  # no ties
     positive = torch.rand(4, 300, generator=g) < torch.tensor([0.0, 0.01, 0.05, 0.5])[:, None]
     expected = mine_hard_negatives(background, positive, 3)
-    monkeypatch.setattr(loss_module, "_host_reads_are_free", lambda tensor: False)
+    force_device_forms(monkeypatch)
     got = mine_hard_negatives(background, positive, 3)
     assert torch.equal(got, expected)
     counts = torch.minimum(3 * positive.sum(1), 300 - positive.sum(1))
@@ -71,7 +98,7 @@ def test_loss_device_form_has_the_cpu_forms_gradients_bit_for_bit(monkeypatch, c
     results = []
     for device_form in (False, True):
         if device_form:
-            monkeypatch.setattr(loss_module, "_host_reads_are_free", lambda tensor: False)
+            force_device_forms(monkeypatch)
         loc, conf, priors, targets = make_case(5, counts)
         loc.requires_grad_(True)
         conf.requires_grad_(True)

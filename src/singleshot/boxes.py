@@ -35,6 +35,7 @@ __all__ = [
     "match_batch",
     "match_indices",
     "pad_targets",
+    "host_reads_are_free",
     "check_boxes",
     "invalid_boxes",
 ]
@@ -163,6 +164,14 @@ def check_boxes(boxes: Tensor, what: str = "box") -> None:
         )
 
 
+def host_reads_are_free(tensor: Tensor) -> bool:
+    """Whether reading ``tensor``'s values on the host costs only the read: on the CPU it
+    does; on a GPU each read (``.item()``, ``bool()``, a shape set by ``nonzero``) waits
+    for all the work queued before it (a host sync). The matching and the loss take
+    forms that read where reads are free and forms without reads elsewhere."""
+    return tensor.device.type == "cpu"
+
+
 def pad_targets(
     gt_boxes: list[Tensor], gt_labels: list[Tensor], device: torch.device | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -239,29 +248,42 @@ def match_indices(
     if most == 0:
         zeros = torch.zeros(batch, num_priors, dtype=torch.int64, device=priors_xyxy.device)
         return zeros, zeros.bool()
-    # IoU of every (padded) ground truth with every prior, the padding rows then set to
-    # zero: a zero never beats a real row's IoU on ties (first index wins), and an image
-    # without objects has best overlap 0 everywhere. Masks, not a gather of the real rows,
-    # so that no shape depends on the data (no wait for the GPU); each IoU is the same
-    # float expression either way.
-    overlaps = iou(boxes, priors_xyxy).masked_fill_(~valid[:, :, None], 0.0)  # (B, n, P)
+    overlaps, truth_index, best_prior_at = _overlaps(boxes, valid, priors_xyxy)
     best_truth_overlap, best_truth = overlaps.max(dim=1)  # (B, P), first ground truth on ties
-    best_prior = overlaps.argmax(dim=2)  # (B, n), first prior on ties
 
     # Each ground truth keeps its best prior; when several share one, the last wins
-    # (ssd.pytorch assigns them in a loop over j). Padding rows take part as -1, which
-    # changes no maximum.
-    truth = torch.arange(most, device=boxes.device).expand(batch, most)
-    image = torch.arange(batch, device=boxes.device)[:, None]
+    # (ssd.pytorch assigns them in a loop over j).
     forced = torch.full((batch * num_priors,), -1, dtype=torch.int64, device=boxes.device)
-    forced.scatter_reduce_(
-        0, (image * num_priors + best_prior).flatten(), torch.where(valid, truth, -1).flatten(), reduce="amax"
-    )
+    forced.scatter_reduce_(0, best_prior_at, truth_index, reduce="amax")
     forced = forced.view(batch, num_priors)
     is_forced = forced >= 0
     best_truth = torch.where(is_forced, forced, best_truth)
     positive = is_forced | (best_truth_overlap >= iou_threshold)
     return best_truth, positive
+
+
+def _overlaps(boxes: Tensor, valid: Tensor, priors_xyxy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """IoU laid out per image, (B, n, P), zero on the padding rows; and, per ground-truth
+    row, its index and the flat position (image * P + prior) of its best prior (first on ties).
+
+    A zero row never beats a real row's IoU on ties (first index wins), and an image without
+    objects has best overlap 0 everywhere. On the CPU only the real rows are computed (their
+    positions are read on the host); elsewhere every row is, the padding masked, so that no
+    shape depends on the data (no wait for the GPU), padding rows taking part as -1, which
+    changes no maximum. Each IoU is the same float expression either way.
+    """
+    batch, most = valid.shape
+    num_priors = priors_xyxy.shape[0]
+    if host_reads_are_free(boxes):
+        image, truth = valid.nonzero(as_tuple=True)  # (N,), (N,)
+        real = iou(boxes[image, truth], priors_xyxy)  # (N, P)
+        overlaps = real.new_zeros(batch, most, num_priors)
+        overlaps[image, truth] = real
+        return overlaps, truth, image * num_priors + real.argmax(dim=1)
+    overlaps = iou(boxes, priors_xyxy).masked_fill_(~valid[:, :, None], 0.0)
+    truth = torch.where(valid, torch.arange(most, device=boxes.device), -1)
+    image = torch.arange(batch, device=boxes.device)[:, None]
+    return overlaps, truth.flatten(), (image * num_priors + overlaps.argmax(dim=2)).flatten()
 
 
 def match_batch(

@@ -18,15 +18,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .boxes import cxcywh_to_xyxy, encode, match_indices, pad_targets
+from .boxes import cxcywh_to_xyxy, encode, host_reads_are_free, match_indices, pad_targets
 
 __all__ = ["MultiBoxLoss", "mine_hard_negatives", "background_nll"]
-
-
-def _host_reads_are_free(tensor: Tensor) -> bool:
-    """Whether reading ``tensor``'s values on the host costs only the read: on the CPU it
-    does; on a GPU each read waits for all the work queued before it (a host sync)."""
-    return tensor.device.type == "cpu"
 
 
 def background_nll(conf: Tensor) -> Tensor:
@@ -43,7 +37,7 @@ def background_nll(conf: Tensor) -> Tensor:
     # dimension of only C elements.
     total = conf.exp() @ conf.new_ones(conf.shape[-1])
     low, high = torch.aminmax(total)
-    if _host_reads_are_free(total):
+    if host_reads_are_free(total):
         if float(low) > 1e-30 and float(high) < float("inf"):
             return total.log_() - conf[..., 0]
         return -F.log_softmax(conf, dim=-1)[..., 0]
@@ -72,7 +66,7 @@ def mine_hard_negatives(background_loss: Tensor, positive: Tensor, neg_pos_ratio
     num_priors = background_loss.shape[1]
     num_neg = (neg_pos_ratio * positive.sum(dim=1, keepdim=True)).clamp(max=num_priors - 1)
     loss = background_loss.masked_fill(positive, -float("inf"))
-    if not _host_reads_are_free(loss):
+    if not host_reads_are_free(loss):
         order = loss.sort(dim=1, descending=True, stable=True).indices
         rank = torch.empty_like(order).scatter_(
             1, order, torch.arange(num_priors, device=loss.device).expand_as(order)
@@ -144,19 +138,21 @@ class MultiBoxLoss(nn.Module):
             background_loss = background_nll(conf.detach().float())
             negative = mine_hard_negatives(background_loss, positive, self.neg_pos_ratio)
         divisor = self._divisor(positive).to(torch.float32)
-        terms = _gathered_sums if _host_reads_are_free(positive) else _masked_sums
+        terms = _gathered_sums if host_reads_are_free(positive) else _masked_sums
         loss_loc, loss_conf = terms(loc, conf, priors, boxes, best_truth, labels_t, positive, negative,
                                     self.variances)  # fmt: skip
         return loss_loc / divisor, loss_conf / divisor
 
     def _check_labels(self, targets: list[dict[str, Tensor]]) -> None:
         """Labels in 1..C-1, checked where the targets are (the host, in the trainer)."""
-        for image, target in enumerate(targets):
-            labels = target["labels"]
-            if labels.numel() and bool(((labels < 1) | (labels >= self.num_classes)).any()):
+        labels = torch.cat([t["labels"].reshape(-1) for t in targets])
+        if not bool(((labels < 1) | (labels >= self.num_classes)).any()):
+            return
+        for image, target in enumerate(targets):  # only to name the culprit
+            if bool(((target["labels"] < 1) | (target["labels"] >= self.num_classes)).any()):
                 raise ValueError(
                     f"image {image} of the batch: labels must be in 1..{self.num_classes - 1}, "
-                    f"got {labels.tolist()}"
+                    f"got {target['labels'].tolist()}"
                 )
 
     def _divisor(self, positive: Tensor) -> Tensor:
