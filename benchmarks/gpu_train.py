@@ -13,6 +13,7 @@ serialised by the measurement), peak memory and the host syncs of one step
 
 from __future__ import annotations
 
+import gc
 import itertools
 import math
 import tempfile
@@ -251,6 +252,7 @@ def training_section(section: Section, context: dict[str, Any]) -> None:
         except torch.OutOfMemoryError as error:
             section.skip(name, f"out of GPU memory: {str(error).splitlines()[0]}")
         finally:
+            gc.collect()  # the run's models and trainer, before the next run allocates
             if device.type == "cuda":
                 torch.cuda.empty_cache()
     context["train_rows"] = section.rows
