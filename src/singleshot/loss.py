@@ -101,6 +101,8 @@ class MultiBoxLoss(nn.Module):
     (n, 4) xyxy as fractions of the image and ``labels`` (n,) int64 in 1..C-1; n may be 0.
     A batch without a single positive gives finite zero-valued terms (the divisor is at
     least 1). A degenerate ground-truth box raises ValueError naming the image and box.
+    With the network on a GPU, keep ``targets`` in host memory (as the trainer does):
+    they are checked and padded there, and the loss then waits for the GPU nowhere.
     """
 
     def __init__(
