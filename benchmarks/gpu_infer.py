@@ -28,7 +28,10 @@ GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def models(kind: str):
-    return build_ssdlite_models() if kind == "ssdlite320" else build_models()
+    """(torchvision's model, ours with the same weights), ours in the channels-last layout its
+    forward feeds the convolutions, as `singleshot.load` returns a model."""
+    tv, ours = build_ssdlite_models() if kind == "ssdlite320" else build_models()
+    return tv, ours.to(memory_format=torch.channels_last)
 
 
 def throughput_paths(tv, ours, device: torch.device) -> dict[str, Any]:
@@ -125,7 +128,7 @@ def export_section(section: Section, context: dict[str, Any]) -> None:
 
     device, smoke = context["device"], context["smoke"]
     repeats = 2 if smoke else 10
-    _, ours = build_models()
+    _, ours = models("ssd300")
     image = make_images(1)[0]
     with tempfile.TemporaryDirectory() as folder:
         path = export_onnx(ours, Path(folder) / "ssd300.onnx", with_postprocess=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import math
 import os
 import platform
 import shutil
@@ -38,6 +39,7 @@ class Section:
 
     ``rows`` are measurements (flat dicts of numbers and names); ``skip(item, reason)``
     records something not measured; ``left()`` is the time remaining of ``share_s``.
+    ``timed=False`` (the smoke run): every item runs, whatever the time.
     """
 
     name: str
@@ -50,8 +52,12 @@ class Section:
     status: str = "ok"
     reason: str | None = None
     seconds: float = 0.0
+    timed: bool = True
 
     def left(self) -> float:
+        """Seconds left of the share (infinite when not ``timed``)."""
+        if not self.timed:
+            return math.inf
         return self.share_s - (time.perf_counter() - self.started)
 
     def skip(self, item: str, reason: str) -> None:

@@ -249,7 +249,7 @@ def training_section(section: Section, context: dict[str, Any]) -> None:
         plan["seconds"] = min(8.0, section.left() / (2 * (len(runs) - index)))
         try:
             section.rows += one_run(kind, batch, amp, device, plan)
-        except torch.OutOfMemoryError as error:
+        except torch.cuda.OutOfMemoryError as error:
             section.skip(name, f"out of GPU memory: {str(error).splitlines()[0]}")
         finally:
             gc.collect()  # the run's models and trainer, before the next run allocates

@@ -128,3 +128,30 @@ def test_an_interrupted_test_run_is_read_from_pytests_verbose_lines():
         ("test_loss_on_cuda_equals_the_cpus", "passed"),
         ("test_amp[fp16]", "failed"),
     ]
+
+
+def test_a_section_whose_share_is_spent_lists_what_it_left_out():
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        from gpu_report import Section, markdown
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    spent = Section("training", "2. Training throughput", share_s=0.0)
+    assert spent.out_of_time("ssd300 batch 32 fp16") and spent.out_of_time("ssdlite320 batch 64 bf16")
+    spent.finish()
+    assert (
+        spent.status == "skipped" and "ssd300 batch 32 fp16: the section's time share (0 s)" in spent.reason
+    )
+    partial = Section("inference", "4. Inference", share_s=0.0)
+    partial.rows.append({"path": "predict fp32", "ms": 3.5})
+    partial.out_of_time("ssdlite320")
+    partial.finish()
+    assert partial.status == "partial" and partial.skipped[0]["item"] == "ssdlite320"
+    untimed = Section("export", "5. Exported models", share_s=0.0, timed=False)  # the smoke run's
+    assert not untimed.out_of_time("anything") and untimed.skipped == []
+    report = {"environment": {"device": "GPU X", "torch": "2", "cuda": "13", "cudnn": 9, "torchvision": "0"},
+              "smoke": False, "elapsed_s": 1.0, "budget_s": 420.0, "created": "now",
+              "sections": {s.name: s.to_dict() for s in (spent, partial)}}  # fmt: skip
+    text = markdown(report)
+    assert "## 2. Training throughput: skipped" in text and "| predict fp32 | 3.5 |" in text
+    assert "- skipped ssdlite320: the section's time share (0 s) was spent" in text
