@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-portable lint fuzz bench clean
+.PHONY: demo test test-portable lint fuzz bench gpu-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,14 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_core.py
+
+# The GPU check (benchmarks/gpu_check.py): correctness on CUDA, training, input pipeline,
+# inference and exported models, in at most 8 minutes on one GPU; writes
+# $(GPU_CHECK_OUT)/gpu_report.json and gpu_report.md. It runs this tree's code with the
+# venv's Python where there is one, else $(PYTHON) (a GPU machine's own PyTorch install).
+GPU_CHECK_OUT ?= runs/gpu-check
+gpu-check:
+	PYTHONPATH=src $(if $(wildcard $(PY)),$(PY),$(PYTHON)) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache .hypothesis

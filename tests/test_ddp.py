@@ -13,8 +13,11 @@ import torch.distributed as dist
 from torch import Tensor
 
 from ci import require
+from ddp_eval_worker import DIRECT_BATCH, VAL_IMAGES, VAL_SEED, as_json, eval_config
 from ddp_worker import INPUT_SIZES, RANK0_TRIAL
 from singleshot.checkpoint import load_checkpoint
+from singleshot.evaluation import evaluate_model
+from singleshot.evaluation.run import shard_batches
 from singleshot.loss import MultiBoxLoss
 from singleshot.training.data import make_train_loader
 from singleshot.training.setup import freeze_batch_norm
@@ -127,3 +130,50 @@ def two_ranks_in_one_process(out, model_name):
     finally:
         torch.set_num_threads(threads)
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_ddp_evaluation_shares_the_images_and_scores_as_one_process(tmp_path):
+    """Both ranks evaluate (each its batches), rank 0 scores all: the same numbers as one
+    process evaluating the same weights, on every rank, in the log and from a direct call."""
+    require(dist.is_available() and dist.is_gloo_available(), "torch.distributed with gloo")
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+        str(TESTS / "ddp_eval_worker.py"), str(tmp_path),
+    ]  # fmt: skip
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    ranks = [json.loads((tmp_path / f"eval{r}.json").read_text()) for r in (0, 1)]
+    assert ranks[0] == ranks[1]  # every process returns rank 0's result
+    state = torch.load(tmp_path / "eval0.pt", weights_only=True)
+    model = Trainer(eval_config(tmp_path / "one"), ShapesDataset(12), progress=False).model
+    model.load_state_dict(state)
+    val = ShapesDataset(VAL_IMAGES, seed=VAL_SEED)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        alone = {
+            batch: json.loads(as_json(evaluate_model(model, val, "voc07", batch, progress=False)))
+            for batch in (2, DIRECT_BATCH)
+        }
+    finally:
+        torch.set_num_threads(threads)
+    assert ranks[0]["trained"] == alone[2] and ranks[0]["direct"] == alone[DIRECT_BATCH]
+    assert alone[2]["num_images"] == VAL_IMAGES and alone[2]["map"] > 0
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    evaluations = [r for r in records if r["kind"] == "eval"]
+    assert [r["iteration"] for r in evaluations] == [2, 4]  # logged once each, by rank 0
+    assert evaluations[-1]["map"] == alone[2]["map"]
+
+
+@pytest.mark.parametrize(
+    ("count", "batch", "world"), [(7, 2, 2), (7, 3, 2), (10, 2, 3), (1, 4, 2), (0, 2, 2)]
+)
+def test_evaluation_shards_deal_whole_batches_in_turn(count, batch, world):
+    shards = [shard_batches(count, batch, rank, world) for rank in range(world)]
+    assert sorted(i for shard in shards for i in shard) == list(range(count))  # each image once
+    batches = [list(range(s, min(s + batch, count))) for s in range(0, count, batch)]
+    for rank, shard in enumerate(shards):  # batch k of one process is on rank k mod world
+        assert shard == [i for k, b in enumerate(batches) if k % world == rank for i in b]

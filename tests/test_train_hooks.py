@@ -259,3 +259,24 @@ def test_the_command_line_sets_ema_and_early_stopping():
         build_config(build_parser().parse_args(["train", "--ema-decay", "1.5"]))
     with pytest.raises(ValueError, match="set eval_every > 0"):
         build_config(build_parser().parse_args(["train", "--early-stop-patience", "3"]))
+
+
+@pytest.mark.parametrize("workers", [None, 1])
+def test_evaluation_reads_images_with_the_runs_loader_workers(tmp_path, monkeypatch, workers):
+    """config.workers sets the evaluation's loader too; None = the default (none on the CPU)."""
+    from torch.utils.data import DataLoader
+
+    import singleshot.evaluation.run as evaluation_run
+
+    seen = []
+
+    class Recording(DataLoader):
+        def __init__(self, *args, **kwargs):
+            seen.append(kwargs.get("num_workers"))
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation_run, "DataLoader", Recording)
+    config = tiny_config(tmp_path, iterations=1, workers=workers)
+    result = train(config, ShapesDataset(4), ShapesDataset(3, seed=2), transform=resize_flip, progress=False)
+    assert seen == [0 if workers is None else workers]
+    assert result.metrics["num_images"] == 3

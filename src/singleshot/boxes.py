@@ -35,6 +35,7 @@ __all__ = [
     "match_batch",
     "match_indices",
     "pad_targets",
+    "host_reads_are_free",
     "check_boxes",
     "invalid_boxes",
 ]
@@ -163,6 +164,14 @@ def check_boxes(boxes: Tensor, what: str = "box") -> None:
         )
 
 
+def host_reads_are_free(tensor: Tensor) -> bool:
+    """Whether reading ``tensor``'s values on the host costs only the read: on the CPU it
+    does; on a GPU each read (``.item()``, ``bool()``, a shape set by ``nonzero``) waits
+    for all the work queued before it (a host sync). The matching and the loss take
+    forms that read where reads are free and forms without reads elsewhere."""
+    return tensor.device.type == "cpu"
+
+
 def pad_targets(
     gt_boxes: list[Tensor], gt_labels: list[Tensor], device: torch.device | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -171,11 +180,16 @@ def pad_targets(
     Args:
         gt_boxes: B tensors (n_i, 4) xyxy; n_i may be 0.
         gt_labels: B tensors (n_i,) int64.
+        device: where the padded tensors go (None: where the inputs are).
 
     Returns:
         ``boxes`` float32 (B, n, 4) with n = max n_i (padding rows lie far outside the
         image, so they overlap nothing), ``labels`` int64 (B, n) (0 on padding) and
         ``valid`` bool (B, n).
+
+    The checks and the padding run where the inputs are, and only the three padded
+    tensors move to ``device``: ground truth kept in host memory (as the trainer keeps
+    it) is checked without waiting for the GPU, and moved without a blocking copy.
 
     Raises:
         ValueError: a box is not finite or has zero or negative width or height; the
@@ -197,12 +211,24 @@ def pad_targets(
             torch.zeros(batch, 0, dtype=torch.int64, device=device),
             torch.zeros(batch, 0, dtype=torch.bool, device=device),
         )
+    sources = {t.device for t in (*gt_boxes, *gt_labels)}
+    source = sources.pop() if len(sources) == 1 else device
     boxes = pad_sequence(
-        [b.to(device=device, dtype=torch.float32) for b in gt_boxes], batch_first=True, padding_value=-2.0
+        [b.to(device=source, dtype=torch.float32) for b in gt_boxes], batch_first=True, padding_value=-2.0
     )  # padding: the zero-area box (-2, -2, -2, -2)
-    labels = pad_sequence([lab.to(device=device, dtype=torch.int64) for lab in gt_labels], batch_first=True)
-    valid = torch.arange(most, device=device) < torch.tensor(counts, device=device)[:, None]
-    return boxes, labels, valid
+    labels = pad_sequence([lab.to(device=source, dtype=torch.int64) for lab in gt_labels], batch_first=True)
+    valid = torch.arange(most) < torch.tensor(counts)[:, None]
+    return _moved(boxes, device), _moved(labels, device), _moved(valid, device)
+
+
+def _moved(tensor: Tensor, device: torch.device | None) -> Tensor:
+    """``tensor`` on ``device``; from host memory to a GPU through page-locked memory, so that
+    the copy is queued behind the GPU's work instead of waiting for it."""
+    if device is None or tensor.device == torch.device(device):
+        return tensor
+    if torch.device(device).type == "cuda" and tensor.device.type == "cpu":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
 
 
 def match_indices(
@@ -222,25 +248,42 @@ def match_indices(
     if most == 0:
         zeros = torch.zeros(batch, num_priors, dtype=torch.int64, device=priors_xyxy.device)
         return zeros, zeros.bool()
-    # IoU of the real ground truths only (image-major rows), then laid out per image with
-    # zero rows for the padding: a zero never beats a real row's IoU on ties (first index
-    # wins), and an image without objects has best overlap 0 everywhere.
-    image, truth = valid.nonzero(as_tuple=True)  # (N,), (N,)
-    real = iou(boxes[image, truth], priors_xyxy)  # (N, P)
-    overlaps = real.new_zeros(batch, most, num_priors)
-    overlaps[image, truth] = real
+    overlaps, truth_index, best_prior_at = _overlaps(boxes, valid, priors_xyxy)
     best_truth_overlap, best_truth = overlaps.max(dim=1)  # (B, P), first ground truth on ties
-    best_prior = real.argmax(dim=1)  # (N,), first prior on ties
 
     # Each ground truth keeps its best prior; when several share one, the last wins
     # (ssd.pytorch assigns them in a loop over j).
     forced = torch.full((batch * num_priors,), -1, dtype=torch.int64, device=boxes.device)
-    forced.scatter_reduce_(0, image * num_priors + best_prior, truth, reduce="amax")
+    forced.scatter_reduce_(0, best_prior_at, truth_index, reduce="amax")
     forced = forced.view(batch, num_priors)
     is_forced = forced >= 0
     best_truth = torch.where(is_forced, forced, best_truth)
     positive = is_forced | (best_truth_overlap >= iou_threshold)
     return best_truth, positive
+
+
+def _overlaps(boxes: Tensor, valid: Tensor, priors_xyxy: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """IoU laid out per image, (B, n, P), zero on the padding rows; and, per ground-truth
+    row, its index and the flat position (image * P + prior) of its best prior (first on ties).
+
+    A zero row never beats a real row's IoU on ties (first index wins), and an image without
+    objects has best overlap 0 everywhere. On the CPU only the real rows are computed (their
+    positions are read on the host); elsewhere every row is, the padding masked, so that no
+    shape depends on the data (no wait for the GPU), padding rows taking part as -1, which
+    changes no maximum. Each IoU is the same float expression either way.
+    """
+    batch, most = valid.shape
+    num_priors = priors_xyxy.shape[0]
+    if host_reads_are_free(boxes):
+        image, truth = valid.nonzero(as_tuple=True)  # (N,), (N,)
+        real = iou(boxes[image, truth], priors_xyxy)  # (N, P)
+        overlaps = real.new_zeros(batch, most, num_priors)
+        overlaps[image, truth] = real
+        return overlaps, truth, image * num_priors + real.argmax(dim=1)
+    overlaps = iou(boxes, priors_xyxy).masked_fill_(~valid[:, :, None], 0.0)
+    truth = torch.where(valid, torch.arange(most, device=boxes.device), -1)
+    image = torch.arange(batch, device=boxes.device)[:, None]
+    return overlaps, truth.flatten(), (image * num_priors + overlaps.argmax(dim=2)).flatten()
 
 
 def match_batch(

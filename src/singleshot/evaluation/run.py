@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import torch
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, Subset
 
 from ..classes import ClassMatch, load_class_map, match_classes
 from ..inference import predict
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from ..detector import Detector
 
 __all__ = ["METRICS", "COCOCategories", "COCOFileSource", "NamedClasses", "evaluate_model",
-           "evaluate_detections", "model_classes"]  # fmt: skip
+           "evaluate_detections", "model_classes", "shard_batches"]  # fmt: skip
 
 METRICS = ("voc07", "voc12", "coco")
 
@@ -128,6 +129,7 @@ def evaluate_model(
     max_detections: int | None = MODEL_DEFAULT,
     class_map: Mapping[str, str] | str | os.PathLike | None = None,
     classes: ClassMatch | None = None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """Run ``model`` over every image of ``dataset`` and score the detections.
 
@@ -151,6 +153,12 @@ def evaluate_model(
             classes named differently (see `singleshot.classes.match_classes`).
         classes: the model-dataset relation already computed (then ``class_map`` is unused
             and no note is printed).
+        distributed: share the work among the processes of torch.distributed's default
+            process group (DDP under torchrun; without one this changes nothing). Every
+            process calls this with the same arguments and runs the model on its share of
+            the batches (batch i goes to rank i mod world size, so each image is in the
+            same batch as in one process); rank 0 gathers the detections in dataset order
+            and scores them; every process returns that result: the metric of one process.
 
     Classes are related by name (``model.class_names`` and ``dataset.classes``): the same
     names in another order are mapped, with one note on stderr; other names raise ValueError.
@@ -163,20 +171,66 @@ def evaluate_model(
         raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(METRICS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    group = _process_group() if distributed else None
+    rank, world_size = group or (0, 1)
     if classes is None and _attribute(dataset, NamedClasses, "classes") is not None:
         classes = model_classes(model, dataset, class_map)
-        if classes.note:
+        if classes.note and rank == 0:
             print(f"note: {classes.note}", file=sys.stderr)
     if isinstance(model, torch.nn.Module):
         model = model.to(device)
     options = {"score_threshold": score_threshold, "nms_threshold": nms_threshold,
                "pre_nms_top_k": pre_nms_top_k, "max_detections": max_detections}  # fmt: skip
+    indices = shard_batches(len(dataset), batch_size, rank, world_size)
     detections, targets = _run_model(
-        model, dataset, batch_size, num_workers, options, f"eval ({metric})", progress
-    )
+        model, Subset(dataset, indices), batch_size, num_workers, options, f"eval ({metric})",
+        progress and rank == 0,
+    )  # fmt: skip
+    if group is None:
+        return _score(detections, targets, metric, dataset, classes)
+    gathered = _gather_in_order(detections, targets, indices, world_size)
+    result = [_score(*gathered, metric, dataset, classes) if gathered is not None else None]
+    dist.broadcast_object_list(result, src=0)
+    assert result[0] is not None
+    return result[0]
+
+
+def shard_batches(count: int, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """Indices of the images process ``rank`` of ``world_size`` evaluates, in order: the
+    batches of ``batch_size`` images (the last may be short) dealt in turn, batch i to rank
+    i mod world_size."""
+    starts = range(rank * batch_size, count, world_size * batch_size)
+    return [index for start in starts for index in range(start, min(start + batch_size, count))]
+
+
+def _process_group() -> tuple[int, int] | None:
+    """(rank, world size) of the default process group; None without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return None
+
+
+def _score(
+    detections: list[dict[str, Any]], targets: list[dict[str, Any]], metric: str, dataset: Any,
+    classes: ClassMatch | None,
+) -> dict[str, Any]:  # fmt: skip
     result = evaluate_detections(detections, targets, metric, dataset, classes)
     result["num_images"] = len(targets)
     return result
+
+
+def _gather_in_order(
+    detections: list[dict[str, Any]], targets: list[dict[str, Any]], indices: list[int], world_size: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """Every process's (detections, targets) on rank 0, in dataset order; None elsewhere."""
+    on_host = [{key: value.cpu() for key, value in det.items()} for det in detections]
+    parts: list[Any] | None = [None] * world_size if dist.get_rank() == 0 else None
+    dist.gather_object((indices, on_host, targets), parts, dst=0)
+    if parts is None:
+        return None
+    by_index = {i: (det, target) for part in parts for i, det, target in zip(*part)}
+    ordered = [by_index[i] for i in sorted(by_index)]
+    return [det for det, _ in ordered], [target for _, target in ordered]
 
 
 def _run_model(

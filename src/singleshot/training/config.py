@@ -167,9 +167,9 @@ class TrainConfig:
             `singleshot.training.determinism`), so that a CUDA run and its resume are
             reproducible bit for bit, at some cost in speed. CPU runs are reproducible
             without it.
-        dist_timeout_minutes: how long DDP processes wait for one another (NCCL's default,
-            10 minutes, can be shorter than rank 0's evaluation of a large validation set
-            while the other ranks wait).
+        dist_timeout_minutes: how long DDP processes wait for one another in a collective
+            before the run fails (NCCL's default is 10 minutes; evaluation is shared among
+            the processes, so none waits out another's).
         sync_bn: convert BatchNorm layers to SyncBatchNorm under multi-GPU DDP.
         freeze_bn: keep BatchNorm layers in eval mode (running statistics, no update).
         channels_last: the memory format of the network's weights and input. "auto" (the

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import datetime
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import Tensor
 
 __all__ = [
     "DistInfo",
@@ -22,6 +24,7 @@ __all__ = [
     "select_device",
     "all_max",
     "all_sum",
+    "agree_on_step",
     "broadcast_from_main",
     "barrier",
     "cleanup",
@@ -38,7 +41,7 @@ class DistInfo:
 
     @property
     def is_main(self) -> bool:
-        """Rank 0 logs, evaluates and writes checkpoints."""
+        """Rank 0 logs, writes checkpoints and scores the evaluations."""
         return self.rank == 0
 
     @property
@@ -110,6 +113,31 @@ def all_max(values: list[float], device: torch.device) -> list[float]:
     tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
+
+
+def agree_on_step(
+    loss: Tensor, values: Sequence[Tensor], time_spent: float
+) -> tuple[bool, float, list[float]]:
+    """A training step's numbers, read from the device at once (one host sync per step).
+
+    Args:
+        loss: the step's 0-dim loss.
+        values: 0-dim tensors to read as well (the loss terms).
+        time_spent: this process's share of the time budget spent.
+
+    Returns:
+        (whether the loss is not finite on any process, the largest ``time_spent`` of the
+        processes, this process's ``values`` as floats). Under DDP the first two come from
+        one all-reduce (max) of a tensor made on the device, so it waits for no copy.
+    """
+    flags = torch.stack((
+        torch.isfinite(loss.detach()).logical_not().to(torch.float64),
+        torch.full((), float(time_spent), dtype=torch.float64, device=loss.device),
+    ))  # fmt: skip
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    numbers = torch.cat((flags, torch.stack([v.detach().to(torch.float64) for v in values]))).cpu().tolist()
+    return numbers[0] > 0, numbers[1], numbers[2:]
 
 
 def all_sum(value: int, device: torch.device) -> int:

@@ -4,7 +4,7 @@ After each evaluation, the mAP improves when it exceeds the best so far by more 
 ``min_delta`` (the first evaluation always does). After ``patience`` evaluations in a row
 without improvement the run stops: the stop is logged (``kind: early_stop`` in
 ``log.jsonl``), ``TrainResult.stop_reason`` is ``"early_stopping"``, ``last.pt`` is written.
-Rank 0 evaluates and decides; the decision reaches every process by an all-reduce.
+Rank 0's evaluation decides; the decision reaches every process by an all-reduce.
 """
 
 from __future__ import annotations

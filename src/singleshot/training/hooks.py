@@ -36,7 +36,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from . import distributed
 from .results import NonFiniteLossError, StepWindow
 
 if TYPE_CHECKING:
@@ -187,8 +186,15 @@ def train_record(trainer: Trainer, window: StepWindow) -> dict[str, Any]:
 
 
 class Evaluation(HookBase):
-    """Evaluate ``trainer.output_model`` on the validation set (rank 0) every
-    ``config.eval_every`` steps and at the last one; write ``best.pt`` on a new best mAP."""
+    """Evaluate ``trainer.output_model`` on the validation set every ``config.eval_every``
+    steps and at the last one; write ``best.pt`` (rank 0) on a new best mAP.
+
+    Under DDP every process calls the evaluator: the default one
+    (`singleshot.training.setup.default_evaluator`) shares the images among them and
+    returns rank 0's score on all, so that no process waits for another's whole
+    evaluation in a collective (NCCL's watchdog ends a run whose collective waits longer
+    than ``config.dist_timeout_minutes``). Rank 0's result is the one logged and kept.
+    """
 
     def __init__(self) -> None:
         self.evaluated_at: int | None = None
@@ -210,26 +216,25 @@ class Evaluation(HookBase):
             return
         self.evaluated_at = trainer.iteration
         trainer.metrics = self._run_evaluator()
-        if trainer.metrics is None or not trainer.dist.is_main:
+        if not trainer.dist.is_main:
             return
         value = float(trainer.metrics["map"])
         if trainer.best_map is None or value > trainer.best_map:
             trainer.best_map, trainer.best_iteration = value, trainer.iteration
             trainer.best_checkpoint = trainer.save("best.pt")
 
-    def _run_evaluator(self) -> dict[str, Any] | None:
-        """Rank 0 evaluates ``output_model`` and logs the result; the other processes wait."""
+    def _run_evaluator(self) -> dict[str, Any]:
+        """Every process evaluates ``output_model`` (its share, with the default evaluator);
+        rank 0 logs the result."""
         trainer, config = self.trainer, self.trainer.config
-        metrics = None
+        metrics = trainer.evaluator(trainer.output_model, trainer.val_dataset, config.eval_metric,
+                                    config.eval_batch_size, trainer.device, False)  # fmt: skip
         if trainer.dist.is_main:
-            metrics = trainer.evaluator(trainer.output_model, trainer.val_dataset, config.eval_metric,
-                                        config.eval_batch_size, trainer.device, False)  # fmt: skip
             ap = {str(k): float(v) for k, v in metrics.get("ap", {}).items()}
             value, iteration = float(metrics["map"]), trainer.iteration
             trainer.logger.write({"kind": "eval", "iteration": iteration, "metric": config.eval_metric,
                                   "map": value, "ap": ap})  # fmt: skip
             trainer.logger.message(f"iteration {iteration}: {config.eval_metric} mAP {metrics['map']:.4f}")
-        distributed.barrier()
         trainer.train_mode()
         return metrics
 

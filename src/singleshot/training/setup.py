@@ -230,14 +230,20 @@ def default_evaluator(
     device: str | torch.device,
     progress: bool,
     classes: ClassMatch | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
-    """`evaluate_model`; ``classes``: the model-dataset `ClassMatch` (default: matched by name).
+    """`evaluate_model` with its work shared among the DDP processes, if any (every process
+    calls it and gets the same result); ``classes``: the model-dataset `ClassMatch`
+    (default: matched by name).
 
-    Images are read by the same number of loader workers as training uses by default
-    (`default_workers`: none on the CPU, up to 8 per process with GPUs).
+    ``workers``: loader processes that read the images (the run's ``config.workers``);
+    None = as many as training uses by default (`default_workers`: none on the CPU, up to
+    8 per process with GPUs).
     """
     from ..evaluation.run import evaluate_model
 
+    if workers is None:
+        workers = default_workers(torch.device(device).type)
     return evaluate_model(
         model,
         dataset,
@@ -246,5 +252,6 @@ def default_evaluator(
         device=device,
         progress=progress,
         classes=classes,
-        num_workers=default_workers(torch.device(device).type),
+        num_workers=workers,
+        distributed=True,
     )

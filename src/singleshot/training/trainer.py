@@ -10,7 +10,8 @@ Per iteration (`Trainer.run_step`): the next batch of the endless sampler, forwa
 rate from the schedule, backward (scaled for fp16), optional clipping, the optimizer step.
 Around it, hooks (`singleshot.training.hooks`) handle non-finite losses, the EMA of the
 weights, logging, evaluation with ``best.pt``, early stopping, ``last.pt`` and the time
-budget; rank 0 logs, evaluates and writes checkpoints.
+budget; every process evaluates its share of the validation images, rank 0 logs and
+writes checkpoints.
 """
 
 from __future__ import annotations
@@ -104,7 +105,9 @@ class Trainer:
             model, self.train_dataset, self.val_dataset, class_map
         )
         self.class_notes = root_notes + notes
-        self.evaluator = evaluator or functools.partial(default_evaluator, classes=val_classes)
+        self.evaluator = evaluator or functools.partial(
+            default_evaluator, classes=val_classes, workers=config.workers
+        )
         self.model = self._place(model, checkpoint, resume)
         self.output_model: SSD = self.model
         self.transform = transform or default_transform(self.model, config.augment)
@@ -312,20 +315,21 @@ class Trainer:
         self.data_seconds = time.perf_counter() - tick
         loss_loc, loss_conf = self._forward_loss(x, targets)
         loss = loss_loc + loss_conf
-        # One all-reduce: any process's non-finite loss, and the most time spent.
-        nonfinite, time_spent = distributed.all_max(
-            [not bool(torch.isfinite(loss)), (time.perf_counter() - self.start) / self.budget_s], self.device
+        # The step's one read from the device (after one all-reduce under DDP): any process's
+        # non-finite loss, the most time spent, and this process's loss terms.
+        nonfinite, time_spent, (loc_value, conf_value) = distributed.agree_on_step(
+            loss, (loss_loc, loss_conf), (time.perf_counter() - self.start) / self.budget_s
         )
         self.over_budget = time_spent >= 1.0
         if self.schedule.set_iteration(self.iteration, min(time_spent, 1.0)):
             note_clock(self.logger, self.iteration, self.config.iterations, time_spent)
         self.step_losses = self.nonfinite = None
-        if nonfinite > 0:
+        if nonfinite:
             self.nonfinite = ((loss_loc, loss_conf), targets)
             self.optimizer.zero_grad(set_to_none=True)
         else:
             self._step(loss)
-            self.step_losses = (loss_loc.item(), loss_conf.item())
+            self.step_losses = (loc_value, conf_value)
 
     def train_mode(self) -> None:
         """Training mode for ``model`` (BatchNorm layers kept in eval mode with ``config.freeze_bn``)."""
@@ -342,16 +346,13 @@ class Trainer:
         return self.criterion(loc.float(), conf.float(), self.model.priors, targets)
 
     def _batch_to_device(self, x: Tensor, targets: list[dict]) -> tuple[Tensor, list[dict]]:
+        """The images to the device; the targets stay in host memory, where the loss checks
+        and pads them without waiting for the GPU (`singleshot.boxes.pad_targets`)."""
         non_blocking = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=non_blocking)
         if self.layout.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        moved = [
-            {"boxes": t["boxes"].to(self.device, non_blocking=non_blocking),
-             "labels": t["labels"].to(self.device, non_blocking=non_blocking), "image_id": t["image_id"]}
-            for t in targets
-        ]  # fmt: skip
-        return x, moved
+        return x, targets
 
     def _step(self, loss: Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -402,8 +403,10 @@ def train(
             states, sampler position, best mAP): the continued run equals an uninterrupted one.
         transform: training augmentation ``(image, target, generator=g) -> (x, target)``;
             None = `singleshot.data.SSDAugmentation` with ``config.augment``.
-        evaluator: ``(model, dataset, metric, batch_size, device, progress) -> {"map": ...}``;
-            None = `singleshot.evaluation.run.evaluate_model`.
+        evaluator: ``(model, dataset, metric, batch_size, device, progress) -> {"map": ...}``,
+            called on every process under DDP (rank 0's result counts); None =
+            `singleshot.evaluation.run.evaluate_model` with the images shared among the
+            processes and ``config.workers`` loader workers.
         progress: show a progress bar (rank 0).
         stop_at: stop after this iteration as an interrupted run would (``last.pt`` written,
             evaluation run); the schedule still spans ``config.iterations``.
