@@ -1,7 +1,7 @@
 """OpenVINO IR export: singleshot's ONNX graph through OpenVINO's own converter.
 
 `export_openvino` exports the model to ONNX (`export_onnx`, in a temporary folder) and
-`onnx_to_openvino` converts that file with ``openvino.convert_model`` and writes the IR
+`onnx_to_openvino` converts that file with OpenVINO's ONNX frontend and writes the IR
 with ``openvino.save_model``: ``NAME.xml`` (the graph) and ``NAME.bin`` (the weights,
 float32 unless asked otherwise). Any ONNX file singleshot wrote converts the same way,
 float or quantised (QuantizeLinear / DequantizeLinear pairs become OpenVINO's
@@ -68,7 +68,9 @@ def onnx_to_openvino(
     if not onnx_path.is_file():
         raise FileNotFoundError(f"{onnx_path}: no such file")
     try:
-        model = ov.convert_model(str(onnx_path))
+        # the Core's ONNX frontend, not ``ov.convert_model``: importing the converter tool
+        # starts OpenVINO's telemetry, which forks the calling process to send a usage event
+        model = ov.Core().read_model(str(onnx_path))
     except Exception as error:  # OpenVINO's converter raises its own exception types
         raise ValueError(f"{onnx_path}: OpenVINO cannot convert it: {error}") from None
     metadata = read_metadata(model, onnx_path)
