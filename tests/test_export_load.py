@@ -3,6 +3,9 @@ carries the metadata, and `eval` / `detect` refuse or explain what an exported f
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -201,3 +204,31 @@ def test_detect_keeps_an_exports_built_in_threshold(files, tmp_path, capsys):
     expected = OnnxDetector(files["onnx-0.5"]).predict([folder / "a.png", folder / "b.png"])
     assert len(results) == sum(len(d["scores"]) for d in expected) > 0
     assert min(r["score"] for r in results) > 0.5 and "(score > 0.5)" in printed
+
+
+DROP_IN_ANOTHER_THREAD = """
+import gc, signal, subprocess, sys, threading
+import torch
+from singleshot.export import OpenVinoDetector
+
+detectors = [OpenVinoDetector(sys.argv[1])]
+detectors[0].predict(torch.zeros(3, 160, 160, dtype=torch.uint8))
+# the last reference goes in another thread, as when the garbage collector runs there
+dropper = threading.Thread(target=lambda: (detectors.clear(), gc.collect()))
+dropper.start()
+dropper.join()
+# a Python signal handler runs on this thread's alternate signal stack
+signal.signal(signal.SIGCHLD, lambda number, frame: None)
+subprocess.run([sys.executable, "-c", "pass"], check=True)
+print("still running")
+"""
+
+
+def test_an_openvino_detector_dropped_in_another_thread_leaves_signal_handling_working(files):
+    if not openvino_runs():
+        pytest.skip("OpenVINO's CPU plugin does not run with oneDNN forced down to SSE4.1")
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", DROP_IN_ANOTHER_THREAD, str(files["onnx-0.5"])],
+                            env=environment, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert result.returncode == 0, (result.returncode, result.stderr[-2000:])
+    assert result.stdout.strip() == "still running"

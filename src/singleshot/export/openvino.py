@@ -10,6 +10,7 @@ rounding.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -28,6 +29,23 @@ __all__ = ["OpenVinoDetector", "METADATA_KEY"]
 # ONNX file itself (its ONNX frontend carries the ONNX metadata entries there).
 METADATA_KEY = "singleshot"
 _METADATA_PATHS = ([METADATA_KEY], ["framework", METADATA_KEY])
+
+
+@functools.cache
+def openvino_core() -> Any:
+    """The process's one ``openvino.Core``, kept until the process ends.
+
+    OpenVINO's CPU plugin gives the thread that first compiles a model an alternate signal
+    stack, and unmaps it when the plugin is destroyed. Destroyed from another thread (a
+    detector collected by the garbage collector wherever it runs), it leaves the first
+    thread with an unmapped signal stack; Python's signal handlers run on that stack
+    (SA_ONSTACK), so the next one there (e.g. PyTorch's SIGCHLD handler when a subprocess
+    ends) kills the process with SIGSEGV. One Core for the whole process keeps its plugin,
+    and that stack, alive.
+    """
+    import openvino as ov
+
+    return ov.Core()
 
 
 def read_metadata(model: Any, path: Path) -> dict[str, Any]:
@@ -57,12 +75,10 @@ class OpenVinoDetector(_ExportedDetector):
     runtime = "openvino"
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None, device: str = "CPU") -> None:
-        import openvino as ov
-
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"{self.path}: no such file")
-        core = ov.Core()
+        core = openvino_core()
         try:
             model = core.read_model(str(self.path))
         except RuntimeError as error:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .openvino import METADATA_KEY, read_metadata
+from .openvino import METADATA_KEY, openvino_core, read_metadata
 from .to_onnx import DEFAULT_OPSET, export_onnx
 
 if TYPE_CHECKING:
@@ -70,7 +70,7 @@ def onnx_to_openvino(
     try:
         # the Core's ONNX frontend, not ``ov.convert_model``: importing the converter tool
         # starts OpenVINO's telemetry, which forks the calling process to send a usage event
-        model = ov.Core().read_model(str(onnx_path))
+        model = openvino_core().read_model(str(onnx_path))
     except Exception as error:  # OpenVINO's converter raises its own exception types
         raise ValueError(f"{onnx_path}: OpenVINO cannot convert it: {error}") from None
     metadata = read_metadata(model, onnx_path)
