@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..timing import Laps, time_interleaved
 from ..transforms import preprocess
 from .runtime import OnnxDetector
 
@@ -101,25 +100,20 @@ def time_onnx_files(
         threads: intra-op threads of every session (None = one per core).
         repeats: rounds over ``inputs``.
     """
-    if repeats < 1 or not inputs:
-        raise ValueError("timing needs at least one input and one round")
     sessions = [onnx_session(path, threads) for path in paths]
-    names = [session.get_inputs()[0].name for session in sessions]
-    for session, name in zip(sessions, names):  # warm-up: allocations and first-run set-up
-        session.run(None, {name: inputs[0]})
-    wall: list[list[float]] = [[] for _ in sessions]
-    cpu: list[list[float]] = [[] for _ in sessions]
-    for round_index in range(repeats):
-        order = list(range(len(sessions)))
-        if round_index % 2:
-            order.reverse()
-        for x in inputs:
-            for k in order:
-                start, start_cpu = time.perf_counter(), time.process_time()
-                sessions[k].run(None, {names[k]: x})
-                wall[k].append((time.perf_counter() - start) * 1000.0 / x.shape[0])
-                cpu[k].append((time.process_time() - start_cpu) * 1000.0 / x.shape[0])
-    return [Timing(statistics.median(w), statistics.median(c)) for w, c in zip(wall, cpu)]
+    times = time_interleaved([_session_run(session) for session in sessions], inputs, repeats)
+    return [Timing(t.median("run"), t.median("run", cpu=True)) for t in times]
+
+
+def _session_run(session: Any) -> Callable[[np.ndarray, Laps], None]:
+    """``run(x, laps)`` for `singleshot.timing.time_interleaved`: one ONNX Runtime run, one stage."""
+    name = session.get_inputs()[0].name
+
+    def run(x: np.ndarray, laps: Laps) -> None:
+        session.run(None, {name: x})
+        laps.lap("run")
+
+    return run
 
 
 def cpu_name() -> str:

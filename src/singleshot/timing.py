@@ -1,0 +1,124 @@
+"""Timing several ways of doing the same work fairly on a machine that other work shares.
+
+`time_interleaved` runs every candidate on the same inputs, interleaved: each round runs
+each input through every candidate in turn, the order reversed every other round, so a
+change in the machine's load falls on all of them alike. A candidate marks the end of each
+of its stages on a `Laps` (``laps.lap("network")``); every stage's time is recorded per
+item of the input (``len(input)``: images in a batch), elapsed and as CPU time.
+
+>>> times = time_interleaved([run_a, run_b], batches, repeats=5)
+>>> times[0].median("network"), times[0].spread("network")
+
+Used by `singleshot.export.compare.time_onnx_files` (int8 against float) and
+`singleshot.benchmark` (``singleshot benchmark``).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence, Sized
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = ["Laps", "StageTimes", "time_interleaved"]
+
+InputT = TypeVar("InputT", bound=Sized)
+
+
+class Laps:
+    """The stages of one run: ``lap(name)`` ends the stage that began at the previous lap (or
+    when the `Laps` was made) and records its elapsed and CPU seconds under ``name``.
+
+    CPU time is this process's (`time.process_time`: all its threads), so it counts what a
+    run computed and not the time it spent preempted by other processes.
+    """
+
+    def __init__(self) -> None:
+        self.wall: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+
+    def lap(self, stage: str) -> None:
+        wall, cpu = time.perf_counter(), time.process_time()
+        self.wall[stage] = self.wall.get(stage, 0.0) + wall - self._wall
+        self.cpu[stage] = self.cpu.get(stage, 0.0) + cpu - self._cpu
+        self._wall, self._cpu = wall, cpu
+
+
+@dataclass
+class StageTimes:
+    """One candidate's samples: per stage, milliseconds per item of each timed run.
+
+    Attributes:
+        wall: {stage: [elapsed ms per item, one per run]}, stages in the order first lapped.
+        cpu: {stage: [CPU ms per item, one per run]}.
+    """
+
+    wall: dict[str, list[float]] = field(default_factory=dict)
+    cpu: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, laps: Laps, items: int) -> None:
+        """Record one run of ``items`` items (its stage times divided by ``items``)."""
+        for stage, seconds in laps.wall.items():
+            self.wall.setdefault(stage, []).append(1000.0 * seconds / items)
+        for stage, seconds in laps.cpu.items():
+            self.cpu.setdefault(stage, []).append(1000.0 * seconds / items)
+
+    @property
+    def stages(self) -> list[str]:
+        return list(self.wall)
+
+    def median(self, stage: str, cpu: bool = False) -> float:
+        """Median ms per item of ``stage`` (elapsed, or CPU time with ``cpu``)."""
+        return statistics.median((self.cpu if cpu else self.wall)[stage])
+
+    def spread(self, stage: str, cpu: bool = False) -> dict[str, float]:
+        """{"min", "q1", "median", "q3", "max"} ms per item of ``stage`` over the runs
+        (quartiles by `statistics.quantiles`, inclusive method; one run: all equal)."""
+        samples = sorted((self.cpu if cpu else self.wall)[stage])
+        if len(samples) == 1:
+            return dict.fromkeys(("min", "q1", "median", "q3", "max"), samples[0])
+        q1, q2, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        return {"min": samples[0], "q1": q1, "median": q2, "q3": q3, "max": samples[-1]}
+
+
+def time_interleaved(
+    runs: Sequence[Callable[[InputT, Laps], Any]],
+    inputs: Sequence[InputT],
+    repeats: int,
+    warmup: int = 1,
+    after_round: Callable[[], Any] | None = None,
+) -> list[StageTimes]:
+    """Time every run on every input, interleaved; one `StageTimes` per run, in order.
+
+    Args:
+        runs: ``run(input, laps)`` does the work on ``input`` and calls ``laps.lap(stage)``
+            at the end of each of its stages.
+        inputs: the work's inputs (e.g. batches); each run's times are divided by ``len(input)``.
+        repeats: rounds; each round runs every input through every run (the runs' order
+            reversed every other round), so each run gets ``repeats * len(inputs)`` samples.
+        warmup: untimed runs of each on ``inputs[0]`` first (allocations, first-run set-up).
+        after_round: called after each round (e.g. to advance a progress bar).
+
+    Raises:
+        ValueError: no input, or ``repeats`` < 1.
+    """
+    if repeats < 1 or not inputs:
+        raise ValueError("timing needs at least one input and one round")
+    for _ in range(warmup):
+        for run in runs:
+            run(inputs[0], Laps())
+    times = [StageTimes() for _ in runs]
+    for round_index in range(repeats):
+        order = list(range(len(runs)))
+        if round_index % 2:
+            order.reverse()
+        for x in inputs:
+            for k in order:
+                laps = Laps()
+                runs[k](x, laps)
+                times[k].add(laps, len(x))
+        if after_round is not None:
+            after_round()
+    return times
