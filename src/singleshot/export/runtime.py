@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..boxes import fractions_to_pixels
+from ..detector import PredictionStages
 from ..imageio import ImageLike, to_rgb_tensor
 from ..models.spec import MODEL_DEFAULT, PostprocessConfig
 from ..postprocess import detect
@@ -143,7 +144,7 @@ class _ExportedDetector:
         post-processing runs its own, and takes only a higher ``score_threshold`` (see
         `settings`).
         """
-        params = self.settings(
+        stages = self.prediction_stages(
             score_threshold=score_threshold, nms_threshold=nms_threshold, pre_nms_top_k=pre_nms_top_k,
             max_detections=max_detections, clip=clip,
         )  # fmt: skip
@@ -151,16 +152,56 @@ class _ExportedDetector:
         tensors = [to_rgb_tensor(image) for image in items]
         if not tensors:
             return []
-        x = preprocess(tensors, self.image_size, self.image_mean, std=self.image_std)
-        outputs = self.run(x)
-        sizes = [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors]
-        if self.with_postprocess:
-            boxes, scores, labels, counts = outputs
-            raw = outputs_to_detections(boxes, scores, labels, counts, image_sizes=sizes)
-            if params["score_threshold"] != self.postprocess.score_threshold:
-                raw = [_above(det, params["score_threshold"]) for det in raw]
-            return attach_sources(raw, items, tensors, self)
-        # network only: post-process in PyTorch, by default as the exported model's predict
+        outputs = stages.network(stages.preprocess(tensors))
+        results = stages.postprocess(outputs, [(int(t.shape[-2]), int(t.shape[-1])) for t in tensors])
+        return attach_sources(results, items, tensors, self)
+
+    def prediction_stages(
+        self,
+        score_threshold: float = MODEL_DEFAULT,
+        nms_threshold: float = MODEL_DEFAULT,
+        pre_nms_top_k: int = MODEL_DEFAULT,
+        max_detections: int | None = MODEL_DEFAULT,
+        clip: bool = MODEL_DEFAULT,
+    ) -> PredictionStages:
+        """`predict` with these keywords as its three steps (`singleshot.detector.PredictionStages`):
+        `preprocess`, the file's graph (`run`; with decoding and NMS inside when the graph has
+        post-processing), then the rest: for a network-only export decoding and NMS in
+        PyTorch, else the graph's outputs turned into pixel boxes.
+
+        Raises:
+            ValueError: settings the graph cannot apply (see `settings`).
+        """
+        params = self.settings(
+            score_threshold=score_threshold, nms_threshold=nms_threshold, pre_nms_top_k=pre_nms_top_k,
+            max_detections=max_detections, clip=clip,
+        )  # fmt: skip
+
+        def prepare(tensors: Sequence[Tensor]) -> Tensor:
+            return preprocess(tensors, self.image_size, self.image_mean, std=self.image_std)
+
+        def finish(outputs: list[Tensor], sizes: Sequence[tuple[int, int]]) -> list[dict[str, Tensor]]:
+            if self.with_postprocess:
+                return self._graph_detections(outputs, sizes, params["score_threshold"])
+            return self._detections(outputs, sizes, params)
+
+        return PredictionStages(prepare, self.run, finish, network_includes_postprocess=self.with_postprocess)
+
+    def _graph_detections(
+        self, outputs: list[Tensor], sizes: Sequence[tuple[int, int]], threshold: float
+    ) -> list[dict[str, Tensor]]:
+        """A graph with post-processing: its padded outputs as per-image detections in pixels,
+        those at or below ``threshold`` dropped when it is above the graph's own."""
+        boxes, scores, labels, counts = outputs
+        raw = outputs_to_detections(boxes, scores, labels, counts, image_sizes=list(sizes))
+        if threshold != self.postprocess.score_threshold:
+            raw = [_above(det, threshold) for det in raw]
+        return raw
+
+    def _detections(
+        self, outputs: list[Tensor], sizes: Sequence[tuple[int, int]], params: dict[str, Any]
+    ) -> list[dict[str, Tensor]]:
+        """A network-only export: loc and conf post-processed in PyTorch, boxes in pixels."""
         loc, conf = outputs
         detections = detect(
             loc.float(),
@@ -176,7 +217,7 @@ class _ExportedDetector:
         for det, (height, width) in zip(detections, sizes):
             boxes = fractions_to_pixels(det["boxes"], height, width)
             results.append({"boxes": boxes, "scores": det["scores"], "labels": det["labels"]})
-        return attach_sources(results, items, tensors, self)
+        return results
 
     def _priors(self) -> Tensor:
         from ..presets import get_preset
@@ -205,12 +246,19 @@ class OnnxDetector(_ExportedDetector):
         path: the ``.onnx`` file.
         threads: intra-op threads (None = ONNX Runtime's default, all cores).
         providers: execution providers (None = CPU).
+        spin: whether idle worker threads spin-wait for the next run (ONNX Runtime's
+            default: the lowest latency). Off when timing it alongside other runtimes, whose
+            runs the spinning threads would slow down.
     """
 
     runtime = "onnxruntime"
 
     def __init__(
-        self, path: str | os.PathLike, threads: int | None = None, providers: list[str] | None = None
+        self,
+        path: str | os.PathLike,
+        threads: int | None = None,
+        providers: list[str] | None = None,
+        spin: bool = True,
     ):
         import onnxruntime as ort
 
@@ -220,6 +268,8 @@ class OnnxDetector(_ExportedDetector):
         if threads is not None:
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=providers or ["CPUExecutionProvider"]
