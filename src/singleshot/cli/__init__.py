@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "export",
     "detect",
     "eval",
+    "benchmark",
     "data",
     "build_kernels",
     "models",

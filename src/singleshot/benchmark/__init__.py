@@ -1,0 +1,42 @@
+"""How fast each way of deploying a model runs on this machine, and what it scores
+(``singleshot benchmark``).
+
+>>> from singleshot.benchmark import time_formats, score_formats, format_benchmark_table
+>>> detectors = {"torch": model, "onnx": OnnxDetector("ssd.onnx", threads=2, spin=False)}
+>>> rows = time_formats(detectors, sample_images(8), batches=[1, 8], rounds=10)
+>>> print(format_benchmark_table(rows, score_formats(detectors, dataset)))
+
+`formats` makes the formats from a checkpoint or an exported file (`make_exports`), `measure`
+times them stage by stage, interleaved, and scores them, and `report` prints the table and
+describes the machine.
+"""
+
+from .formats import (
+    FORMATS,
+    Exports,
+    make_exports,
+    needs_calibration,
+    openvino_unavailable,
+    plan_formats,
+    source_kind,
+)
+from .measure import STAGES, dataset_images, image_batches, sample_images, score_formats, time_formats
+from .report import environment, format_benchmark_table
+
+__all__ = [
+    "FORMATS",
+    "STAGES",
+    "Exports",
+    "dataset_images",
+    "environment",
+    "format_benchmark_table",
+    "image_batches",
+    "make_exports",
+    "needs_calibration",
+    "openvino_unavailable",
+    "plan_formats",
+    "sample_images",
+    "score_formats",
+    "source_kind",
+    "time_formats",
+]

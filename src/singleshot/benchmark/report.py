@@ -1,0 +1,89 @@
+"""What ``singleshot benchmark`` prints and saves: the table, and the JSON with the machine."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["TIMING_ENVIRONMENT", "environment", "format_benchmark_table"]
+
+# Settings in the environment that change what the runtimes compute or how their threads wait
+# (e.g. OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads sleep rather than spin between
+# parallel regions, which on a busy machine can change its figures severalfold).
+TIMING_ENVIRONMENT = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "GOMP_SPINCOUNT",
+    "KMP_BLOCKTIME",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "DNNL_MAX_CPU_ISA",
+    "ONEDNN_MAX_CPU_ISA",
+)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """The machine and software the figures belong to: {"cpu" (its model name), "threads",
+    "cpu_count", "load_average" (1, 5, 15 min; None where unknown), "python", "versions"
+    {singleshot, torch, onnxruntime, openvino: None when not installed}, "environment" (those of
+    `TIMING_ENVIRONMENT` that are set)}."""
+    import torch
+
+    from .. import __version__
+    from ..cache import cpu_name
+
+    return {
+        "cpu": cpu_name(),
+        "threads": threads,
+        "cpu_count": os.cpu_count(),
+        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "python": platform.python_version(),
+        "versions": {
+            "singleshot": __version__,
+            "torch": torch.__version__,
+            "onnxruntime": _version("onnxruntime"),
+            "openvino": _version("openvino"),
+        },
+        "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
+    }
+
+
+def format_benchmark_table(
+    rows: Sequence[Mapping[str, Any]], maps: Mapping[str, float] | None = None, metric: str = "voc07"
+) -> str:
+    """The rows of `singleshot.benchmark.time_formats` as a text table: ms per image by stage
+    and in all, images/s and, with ``maps`` ({format: mAP 0-1}), mAP in points.
+
+    A network figure that includes decoding and NMS (a graph with them inside) is marked
+    with ``*``, and a line below says so.
+    """
+    header = f"{'format':10s} {'batch':>5s} {'pre ms':>8s} {'network ms':>11s} {'post ms':>8s} "
+    header += f"{'total ms':>9s} {'images/s':>9s}"
+    if maps is not None:
+        header += f" {'mAP (' + metric + ')':>13s}"
+    lines = [header]
+    for row in rows:
+        network = f"{row['network_ms']:.2f}" + ("*" if row["network_includes_postprocess"] else " ")
+        line = (
+            f"{row['format']:10s} {row['batch']:5d} {row['preprocess_ms']:8.2f} {network:>11s} "
+            f"{row['postprocess_ms']:8.2f} {row['ms_per_image']:9.2f} {row['images_per_s']:9.1f}"
+        )
+        if maps is not None:
+            line += f" {100 * maps[row['format']]:13.2f}" if row["format"] in maps else f" {'-':>13s}"
+        lines.append(line)
+    if any(row["network_includes_postprocess"] for row in rows):
+        lines.append(
+            "* decoding and NMS run inside the exported graph, so they are in the network figure; "
+            "post is only turning its outputs into pixel boxes"
+        )
+    return "\n".join(lines)
