@@ -21,7 +21,7 @@ import torch
 
 import singleshot
 from ci import openvino_runs
-from singleshot.benchmark import FORMATS, STAGES
+from singleshot.benchmark import FORMATS, STAGES, busy_machine_note
 from singleshot.cache import cpu_name
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
@@ -243,3 +243,13 @@ def test_time_interleaved_alternates_the_order_and_times_per_item(monkeypatch):
     assert spread == {"min": 1.0, "q1": 2.0, "median": 3.0, "q3": 4.0, "max": 5.0}
     with pytest.raises(ValueError, match="at least one input and one round"):
         time_interleaved([run_costing("p", 0.001)], [[0]], repeats=0)
+
+
+def test_a_busy_machine_is_noted_where_pytorchs_threads_spin():
+    busy = {"load_average": [4.2, 3.0, 2.0], "cpu_count": 2, "threads": 2, "environment": {}}
+    note = busy_machine_note(busy)
+    assert note is not None and "load average (4.20)" in note and "OMP_WAIT_POLICY=PASSIVE" in note
+    assert busy_machine_note({**busy, "environment": {"OMP_WAIT_POLICY": "PASSIVE"}}) is None
+    assert busy_machine_note({**busy, "threads": 1}) is None  # one thread waits for no other
+    assert busy_machine_note({**busy, "load_average": [1.5, 1.0, 1.0]}) is None
+    assert busy_machine_note({**busy, "load_average": None}) is None  # unknown (no getloadavg)

@@ -21,12 +21,13 @@ from .formats import (
     source_kind,
 )
 from .measure import STAGES, dataset_images, image_batches, sample_images, score_formats, time_formats
-from .report import environment, format_benchmark_table
+from .report import busy_machine_note, environment, format_benchmark_table
 
 __all__ = [
     "FORMATS",
     "STAGES",
     "Exports",
+    "busy_machine_note",
     "dataset_images",
     "environment",
     "format_benchmark_table",

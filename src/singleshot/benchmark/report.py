@@ -8,7 +8,7 @@ import platform
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["TIMING_ENVIRONMENT", "environment", "format_benchmark_table"]
+__all__ = ["TIMING_ENVIRONMENT", "environment", "busy_machine_note", "format_benchmark_table"]
 
 # Settings in the environment that change what the runtimes compute or how their threads wait
 # (e.g. OMP_WAIT_POLICY=PASSIVE: PyTorch's OpenMP threads sleep rather than spin between
@@ -56,6 +56,27 @@ def environment(threads: int) -> dict[str, Any]:
         },
         "environment": {name: os.environ[name] for name in TIMING_ENVIRONMENT if name in os.environ},
     }
+
+
+def busy_machine_note(machine: Mapping[str, Any]) -> str | None:
+    """A warning when `environment`'s ``machine`` was busy with other work and PyTorch's OpenMP
+    threads spin-wait (several threads, ``OMP_WAIT_POLICY`` unset); None otherwise.
+
+    A spinning thread that waits at the end of a parallel region for a thread another process
+    preempted holds a core while it waits: on a 2-core machine at load average 4 this made the
+    demo model's PyTorch batch-1 figures over 20 times slower (benchmarks/README.md).
+    """
+    load, cores = machine.get("load_average"), machine.get("cpu_count")
+    if not load or not cores or load[0] <= cores or machine["threads"] < 2:
+        return None
+    if "OMP_WAIT_POLICY" in machine.get("environment", {}):
+        return None
+    return (
+        f"the load average ({load[0]:.2f}) is above this machine's {cores} cores: other work competes "
+        "with the runs, and PyTorch's OpenMP threads, which spin while they wait for each other, can "
+        "run many times slower (pre-processing and the torch row). For figures of the code rather than "
+        "of the load, use an idle machine, --threads 1, or OMP_WAIT_POLICY=PASSIVE"
+    )
 
 
 def format_benchmark_table(

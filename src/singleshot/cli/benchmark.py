@@ -120,7 +120,7 @@ def _format_names(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import environment, needs_calibration, plan_formats, source_kind
+    from ..benchmark import busy_machine_note, environment, needs_calibration, plan_formats, source_kind
 
     _check(args)
     args.batch = list(dict.fromkeys(args.batch))
@@ -140,6 +140,8 @@ def run(args: argparse.Namespace) -> int:
     calibration = _calibration(args, images) if needs_calibration(kind, names) else None
     document: dict[str, Any] = {"command": "singleshot benchmark", "source": str(args.checkpoint),
                                 "source_kind": kind, **environment(threads)}  # fmt: skip
+    if busy_machine_note(document):
+        print(f"note: {busy_machine_note(document)}", file=sys.stderr)
     with _work_dir(args.work_dir) as folder:
         detectors, formats = _open_formats(args, model, names, folder, threads, calibration)
         maps = _score(args, detectors, dataset, classes) if dataset is not None else None
@@ -313,7 +315,7 @@ def _print_summary(
     timing = document["timing"]
     load = [document["load_average"], document["load_average_end"]]
     print(
-        f"{document['cpu']}, {document['threads']} threads; median of {args.rounds} rounds over "
+        f"{document['cpu']}, threads: {document['threads']}; median of {args.rounds} rounds over "
         f"{timing['images']} images ({timing['images_from']}), formats interleaved"
         + (f"; load average {load[0][0]:.2f} at the start, {load[1][0]:.2f} at the end" if all(load) else "")
     )
