@@ -140,8 +140,9 @@ def run(args: argparse.Namespace) -> int:
     calibration = _calibration(args, images) if needs_calibration(kind, names) else None
     document: dict[str, Any] = {"command": "singleshot benchmark", "source": str(args.checkpoint),
                                 "source_kind": kind, **environment(threads)}  # fmt: skip
-    if busy_machine_note(document):
-        print(f"note: {busy_machine_note(document)}", file=sys.stderr)
+    busy = busy_machine_note(document)
+    if busy is not None:
+        print(f"note: {busy}", file=sys.stderr)
     with _work_dir(args.work_dir) as folder:
         detectors, formats = _open_formats(args, model, names, folder, threads, calibration)
         maps = _score(args, detectors, dataset, classes) if dataset is not None else None
