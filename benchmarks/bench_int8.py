@@ -35,11 +35,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from singleshot.cache import cpu_name
 from singleshot.checkpoint import load
 from singleshot.data import open_dataset
+from singleshot.evaluation import evaluate_model
 from singleshot.export import OnnxDetector, export_onnx
 from singleshot.export.calibration import calibration_images
-from singleshot.export.compare import cpu_name, evaluate_detector, time_onnx_files
+from singleshot.export.compare import time_onnx_files
 from singleshot.export.int8 import quantize_onnx
 from singleshot.transforms import preprocess
 
@@ -84,7 +86,7 @@ def bench_demo(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         files[f"int8 ({name} float)"] = quantize_onnx(files["float"], path, calibration, float_layers=layers)
     maps = {}
     for name, path in files.items():
-        maps[name] = evaluate_detector(OnnxDetector(path, threads=2), test, "voc07", progress=False)["map"]
+        maps[name] = evaluate_model(OnnxDetector(path, threads=2), test, "voc07", progress=False)["map"]
         print(f"  {name}: VOC07 mAP {100 * maps[name]:.2f} on {len(test)} test images")
     images = [test[i][0] for i in range(min(len(test), args.inputs))]
     network = {"float network": export_onnx(model, folder / "demo_float_network.onnx")}

@@ -1,16 +1,14 @@
 """What int8 costs and gains: mAP and speed of a float and an int8 export on the same data.
 
-`int8_report` scores both files on a dataset (`evaluate_detector`, the evaluation of
-`singleshot.evaluation`) and times both with ONNX Runtime (`time_onnx_files`: the same
+`int8_report` scores both files on a dataset as ``singleshot eval`` does
+(`singleshot.evaluation.evaluate_model`) and times both with ONNX Runtime (`time_onnx_files`: the same
 session settings, runs interleaved, the median per image). `format_int8_report` prints it.
 """
 
 from __future__ import annotations
 
 import os
-import platform
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -19,42 +17,7 @@ from ..timing import Laps, time_interleaved
 from ..transforms import preprocess
 from .runtime import OnnxDetector
 
-__all__ = ["evaluate_detector", "time_onnx_files", "Timing", "onnx_session", "int8_report",
-           "format_int8_report", "cpu_name"]  # fmt: skip
-
-
-def evaluate_detector(
-    detector: Any, dataset: Any, metric: str = "voc07", batch_size: int = 8, progress: bool = True
-) -> dict[str, Any]:
-    """Score an exported detector on ``dataset`` as `singleshot.evaluation.evaluate_model` scores a model.
-
-    Args:
-        detector: anything with ``predict(images) -> detections`` (boxes xyxy in the image's
-            pixels) and ``class_names`` (e.g. `OnnxDetector`).
-        dataset: ``ds[i] -> (uint8 (3, H, W) image, target)``, with ``classes`` (names are
-            matched to the detector's, as for a checkpoint).
-        metric: "voc07", "voc12" or "coco".
-
-    Returns:
-        `singleshot.evaluation.evaluate_detections`' result plus ``num_images``.
-    """
-    from tqdm import tqdm
-
-    from ..evaluation.run import evaluate_detections, model_classes
-
-    classes = model_classes(detector, dataset) if getattr(dataset, "classes", None) is not None else None
-    detections: list[dict[str, Any]] = []
-    targets: list[dict[str, Any]] = []
-    with tqdm(total=len(dataset), desc=f"eval ({metric})", unit="img", disable=not progress) as bar:
-        for start in range(0, len(dataset), batch_size):
-            batch = [dataset[i] for i in range(start, min(start + batch_size, len(dataset)))]
-            detections.extend(detector.predict([image for image, _ in batch]))
-            for image, target in batch:
-                targets.append({**target, "size": target.get("size", tuple(image.shape[-2:]))})
-            bar.update(len(batch))
-    result = evaluate_detections(detections, targets, metric, dataset, classes)
-    result["num_images"] = len(targets)
-    return result
+__all__ = ["time_onnx_files", "Timing", "onnx_session", "int8_report", "format_int8_report"]
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None) -> Any:
@@ -116,17 +79,6 @@ def _session_run(session: Any) -> Callable[[np.ndarray, Laps], None]:
     return run
 
 
-def cpu_name() -> str:
-    """The CPU's model name (Linux: /proc/cpuinfo), else what the platform reports."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def int8_report(
     float_path: str | os.PathLike,
     int8_path: str | os.PathLike,
@@ -141,7 +93,7 @@ def int8_report(
 
     Args:
         float_path, int8_path: ONNX files of the same model (`export_onnx`, `quantize_onnx`).
-        dataset: as for `evaluate_detector`; every image is scored.
+        dataset: as for `singleshot.evaluation.evaluate_model`; every image is scored.
         metric: "voc07" (VOC data), "voc12" or "coco".
         threads: ONNX Runtime intra-op threads for both (None = one per core).
         timing_images: the dataset's first images timed one at a time (batch 1).
@@ -155,8 +107,11 @@ def int8_report(
     """
     import onnxruntime as ort
 
+    from ..cache import cpu_name
+    from ..evaluation.run import evaluate_model
+
     detectors = {"float": OnnxDetector(float_path, threads), "int8": OnnxDetector(int8_path, threads)}
-    scores = {k: evaluate_detector(d, dataset, metric, progress=progress) for k, d in detectors.items()}
+    scores = {k: evaluate_model(d, dataset, metric, progress=progress) for k, d in detectors.items()}
     reference = detectors["float"]
     count = min(timing_images, len(dataset))
     inputs = [
