@@ -155,15 +155,8 @@ def optimize_for_inference(
     copied.eval()  # the modules the conversions put in (Identity, FusedReLU) start in train mode
     layout = inference_layout(copied, batch_size, channels_last)
     apply_memory_format(copied, layout)
-    copied.optimizations = InferenceOptimizations(
-        device=str(device),
-        dtype=str(dtype),
-        fused_batch_norms=tuple(fused),
-        pooled_linears=tuple(linears),
-        winograd_convs=tuple(converted),
-        winograd_fallback=fallback,
-        layout=layout,
-    )
+    done = (tuple(fused), tuple(linears), tuple(converted), fallback, layout)
+    copied.optimizations = InferenceOptimizations(str(device), str(dtype), *done)
     return copied
 
 
