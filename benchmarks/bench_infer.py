@@ -12,7 +12,10 @@ scaling to the image's pixels):
 - torchvision: ``ssd300_vgg16(num_classes=21)``, called as its users do (0-1 float images);
 - predict: the pipeline of `singleshot.SSD.predict` (`preprocess`, the network, `detect`) with
   torchvision's post-processing settings (``pre_nms_top_k=400``, ``clip=True``), in eager
-  PyTorch with channels-last convolutions (the default) and, for reference, contiguous NCHW;
+  PyTorch with channels-last convolutions and, for reference, contiguous NCHW;
+- predict on ``model.optimize_for_inference()`` with its defaults (the default CPU path of
+  Python users and of ``detect`` / ``eval``: BatchNorm folded, Winograd where it applies and
+  its kernels build, the memory format a cached trial picks), converted once before timing;
 - TorchScript: the network traced, frozen and passed through ``optimize_for_inference``
   (oneDNN weight prepacking and conv fusions), then `detect` in PyTorch;
 - ONNX Runtime: the whole detector exported with `singleshot.export.export_onnx(...,
@@ -29,8 +32,9 @@ scaling to the image's pixels):
 (``weights=None, weights_backbone=None``, He-scaled weights and a background bias, see
 ``peers.build_ssdlite_models``) against our ``ssdlite320_coco`` with 91 classes and its converted
 weights, post-processed with torchvision's SSDLite settings (score 0.001, NMS 0.55, 300 per
-class and per image). Its paths: predict eager channels-last and NCHW, predict with
-`singleshot.fastpath.fuse_for_inference` (what ``detect`` / ``eval`` run on a CPU), TorchScript,
+class and per image). Its paths: predict eager channels-last and NCHW, predict on
+``optimize_for_inference()`` (what ``detect`` / ``eval`` run on a CPU: here BatchNorm folded and
+the layout trial's pick) and on `singleshot.fastpath.fuse_for_inference` alone, TorchScript,
 ONNX Runtime, OpenVINO (the same ONNX file, CPU plugin, float32, ``--threads`` threads) and
 torch.compile (``--compile``); Winograd does not apply to depthwise convolutions.
 
@@ -151,6 +155,16 @@ def compiled_network(model):
     return compiled, time.perf_counter() - start
 
 
+def optimized_network(model):
+    """``model.optimize_for_inference()`` with its defaults: what `SSD.predict` users and
+    ``detect`` / ``eval`` run on a CPU (BatchNorm folded, Winograd, the layout trial's pick)."""
+    start = time.perf_counter()
+    optimized = model.optimize_for_inference()
+    seconds = time.perf_counter() - start
+    print(f"optimize_for_inference ({seconds:.1f} s): {optimized.optimizations.describe()}")
+    return optimized
+
+
 def winograd_network(model):
     import copy
 
@@ -173,10 +187,11 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
 
     paths["predict, eager (channels-last)"] = network_then_detect(ours, ours)
     paths["predict, eager (NCHW)"] = network_then_detect(lambda x: _nchw(ours, x), ours)
+    paths["predict, optimize_for_inference() (default)"] = network_then_detect(optimized_network(ours), ours)
     if args.model == "ssdlite320_coco":
         from singleshot.fastpath import fuse_for_inference
 
-        paths["predict, fuse_for_inference (default)"] = network_then_detect(fuse_for_inference(ours), ours)
+        paths["predict, fuse_for_inference"] = network_then_detect(fuse_for_inference(ours), ours)
     paths["TorchScript frozen + optimize_for_inference"] = network_then_detect(
         torchscript_network(ours), ours
     )

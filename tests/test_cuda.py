@@ -239,3 +239,27 @@ def test_a_training_step_syncs_with_the_host_as_stated(tmp_path, amp, reads):
             torch.cuda.set_sync_debug_mode("default")
     syncs = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
     assert len(syncs) == reads, syncs
+
+
+def test_optimize_for_inference_on_the_gpu_keeps_the_detections():
+    """On CUDA the copy gets no Winograd and no folding unless asked, and the memory format of
+    a trial on the GPU; in fp32 (TF32 off) its detections are the model's to rounding, and with
+    ``dtype=torch.float16`` they find fp32's as a plain ``.half()`` model does."""
+    images = smooth_images(2)
+    model = biased_ssd300().to(CUDA)
+    fast = model.optimize_for_inference(batch_size=2)
+    report = fast.optimizations
+    assert report.device.startswith("cuda") and report.winograd_convs == () and report.fused_batch_norms == ()
+    assert report.layout.source in ("measured", "cached") and report.layout.trial_batch == 2
+    with pytest.raises(ValueError, match="winograd=True: Winograd convolutions are for float32 on the CPU"):
+        model.optimize_for_inference(winograd=True)
+    with full_fp32():
+        reference = model.predict(images)
+        got = fast.predict(images)
+    # cuDNN may pick other algorithms per layout: float32 sums in another order
+    share, compared = share_found(reference, got, FP16_MIN_SCORE, 0.05, 1e-3)
+    assert compared >= 10 and share >= FP16_SHARE, (share, compared)
+    half = model.optimize_for_inference(dtype=torch.float16, batch_size=2)
+    assert next(half.parameters()).dtype == torch.float16 and half.optimizations.dtype == "torch.float16"
+    share, compared = share_found(reference, half.predict(images), FP16_MIN_SCORE, FP16_BOX_PX, FP16_SCORE)
+    assert compared >= 10 and share >= FP16_SHARE, (share, compared)

@@ -108,8 +108,8 @@ def test_eval_runs_the_fused_copy_unless_told_not_to(flag, model, tmp_path, monk
 
     checkpoint = save_checkpoint(tmp_path / "model.pt", model)
     calls = []
-    original = fastpath.fuse_for_inference
-    monkeypatch.setattr(fastpath, "fuse_for_inference", lambda m: calls.append(1) or original(m))
+    original = fastpath.fuse_batch_norms  # what optimize_for_inference folds BatchNorm with
+    monkeypatch.setattr(fastpath, "fuse_batch_norms", lambda m: calls.append(1) or original(m))
     data = write_voc(tmp_path / "VOCsmall")
     argv = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--metric", "voc07",
             "--out", str(tmp_path / "out"), "--workers", "1", "--no-progress"]  # fmt: skip

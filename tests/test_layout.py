@@ -273,29 +273,35 @@ def test_decisions_round_trip_as_plain_data_and_bad_records_are_named():
 
 
 def test_a_winograd_model_runs_channels_last_without_a_trial(cache, monkeypatch):
-    from singleshot.cli.fastconv import apply_layout
+    from singleshot.optimize import inference_layout
 
     monkeypatch.setattr(trial, "time_step", never)
     model = singleshot.build_model("ssd160_compact", num_classes=3).eval()
     model.extra_winograd = WinogradConv2d(nn.Conv2d(8, 8, 3, padding=1))  # as use_winograd leaves one
-    decision = apply_layout(model, "cpu", batch_size=8)
-    assert decision.source == "forced" and decision.channels_last and model.channels_last
+    decision = inference_layout(model, batch_size=8)
+    assert decision.source == "forced" and decision.channels_last
     assert list_decisions() == []
+    with pytest.raises(ValueError, match="Winograd convolutions run channels-last"):
+        inference_layout(model, channels_last=False)
 
 
 @pytest.mark.parametrize("faster", LAYOUTS)
 def test_inference_takes_the_faster_layout_and_tells_what_it_measured(cache, monkeypatch, capsys, faster):
-    from singleshot.cli.fastconv import apply_layout
+    from singleshot.cli.modelfile import optimized
 
     timer = FakeTimer({name: 0.125 if name == faster else 0.25 for name in LAYOUTS})
     monkeypatch.setattr(trial, "time_step", timer)
     model = singleshot.build_model("ssd160_compact", num_classes=3).eval()
-    decision = apply_layout(model, "cpu", batch_size=8)
+    run = optimized(model, fast=None, winograd=False, half=False, batch_size=8)  # as detect and eval
+    decision = run.optimizations.layout
     assert decision.layout == faster and decision.trial_batch == 7 and decision.mode == "inference"
-    assert model.channels_last is (faster == "channels_last")
+    assert run.channels_last is (faster == "channels_last") and model.channels_last
+    weight = run.head.loc[0].weight  # a 4-D parameter, in the chosen layout
+    assert weight.is_contiguous(memory_format=torch.channels_last) is (faster == "channels_last")
     assert f"note: memory format {decision.describe()}" in capsys.readouterr().err
     monkeypatch.setattr(trial, "time_step", never)
-    assert apply_layout(model, "cpu", batch_size=8).source == "cached"
+    again = optimized(model, fast=None, winograd=False, half=False, batch_size=8)
+    assert again.optimizations.layout.source == "cached"
     assert capsys.readouterr().err == ""  # a cached decision is not news
 
 

@@ -70,8 +70,14 @@ def model_metadata(model: SSD) -> dict[str, Any]:
 
     Raises:
         ValueError: a part of the model cannot describe itself (no own ``part_name`` or
-            ``config()``; see `singleshot.models.spec`).
+            ``config()``; see `singleshot.models.spec`), or the model is an inference-only
+            copy (`SSD.optimize_for_inference`), whose folded weights no checkpoint describes.
     """
+    if getattr(model, "optimizations", None) is not None:
+        raise ValueError(
+            "this model is an inference-only copy made by optimize_for_inference (its BatchNorm "
+            "folded into the convolutions); save the model it was made from"
+        )
     try:
         spec = describe(model)
         description = spec.to_dict()

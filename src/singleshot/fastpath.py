@@ -5,7 +5,8 @@ the squeeze-excitation 1x1 convolutions run as matrix products.
 whose forward computes the same ``(loc, conf)`` to float32 rounding. The copy is for running
 (`singleshot.SSD.predict`, `singleshot.evaluation.evaluate_model`), not for training or saving:
 its BatchNorm layers are gone (``nn.Identity``), so its state dict no longer matches the
-checkpoint's.
+checkpoint's. `singleshot.SSD.optimize_for_inference` applies these conversions together with
+the Winograd convolutions and the memory format, and marks its copy inference-only.
 
 Why, for SSDLite320 on a 2-core AVX-512 CPU (``benchmarks/bench_infer.py --model ssdlite320_coco``):
 

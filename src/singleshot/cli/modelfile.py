@@ -1,8 +1,9 @@
 """The model that ``eval`` and ``detect`` run: a checkpoint or an exported file.
 
-Checkpoints run in PyTorch with the ``--fast`` / ``--winograd`` conversions (and detect's
-``--half``); exported files (ONNX, OpenVINO IR, TorchScript) run as they were exported, in
-the runtime ``--runtime`` picks for ONNX files (`singleshot.export.load_detector`).
+Checkpoints run in PyTorch as `singleshot.SSD.optimize_for_inference`'s copy, with the
+``--fast`` / ``--winograd`` conversions (and detect's ``--half``) as asked; exported files
+(ONNX, OpenVINO IR, TorchScript) run as they were exported, in the runtime ``--runtime``
+picks for ONNX files (`singleshot.export.load_detector`).
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
     from ..detector import Detector
+    from ..models.ssd import SSD
 
 MODEL_HELP = (
     "a singleshot checkpoint (.pt or .safetensors) or a file `singleshot export` wrote: ONNX (.onnx), "
@@ -48,15 +51,15 @@ def open_model(
 ) -> Detector:
     """The model at ``path`` ready to run as the command's options ask.
 
-    A checkpoint is loaded on ``device``, then converted as ``--fast`` / ``--winograd`` say
-    (their default: on for the CPU) or cast to float16 (``half``), then put in the memory
-    format a trial at ``batch_size`` finds faster (`fastconv.apply_layout`). An exported file runs as
-    exported: ``fast`` or ``winograd`` set to True, or ``half``, is an error; ``runtime``
-    applies to ONNX files only.
+    A checkpoint is loaded on ``device`` and run as `SSD.optimize_for_inference`'s copy:
+    ``--fast`` / ``--winograd`` (their default: on for the CPU in float32) and ``half``
+    (float16) passed on, the memory format from a trial at ``batch_size``; a note on stderr
+    says when Winograd fell back to direct convolutions and what a new trial measured. An
+    exported file runs as exported: ``fast`` or ``winograd`` set to True, or ``half``, is an
+    error; ``runtime`` applies to ONNX files only.
     """
     from ..checkpoint import load
     from ..export import load_detector, model_format
-    from .fastconv import apply_fast, apply_layout, apply_winograd
 
     fmt = model_format(path)
     if fmt != "checkpoint":
@@ -69,12 +72,34 @@ def open_model(
         return load_detector(path, runtime=runtime, device=device)
     if runtime is not None:
         raise ValueError(f"--runtime {runtime}: for ONNX files only; {path} is a checkpoint, run by PyTorch")
-    model = apply_fast(load(path, map_location=device), fast, device, half=half)
-    if half:
-        return model.half()
-    apply_winograd(model, winograd, device)
-    apply_layout(model, device, batch_size)
-    return model
+    return optimized(load(path, map_location=device), fast, winograd, half, batch_size)
+
+
+def optimized(model: SSD, fast: bool | None, winograd: bool | None, half: bool, batch_size: int) -> SSD:
+    """``model.optimize_for_inference`` as the command's flags ask, its notes on stderr."""
+    import torch
+
+    from ..optimize import WinogradUnavailableWarning
+    from ..winograd import KernelBuildError
+
+    device = next(model.parameters()).device
+    if winograd and device.type != "cpu":
+        raise ValueError("--winograd is for the CPU (on a GPU, cuDNN chooses its own algorithms)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", WinogradUnavailableWarning)  # a note below instead
+            runnable = model.optimize_for_inference(
+                fuse=fast, winograd=winograd, batch_size=batch_size, dtype=torch.float16 if half else None
+            )
+    except KernelBuildError as error:
+        raise ValueError(f"--winograd: {error}") from None
+    report = runnable.optimizations
+    assert report is not None  # set on every copy
+    if report.winograd_fallback is not None:
+        print(f"note: direct convolutions ({report.winograd_fallback})", file=sys.stderr)
+    if report.layout.source == "measured":
+        print(f"note: memory format {report.layout.describe()}", file=sys.stderr)
+    return runnable
 
 
 def detect_threshold(model: Detector, threshold: float) -> float:

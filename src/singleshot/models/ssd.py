@@ -15,9 +15,20 @@ from .spec import MODEL_DEFAULT as _MODEL_DEFAULT
 from .spec import UNIT_STD, PostprocessConfig
 
 if TYPE_CHECKING:
+    from ..optimize import InferenceOptimizations
     from ..results import Detections
 
 __all__ = ["SSD", "source_channels"]
+
+_INFERENCE_ONLY = (
+    "this model is an inference-only copy made by optimize_for_inference ({what}); {action} the "
+    "model it was made from"
+)
+
+
+def _being_exported() -> bool:
+    """Whether a forward runs inside TorchScript tracing, ONNX export or ``torch.export``."""
+    return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export() or torch.compiler.is_exporting()
 
 
 def _out_channels(module: nn.Module) -> Any:
@@ -71,6 +82,8 @@ class SSD(nn.Module):
         priors: (P, 4) float32 cxcywh default boxes as fractions of the image (a buffer
             that moves with the model but is not saved: it is derived from ``prior_config``;
             it stays float32 when the model is cast to another dtype).
+        optimizations: None, or for an inference-only copy made by `optimize_for_inference`,
+            what was done to it (`singleshot.optimize.InferenceOptimizations`).
 
     forward: x float (B, 3, S, S), (RGB 0-255 - ``image_mean``) / ``image_std`` -> ``loc`` (B, P, 4)
     encoded offsets and ``conf`` (B, P, num_classes) logits, in train and eval mode alike.
@@ -125,6 +138,8 @@ class SSD(nn.Module):
         # The training set's own id of each label (COCO category ids), when it had them.
         self.category_ids: list[int] | None = None
         self.channels_last = True
+        # Set on the copies `optimize_for_inference` makes, which refuse training and export.
+        self.optimizations: InferenceOptimizations | None = None
         self.register_buffer("priors", generate_priors(prior_config), persistent=False)
 
     def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> SSD:
@@ -151,7 +166,48 @@ class SSD(nn.Module):
             features.append(block(features[-1]))
         return features
 
+    def train(self, mode: bool = True) -> SSD:
+        """As ``nn.Module.train``; an inference-only copy (`optimize_for_inference`) refuses
+        ``mode=True`` with a RuntimeError (``eval()`` is fine)."""
+        if mode and self.optimizations is not None:
+            raise RuntimeError(_INFERENCE_ONLY.format(what=self.optimizations.describe(), action="train"))
+        return super().train(mode)
+
+    def optimize_for_inference(
+        self,
+        *,
+        fuse: bool | None = None,
+        winograd: bool | None = None,
+        channels_last: bool | None = None,
+        batch_size: int = 8,
+        dtype: torch.dtype | None = None,
+    ) -> SSD:
+        """An inference-only copy of this model, faster on its device, with the same detections
+        to float32 rounding; this model is left as it was (train, save and export it, not the copy).
+
+        On a float32 CPU model: BatchNorm folded and squeeze-excitation convolutions as matrix
+        products (``fuse``), VGG16's 3x3 convolutions with 128+ channels by Winograd's
+        F(4x4, 3x3) (``winograd``; without a C compiler, direct convolutions and a warning),
+        and the memory format a timed trial at ``batch_size`` finds faster (``channels_last``;
+        cached per machine). On other devices and dtypes only the memory format is chosen
+        unless ``fuse=True``. The copy's ``optimizations`` says what was done. See
+        `singleshot.optimize.optimize_for_inference` for the arguments and each conversion's
+        exactness.
+        """
+        from ..optimize import optimize_for_inference
+
+        return optimize_for_inference(
+            self,
+            fuse=fuse,
+            winograd=winograd,
+            channels_last=channels_last,
+            batch_size=batch_size,
+            dtype=dtype,
+        )
+
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if self.optimizations is not None and _being_exported():
+            raise RuntimeError(_INFERENCE_ONLY.format(what=self.optimizations.describe(), action="export"))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.sources(x))

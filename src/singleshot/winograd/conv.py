@@ -42,8 +42,12 @@ def transform_weight(weight: Tensor) -> Tensor:
     if weight.dim() != 4 or tuple(weight.shape[-2:]) != (3, 3):
         raise ValueError(f"expected (K, C, 3, 3) filters, got {tuple(weight.shape)}")
     g = torch.tensor(FILTER_TRANSFORM, dtype=torch.float64)
-    u = torch.einsum("ai,kcij,bj->abck", g, weight.detach().cpu().double(), g)
-    return u.reshape(36, weight.shape[1], weight.shape[0]).float().contiguous()
+    # U[ab] = sum_ij G[a, i] g[ij] G[b, j]: one (36, 9) x (9, C*K) product with G (x) G, which
+    # writes the (36, C, K) layout directly (a two-sided einsum took 2.5 s for SSD300's filters)
+    out_channels, in_channels = weight.shape[:2]
+    taps = weight.detach().cpu().double().permute(2, 3, 1, 0).reshape(9, in_channels * out_channels)
+    u = torch.kron(g, g) @ taps
+    return u.float().reshape(36, in_channels, out_channels)
 
 
 def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, relu: bool = False) -> Tensor:
