@@ -101,6 +101,7 @@ def export_onnx(
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17, got {opset}")
+    model.refuse_export()  # before the exporter, which would bury the message in its own
     params = postprocess_settings(model, postprocess)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

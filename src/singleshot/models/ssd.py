@@ -205,9 +205,15 @@ class SSD(nn.Module):
             dtype=dtype,
         )
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        if self.optimizations is not None and _being_exported():
+    def refuse_export(self) -> None:
+        """Raise RuntimeError if this is an inference-only copy (`optimize_for_inference`): its
+        converted layers have no export; the model it was made from exports."""
+        if self.optimizations is not None:
             raise RuntimeError(_INFERENCE_ONLY.format(what=self.optimizations.describe(), action="export"))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        if _being_exported():
+            self.refuse_export()
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.sources(x))
