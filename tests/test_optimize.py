@@ -22,6 +22,7 @@ from torch import nn
 
 import singleshot
 from ci import require
+from detection_checks import assert_same_detections, gap_threshold
 from singleshot.checkpoint import save_checkpoint
 from singleshot.fastpath import fuse_for_inference
 from singleshot.imageio import read_image
@@ -95,29 +96,6 @@ def tolerances(model, images, gain):
     side = max(max(image.shape[-2:]) for image in images)
     box = side * (0.2 * gain * network(model, loc.abs().max().item()) + rounding(1.5, ops=4))
     return box, gain * network(model, conf.abs().max().item())
-
-
-def gap_threshold(results, low=3, high=40):
-    """A score threshold mid-way in the widest gap between ranks ``low`` and ``high``, so that
-    no detection sits within rounding of it."""
-    found = []
-    for result in results:
-        window = result["scores"][low:high]
-        gaps = window[:-1] - window[1:]
-        k = int(gaps.argmax())
-        found.append((float(gaps[k]), float(window[k] + window[k + 1]) / 2))
-    gap, threshold = max(found)
-    assert gap > 1e-3
-    return threshold
-
-
-def assert_same_detections(got, expected, box_tol, score_tol):
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        assert len(b["scores"]) >= 3
-        assert a["labels"].tolist() == b["labels"].tolist()
-        torch.testing.assert_close(a["scores"], b["scores"], atol=score_tol, rtol=0)
-        torch.testing.assert_close(a["boxes"], b["boxes"], atol=box_tol, rtol=0)
 
 
 def state(model):

@@ -9,6 +9,7 @@ from PIL import Image
 from torch import nn
 
 import singleshot
+from detection_checks import assert_same_detections, gap_threshold
 from singleshot.boxes import fractions_to_pixels
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
@@ -67,26 +68,9 @@ def tolerances(model, images):
     return box, network(model, conf.abs().max().item())
 
 
-def gap_threshold(model, images, low=5, high=60):
-    """A score threshold mid-way in the widest gap between ranks ``low`` and ``high``."""
-    found = []
-    for result in model.predict(images, score_threshold=0.01, max_detections=None):
-        window = result["scores"][low:high]
-        gaps = window[:-1] - window[1:]
-        k = int(gaps.argmax())
-        found.append((float(gaps[k]), float(window[k] + window[k + 1]) / 2))
-    gap, threshold = max(found)
-    assert gap > 1e-3
-    return threshold
-
-
-def assert_same(got, expected, box_tol, score_tol):
-    assert len(got) == len(expected)
-    for a, b in zip(got, expected):
-        assert len(b["scores"]) > 3
-        assert a["labels"].tolist() == b["labels"].tolist()
-        torch.testing.assert_close(a["scores"], b["scores"], atol=score_tol, rtol=0)
-        torch.testing.assert_close(a["boxes"], b["boxes"], atol=box_tol, rtol=0)
+def scores_gap(model, images):
+    """A score threshold in a gap of ``model``'s scores on ``images`` (ranks 5 to 60)."""
+    return gap_threshold(model.predict(images, score_threshold=0.01, max_detections=None), low=5, high=60)
 
 
 def test_predict_uses_the_preset_normalisation_and_postprocessing(model, images):
@@ -112,7 +96,7 @@ def test_detect_cli_equals_predict(model, checkpoint, images, tmp_path, capsys):
     folder.mkdir()
     for i, image in enumerate(images):
         Image.fromarray(image.permute(1, 2, 0).numpy()).save(folder / f"image{i}.png")
-    threshold = gap_threshold(model, images)
+    threshold = scores_gap(model, images)
     out = tmp_path / "out"
     code = main(["detect", "--checkpoint", str(checkpoint), str(folder), "--out", str(out),
                  "--threshold", str(threshold), "--no-progress"])  # fmt: skip
@@ -147,19 +131,19 @@ SETTINGS = dict(nms_threshold=0.55, pre_nms_top_k=300, max_detections=300, clip=
 
 
 def test_onnx_detector_equals_predict(model, images, tmp_path):
-    threshold = gap_threshold(model, images)
+    threshold = scores_gap(model, images)
     path = export_onnx(
         model, tmp_path / "ssdlite.onnx", with_postprocess=True, score_threshold=threshold, **SETTINGS
     )
     runner = OnnxDetector(path, threads=2)
     assert runner.image_size == 320 and runner.image_std == (127.5,) * 3
-    assert_same(
+    assert_same_detections(
         runner.predict(images), model.predict(images, score_threshold=threshold), *tolerances(model, images)
     )
 
 
 def test_torchscript_detector_equals_predict(model, images, tmp_path):
-    threshold = gap_threshold(model, images)
+    threshold = scores_gap(model, images)
     # only the score threshold given: the rest are the model's own (SETTINGS), as in predict
     path = export_torchscript(
         model, tmp_path / "ssdlite.pt", with_postprocess=True, score_threshold=threshold
@@ -168,7 +152,7 @@ def test_torchscript_detector_equals_predict(model, images, tmp_path):
     assert detector.metadata["postprocess"] == {**SETTINGS, "score_threshold": threshold}
     # the traced graph runs the same kernels on the same tensors: the same detections
     expected = model.predict(images, score_threshold=threshold)
-    assert_same(detector.predict(images), expected, box_tol=0, score_tol=0)
+    assert_same_detections(detector.predict(images), expected, box_tol=0, score_tol=0)
 
 
 def test_export_cli_takes_the_models_postprocessing(model, checkpoint, images, tmp_path, capsys, monkeypatch):
@@ -185,9 +169,10 @@ def test_export_cli_takes_the_models_postprocessing(model, checkpoint, images, t
         return detect(*args, **settings)
 
     monkeypatch.setattr(runtime, "detect", recording_detect)
-    threshold = gap_threshold(model, images)
+    threshold = scores_gap(model, images)
     expected = model.predict(images, score_threshold=threshold)
-    assert_same(network_only.predict(images, score_threshold=threshold), expected, *tolerances(model, images))
+    got = network_only.predict(images, score_threshold=threshold)
+    assert_same_detections(got, expected, *tolerances(model, images))
     assert used == {**SETTINGS, "score_threshold": threshold}
     out = tmp_path / "detector.pt"
     argv = ["export", "--checkpoint", str(checkpoint), "--format", "torchscript", "--with-postprocess"]
