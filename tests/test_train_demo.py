@@ -1,6 +1,9 @@
 """The demo pipeline at toy scale: every output is written and every number is the run's own."""
 
 import json
+import os
+import subprocess
+import sys
 
 import singleshot
 from singleshot.cli import main
@@ -75,3 +78,20 @@ def test_demo_writes_its_outputs_and_reports_measured_numbers(tmp_path):
     run_demo(options)
     assert (out / "data" / "synthetic.json").stat().st_mtime_ns == marker
     assert [r["iteration"] for r in read_log(out / "log.jsonl", kind="train")] == [1, 2, 3]
+
+
+def test_demo_model_option_trains_ssdlite_through_the_command(tmp_path):
+    out = tmp_path / "lite"
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    args = ["demo", "--model", "ssdlite320_voc", "--out", str(out), "--num-train", "8", "--num-test", "4",
+            "--image-size", "64", "--iterations", "2", "--workers", "0", "--num-pictures", "1",
+            "--set", "batch_size=4", "--no-progress"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "singleshot.cli", *args], env=environment,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    model = singleshot.load(out / "last.pt")
+    assert model.preset == "ssdlite320_voc" and model.image_size == 320
+    assert json.loads((out / "metrics.json").read_text())["num_test_images"] == 4
+    refused = subprocess.run([sys.executable, "-m", "singleshot.cli", "demo", "--model", "ssd300_voc"],
+                             env=environment, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert refused.returncode == 2 and "invalid choice: 'ssd300_voc'" in refused.stderr

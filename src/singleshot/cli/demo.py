@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 
+# The networks the demo offers: the compact preset (the recipe's) and SSDLite320, both measured to
+# learn the synthetic shapes within the default time budget on a 2-core CPU.
+DEMO_MODELS = ("ssd160_compact", "ssdlite320_voc")
+
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
@@ -19,6 +23,11 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add = parser.add_argument
     add("--out", default="runs/demo", help="output folder (default: runs/demo)")
     add("--recipe", default="demo_compact", help="training recipe (default: the shipped demo_compact)")
+    add("--model", choices=DEMO_MODELS, default=None,
+        help="the network to train (default: the recipe's, ssd160_compact). ssdlite320_voc is "
+        "SSDLite320 on MobileNetV3-Large, the SSD people ship to phones: on an idle 2-core AVX-512 "
+        "CPU it reached VOC07 mAP 0.907 in the default 9.5 minutes (587 iterations at 320 px), "
+        "where the compact model reaches 0.91; on a busy machine it gets far fewer iterations")  # fmt: skip
     add("--iterations", type=int, help="training iterations (default: the recipe's)")
     add("--max-minutes", type=float, help="training time budget in minutes (default: the recipe's)")
     add("--num-train", type=int, default=None, help="synthetic training images (default 1200)")
@@ -47,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         workers=args.workers,
         num_pictures=args.num_pictures,
-        overrides=list(args.overrides),
+        overrides=([f"model={args.model}"] if args.model else []) + list(args.overrides),
         progress=not args.no_progress,
     )
     summary = run_demo(options)
