@@ -8,12 +8,13 @@ import torch
 from torch import nn
 
 import singleshot
+from detection_checks import assert_same_detections
 from singleshot import fastpath
 from singleshot.cli import main
 from singleshot.fastpath import PooledLinear, fuse_batch_norms, fuse_for_inference, pooled_to_linear
 from singleshot.inference import preprocess
 from test_cli_eval import write_voc
-from test_ssdlite_api import assert_same, gap_threshold, make_model, tolerances
+from test_ssdlite_api import make_model, scores_gap, tolerances
 from tolerances import network
 
 
@@ -55,10 +56,10 @@ def test_fused_network_equals_the_model_within_float32_rounding(model, images):
 
 
 def test_fused_predict_equals_predict(model, images):
-    threshold = gap_threshold(model, images)
+    threshold = scores_gap(model, images)
     expected = model.predict(images, score_threshold=threshold)
     got = fuse_for_inference(model).predict(images, score_threshold=threshold)
-    assert_same(got, expected, *tolerances(model, images))
+    assert_same_detections(got, expected, *tolerances(model, images))
 
 
 def test_batch_norm_fusion_matches_torch_on_a_plain_stack():
@@ -128,7 +129,7 @@ def test_openvino_runs_the_onnx_detector_as_predict(model, images, tmp_path):
         pytest.skip("OpenVINO's CPU plugin does not run with oneDNN forced down to SSE4.1")
     from singleshot.export import OpenVinoDetector, export_onnx
 
-    threshold = gap_threshold(model, images)
+    threshold = scores_gap(model, images)
     settings = dict(nms_threshold=0.55, pre_nms_top_k=300, max_detections=300, clip=True)
     path = export_onnx(
         model, tmp_path / "ssdlite.onnx", with_postprocess=True, score_threshold=threshold, **settings
@@ -136,4 +137,4 @@ def test_openvino_runs_the_onnx_detector_as_predict(model, images, tmp_path):
     detector = OpenVinoDetector(path, threads=2)
     assert detector.with_postprocess and detector.image_std == (127.5,) * 3
     expected = model.predict(images, score_threshold=threshold)
-    assert_same(detector.predict(images), expected, *tolerances(model, images))
+    assert_same_detections(detector.predict(images), expected, *tolerances(model, images))
