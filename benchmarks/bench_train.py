@@ -22,7 +22,7 @@ malloc settings are process-wide:
 - ``torchvision+malloc``: the same with our malloc settings, to show what is left of the
   difference without them;
 - ``trial``: the timed trial ``singleshot train`` starts with (``channels_last: auto``,
-  `singleshot.layout.choose_memory_format` at `trial_batch_size` images), measured afresh
+  `singleshot.layout.choose_memory_format` at the run's batch), measured afresh
   (the cache neither read nor written): the layout a run would take on this machine.
 
 Runs alternate (trial, singleshot channels-last, singleshot NCHW, torchvision,
@@ -87,13 +87,13 @@ def setup(args: argparse.Namespace):
 
 def trial_worker(args: argparse.Namespace) -> dict:
     """The layout trial of ``singleshot train`` for this batch, afresh; its decision and cost."""
-    from singleshot.layout import choose_memory_format, trial_batch_size
+    from singleshot.layout import choose_memory_format
     from singleshot.runtime import tune_malloc
 
     tune_malloc()
     device, amp, tv = setup(args)
     model = our_model(tv, 21, channels_last=False).to(device).train()
-    shape = (trial_batch_size(args.batch_size, 300), 3, 300, 300)
+    shape = (args.batch_size, 3, 300, 300)
     start = time.perf_counter()
     decision = choose_memory_format(model, shape, training=True, autocast_dtype=amp, use_cache=False)
     return {**decision.to_dict(), "wall_s": time.perf_counter() - start}

@@ -120,3 +120,30 @@ def test_the_config_says_auto_unless_told_otherwise(tmp_path):
     recipe.write_text("channels_last: fastest\n")
     with pytest.raises(ValueError, match="channels_last must be true, false or auto, got 'fastest'"):
         load_recipe(recipe).validate()
+
+
+def test_the_trial_times_the_runs_whole_batch(cache, monkeypatch):
+    """The layouts' gap changes with the batch (SSD300 on a Zen 4: a tie at 2 images, 17% at
+    8), so the trial steps hold the run's per-process batch, however large, at its image size."""
+    import singleshot
+    from singleshot.training.distributed import DistInfo
+    from singleshot.training.memory_format import run_layout
+
+    shapes = []
+
+    def timer(layout, step):
+        return 0.125 if layout == "contiguous" else 0.25
+
+    real_steps = trial.layout_steps
+
+    def layout_steps(model, input_shape, **kwargs):
+        shapes.append(tuple(input_shape))
+        return real_steps(model, input_shape, **kwargs)
+
+    monkeypatch.setattr(trial, "time_step", timer)
+    monkeypatch.setattr(trial, "layout_steps", layout_steps)
+    model = singleshot.build_model("ssd160_compact", num_classes=3)
+    config = TrainConfig(model="ssd160_compact", data="unused", out="unused")
+    decision = run_layout(config, model, None, 24, None, DistInfo(rank=0, local_rank=0, world_size=1))
+    assert shapes == [(24, 3, 160, 160)]
+    assert decision.trial_batch == 24 and not decision.channels_last and decision.source == "measured"

@@ -42,7 +42,7 @@ from dataclasses import dataclass
 import torch
 
 from . import fastpath
-from .layout import LayoutDecision, apply_memory_format, choose_memory_format, forced_layout, trial_batch_size
+from .layout import LayoutDecision, apply_memory_format, choose_memory_format, forced_layout
 from .models.ssd import SSD
 
 __all__ = [
@@ -126,7 +126,7 @@ def optimize_for_inference(
         channels_last: the memory format. None: the faster in a timed trial (cached per
             machine), channels-last without one when Winograd runs; True / False: forced.
         batch_size: the images per `predict` call the copy will run; the trial times
-            forward passes of that many (at most two 300x300 images' worth of pixels).
+            forward passes of that many images.
         dtype: the dtype to run in (None: the model's); the BatchNorm folding is done in
             the model's dtype before the cast (e.g. ``torch.float16`` on CUDA).
 
@@ -192,7 +192,7 @@ def inference_layout(model: SSD, batch_size: int = 8, channels_last: bool | None
 
     ``channels_last`` True / False forces it. Otherwise a model with Winograd convolutions
     runs channels-last (their C kernels read that layout): no trial. Else a forward-only
-    trial of both layouts at (a part of) ``batch_size`` decides, once per machine and model
+    trial of both layouts at ``batch_size`` images decides, once per machine and model
     (`singleshot.layout.choose_memory_format`, cached; the decision's source says "measured"
     or "cached").
 
@@ -211,5 +211,5 @@ def inference_layout(model: SSD, batch_size: int = 8, channels_last: bool | None
     if winograd:
         return forced_layout(True, "the Winograd convolutions")
     size = model.image_size
-    shape = (trial_batch_size(batch_size, size), 3, size, size)
+    shape = (batch_size, 3, size, size)
     return choose_memory_format(model, shape, training=False)

@@ -6,9 +6,9 @@ on an AVX2 EPYC), the model, the threads and the batch. So, the way cuDNN's benc
 picks convolution algorithms, `choose_memory_format` times both on the model's own shapes
 and keeps the faster, cached per machine; callers with a reason force one instead::
 
-    from singleshot.layout import apply_memory_format, choose_memory_format, trial_batch_size
+    from singleshot.layout import apply_memory_format, choose_memory_format
 
-    shape = (trial_batch_size(8, model.image_size), 3, model.image_size, model.image_size)
+    shape = (8, 3, model.image_size, model.image_size)  # the run's own batch
     decision = choose_memory_format(model, shape, training=False)
     print(decision.describe())   # channels-last (trial: 0.081 s channels-last, 0.097 s NCHW ...)
     model = apply_memory_format(model, decision)
@@ -22,7 +22,7 @@ for the CPU paths that have a choice (the Winograd path runs channels-last).
 from .choose import choose_memory_format
 from .decision import LAYOUTS, LayoutDecision, apply_memory_format, forced_layout
 from .store import cached_decision, clear_decisions, decision_key, list_decisions, store_decision
-from .trial import measure_layouts, time_step, trial_batch_size
+from .trial import measure_layouts, time_step
 
 __all__ = [
     "LAYOUTS",
@@ -37,5 +37,4 @@ __all__ = [
     "measure_layouts",
     "store_decision",
     "time_step",
-    "trial_batch_size",
 ]

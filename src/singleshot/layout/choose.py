@@ -35,7 +35,8 @@ def choose_memory_format(
     Args:
         model: the model as it will run: on its device, in its dtype, its train/eval flags
             set (BatchNorm frozen or not). It is copied for the trial, never changed.
-        input_shape: (B, C, H, W) of one trial step; see `trial_batch_size` for B.
+        input_shape: (B, C, H, W) of one trial step: the run's own batch (the layouts' gap
+            changes with B, see `singleshot.layout.trial`).
         training: time forward + backward (a training step) or the forward alone.
         autocast_dtype: the autocast dtype the run uses (None: none).
         use_cache: read and write the cache; False measures every time and writes nothing.

@@ -26,23 +26,19 @@ from .decision import LAYOUTS, apply_memory_format, forced_layout
 __all__ = [
     "MAX_ROUNDS",
     "MIN_ROUNDS",
-    "TRIAL_PIXELS",
     "TRIAL_SECONDS",
     "Timer",
     "device_and_dtype",
     "layout_steps",
     "measure_layouts",
     "time_step",
-    "trial_batch_size",
 ]
 
-# A trial step holds at most the pixels of two 300x300 images: an SSD300 trial step is then
-# 2-4 s of forward and backward on 2 cores (a batch-8 step 8-16 s), and the demo's 160 px
-# compact model gets 7 of its 16 images. The layouts' relative speed is a property of the
-# layers' shapes (channels, map sizes, strides); the batch mostly multiplies the work. At
-# least 2 images when the run has 2: BatchNorm in train mode cannot normalise a 1x1 map of
-# one image (SSDLite's last extras), which a batch of 2 can.
-TRIAL_PIXELS = 2 * 300 * 300
+# A trial step holds the run's whole per-process batch (the caller's ``input_shape``). The layouts' relative speed changes
+# with the batch, not only with the layers' shapes: on an AMD EPYC (Zen 4, AVX-512, 2 threads)
+# an SSD300 training step of 2 images took the same time in both layouts (2.54 s against
+# 2.51 s), while at the run's 8 images channels-last was 17% faster (8.6 s against 10.3 s).
+# The trial then costs about three training steps per layout, once per machine and workload.
 TRIAL_SECONDS = 1.5  # timed steps, both layouts together, once the minimum rounds are done
 MIN_ROUNDS = 2
 MAX_ROUNDS = 10
@@ -50,14 +46,6 @@ MAX_ROUNDS = 10
 # timer(layout, step) -> seconds that one call of ``step`` took (``step`` runs the layout's
 # model once and waits for the device); a fake timer may return numbers without calling it.
 Timer = Callable[[str, Callable[[], None]], float]
-
-
-def trial_batch_size(batch_size: int, image_size: int) -> int:
-    """Images per trial step: ``batch_size`` (the run's per-process batch), cut to `TRIAL_PIXELS`
-    but not below 2."""
-    if batch_size < 1 or image_size < 1:
-        raise ValueError(f"batch_size and image_size must be >= 1, got {batch_size} and {image_size}")
-    return min(batch_size, max(2, TRIAL_PIXELS // (image_size * image_size)))
 
 
 def time_step(layout: str, step: Callable[[], None]) -> float:

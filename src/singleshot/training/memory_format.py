@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ..layout import LayoutDecision, choose_memory_format, forced_layout, trial_batch_size
+from ..layout import LayoutDecision, choose_memory_format, forced_layout
 from ..models.ssd import SSD
 from . import distributed
 from .config import TrainConfig
@@ -39,7 +39,7 @@ def run_layout(
         model: the run's model, on its device (rank 0 times copies of it in train mode,
             BatchNorm frozen as ``config.freeze_bn`` says; the model's own flags are set so).
         recorded: the ``layout`` entry of the resumed checkpoint's training state, or None.
-        local_batch: images per step on this process (the trial uses at most this many).
+        local_batch: images per step on this process (each trial step holds as many).
         amp_dtype: the run's autocast dtype, or None.
         dist: this process's place in the run.
         where: the checkpoint's path, for errors.
@@ -66,6 +66,6 @@ def run_layout(
         if config.freeze_bn:
             freeze_batch_norm(model)
         size = model.image_size
-        shape = (trial_batch_size(local_batch, size), 3, size, size)
+        shape = (local_batch, 3, size, size)  # the run's own batch: the layouts' gap depends on it
         decision = choose_memory_format(model, shape, training=True, autocast_dtype=amp_dtype).to_dict()
     return LayoutDecision.from_dict(distributed.broadcast_from_main(decision))
