@@ -3,6 +3,7 @@ import torch
 
 from reference import reference_detect
 from singleshot.boxes import cxcywh_to_xyxy
+from singleshot import postprocess
 from singleshot.postprocess import detect, select_top_k_per_group
 from tolerances import rounding
 
@@ -131,3 +132,30 @@ def test_capped_grouped_nms_equals_full_nms_then_cap(cap):
     rank = torch.empty_like(by_score)
     rank[by_score] = rank_in_runs(images[by_score])
     assert int(rank[expected].max()) >= 2 * cap or cap in (1, 1000)
+
+
+@pytest.mark.parametrize("top_k", [3, 40])
+def test_the_kth_score_prefilter_changes_nothing_even_with_ties(monkeypatch, top_k):
+    """Scores on a coarse grid tie at every k-th place; the pre-filter by each row's k-th best
+    keeps all the tied scores, so the exact top-k picks what it picks from every candidate."""
+    loc, scores, priors = random_outputs(11, num_priors=300)
+    scores = (scores * 20).round() / 20  # multiples of 0.05: hundreds of ties per class
+    assert int((scores[..., 1:] == 0.05).sum()) > 100
+    ours = detect(loc, scores, priors, 0.01, 0.45, top_k, None)
+    monkeypatch.setattr(postprocess, "_candidates", lambda foreground, threshold, k: foreground > threshold)
+    unfiltered = detect(loc, scores, priors, 0.01, 0.45, top_k, None)
+    for det, ref in zip(ours, unfiltered):
+        assert len(det["scores"]) > 0
+        assert all(torch.equal(det[key], ref[key]) for key in ("boxes", "scores", "labels"))
+
+
+def test_a_nan_score_is_never_a_candidate_and_hides_no_other():
+    loc, scores, priors = random_outputs(12, num_priors=300)
+    poisoned = scores.clone()
+    poisoned[0, :50, 2] = float("nan")  # more NaNs than the top-k takes, in one class of image 0
+    cleaned = scores.clone()
+    cleaned[0, :50, 2] = 0.0
+    for got, expected in zip(detect(loc, poisoned, priors, 0.01, 0.45, 20, 100),
+                             detect(loc, cleaned, priors, 0.01, 0.45, 20, 100)):  # fmt: skip
+        assert torch.equal(got["labels"], expected["labels"]) and torch.equal(got["scores"], expected["scores"])
+        assert (got["labels"] == 2).any()

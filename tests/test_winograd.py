@@ -115,16 +115,21 @@ def test_without_bias_and_from_a_non_contiguous_input(compiler):
     )
 
 
+@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "python-threads"])
 @pytest.mark.parametrize("threads", [1, 3])
-def test_chunks_and_threads_do_not_change_the_result(compiler, monkeypatch, threads):
+def test_chunks_and_threads_do_not_change_the_result(compiler, monkeypatch, threads, openmp):
     # 100 tiles per 40x40 image; chunks of 2048 // 32 = 64 tiles cross image borders
-    # and are cut unevenly between the threads.
+    # and are cut unevenly between the threads (OpenMP's, or this thread and helpers).
     torch.manual_seed(2)
     x = torch.randn(3, 32, 40, 40)
     weight = torch.randn(32, 32, 3, 3)
     bias = torch.randn(32)
     u = transform_weight(weight)
     whole = winograd_conv3x3(x, u, bias, relu=True)
+    if openmp:
+        require(kernel_build.kernels_use_openmp(), "Winograd kernels built with PyTorch's OpenMP")
+    else:
+        monkeypatch.setattr(winograd_ops, "kernels_use_openmp", lambda: False)
     pool = winograd_ops._helpers()
     monkeypatch.setattr(winograd_ops, "CHUNK_ELEMENTS", 2048)
     previous = torch.get_num_threads()
@@ -217,6 +222,7 @@ def test_use_winograd_on_ssd300_replaces_conv2_2_to_conv5_3_and_keeps_the_output
 def fresh_build(monkeypatch, tmp_path):
     """A build into an empty cache, forgetting the library this process loaded."""
     monkeypatch.setattr(kernel_build, "_loaded", None)
+    monkeypatch.setattr(kernel_build, "_openmp", kernel_build._openmp)  # restored afterwards
     monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path))
     return tmp_path
 

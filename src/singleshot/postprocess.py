@@ -176,6 +176,23 @@ def capped_grouped_nms(
         length *= 4
 
 
+def _candidates(foreground: Tensor, score_threshold: float, pre_nms_top_k: int) -> Tensor:
+    """(B, C-1, P) scores -> bool mask: above ``score_threshold`` and at least as good as the
+    ``pre_nms_top_k``-th best such score of its (image, class) row.
+
+    Every score of a row's top k passes, with any ties at the k-th value, so the exact
+    top-k (`select_top_k_per_group`) then sorts a few hundred candidates per row instead
+    of every score above the threshold (with untrained weights, nearly all priors).
+    """
+    above = foreground > score_threshold
+    if foreground.shape[-1] <= pre_nms_top_k:
+        return above
+    # NaN is never above the threshold; as -inf it cannot take a top-k place either
+    ranked = foreground.masked_fill(~above, float("-inf"))
+    kth = ranked.topk(pre_nms_top_k, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+    return above & (ranked >= kth)
+
+
 def detect(
     loc: Tensor,
     scores: Tensor,
@@ -206,7 +223,7 @@ def detect(
     batch, num_priors, num_classes = scores.shape
     # (B, C-1, P): candidates come out grouped by (image, class), in prior order.
     foreground = scores[:, :, 1:].transpose(1, 2)
-    image, cls, prior = (foreground > score_threshold).nonzero(as_tuple=True)
+    image, cls, prior = _candidates(foreground, score_threshold, pre_nms_top_k).nonzero(as_tuple=True)
     candidate_scores = foreground[image, cls, prior]
     groups = image * (num_classes - 1) + cls
     if groups.numel() and int(torch.bincount(groups).max()) > pre_nms_top_k:

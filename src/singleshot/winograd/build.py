@@ -6,11 +6,18 @@ later processes load the cached file in milliseconds. The first build prints one
 to stderr, since it takes a few seconds; ``singleshot build-kernels`` runs it on request.
 The compiler is ``$CC`` or the first of ``cc``, ``gcc``, ``clang`` on the PATH. Without
 one, `load_kernels` raises `KernelBuildError` saying so.
+
+Where PyTorch runs its threads on GNU OpenMP (``libgomp.so.1``, as its Linux wheels do)
+and the compiler is GCC, the library is built with ``-fopenmp``: its ``libgomp.so.1`` is
+then the one already loaded, and the transforms run on PyTorch's own thread pool
+(`kernels_use_openmp`). Otherwise, or if that build fails, the transforms are built
+without OpenMP and `singleshot.winograd.ops` splits their tiles between Python threads.
 """
 
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import subprocess
@@ -20,11 +27,23 @@ from pathlib import Path
 
 from .cache import FLAGS, SOURCE, cache_dir, kernel_path
 
-__all__ = ["KernelBuildError", "build_kernels", "cache_dir", "find_compiler", "load_kernels"]
+__all__ = [
+    "KernelBuildError",
+    "build_kernels",
+    "cache_dir",
+    "compile_flags",
+    "find_compiler",
+    "kernels_use_openmp",
+    "load_kernels",
+    "openmp_runtimes",
+]
 
 NATIVE = "-march=native"
+OPENMP = "-fopenmp"
+GNU_OPENMP = "libgomp.so.1"
 
 _loaded: ctypes.CDLL | None = None
+_openmp = False
 
 
 class KernelBuildError(RuntimeError):
@@ -54,14 +73,47 @@ def _require_compiler() -> str:
     return compiler
 
 
+def openmp_runtimes() -> list[str]:
+    """The OpenMP runtime libraries mapped into this process (paths; Linux only, else [])."""
+    try:
+        lines = Path("/proc/self/maps").read_text().splitlines()
+    except OSError:
+        return []
+    names = ("libgomp", "libomp", "libiomp")
+    fields = (line.split(maxsplit=5) for line in lines)
+    paths = {parts[5] for parts in fields if len(parts) == 6}  # address perms offset dev inode path
+    return sorted(path for path in paths if Path(path).name.startswith(names))
+
+
+@functools.cache
+def compile_flags(compiler: str) -> tuple[str, ...]:
+    """The flags `build_kernels` passes ``compiler`` (before ``-march=native``): `FLAGS`, plus
+    ``-fopenmp`` when PyTorch's OpenMP runtime is GNU's ``libgomp.so.1`` and ``compiler`` is
+    GCC, so that the library shares that runtime (clang's ``-fopenmp`` means another one)."""
+    runtimes = openmp_runtimes()
+    if len(runtimes) != 1 or Path(runtimes[0]).name != GNU_OPENMP:
+        return FLAGS
+    try:
+        version = subprocess.run([compiler, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return FLAGS
+    if "clang" in version.lower() or not version.strip():
+        return FLAGS
+    return (*FLAGS, OPENMP)
+
+
 def _compile(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
+    flags = compile_flags(compiler)
     # Build under a temporary name and rename: processes building at once never load a half-written file.
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
         errors = ""
-        for native in (True, False):  # a compiler without -march=native still gets a portable build
-            command = [compiler, *FLAGS, *([NATIVE] if native else []), "-o", str(partial), str(SOURCE)]
+        # a compiler without -march=native still gets a portable build, one without OpenMP a serial one
+        attempts = [(native, openmp) for native in (True, False) for openmp in (OPENMP in flags, False)]
+        for native, openmp in dict.fromkeys(attempts):
+            chosen = [flag for flag in flags if flag != OPENMP or openmp]
+            command = [compiler, *chosen, *([NATIVE] if native else []), "-o", str(partial), str(SOURCE)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode == 0:
                 os.replace(partial, target)
@@ -78,7 +130,7 @@ def build_kernels() -> tuple[Path, bool]:
         working compiler or a writable cache.
     """
     compiler = _require_compiler()
-    target = kernel_path(compiler)
+    target = kernel_path(compiler, compile_flags(compiler))
     if target.exists():
         return target, False
     note = f"singleshot: compiling the Winograd kernels once for this CPU: {compiler} -> {target}"
@@ -92,7 +144,7 @@ def build_kernels() -> tuple[Path, bool]:
 
 def load_kernels() -> ctypes.CDLL:
     """The compiled transforms, built on first use; raises `KernelBuildError` when impossible."""
-    global _loaded
+    global _loaded, _openmp
     if _loaded is not None:
         return _loaded
     target, _ = build_kernels()
@@ -100,10 +152,20 @@ def load_kernels() -> ctypes.CDLL:
         library = ctypes.CDLL(str(target))
     except OSError as error:
         raise KernelBuildError(f"could not load {target}: {error}") from None
-    long, pointer = ctypes.c_long, ctypes.c_void_p
-    library.winograd_input_transform.argtypes = [pointer, pointer, *[long] * 9]
+    long, pointer, integer = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
+    library.winograd_input_transform.argtypes = [pointer, pointer, *[long] * 9, integer]
     library.winograd_input_transform.restype = None
-    library.winograd_output_transform.argtypes = [pointer, pointer, pointer, ctypes.c_int, *[long] * 9]
+    library.winograd_output_transform.argtypes = [pointer, pointer, pointer, integer, *[long] * 9, integer]
     library.winograd_output_transform.restype = None
+    library.winograd_openmp.argtypes = []
+    library.winograd_openmp.restype = integer
+    # one runtime: the library's libgomp.so.1 resolved to PyTorch's, not to a second pool
+    _openmp = bool(library.winograd_openmp()) and len(openmp_runtimes()) == 1
     _loaded = library
     return library
+
+
+def kernels_use_openmp() -> bool:
+    """Whether the loaded transforms split their tiles on PyTorch's OpenMP threads (False before
+    `load_kernels`, and for a library built without OpenMP)."""
+    return _openmp

@@ -10,6 +10,7 @@ another CPU sharing the home folder).
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..cache import cache_dir, cpu_identity, cpu_name
@@ -31,15 +32,16 @@ FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
 PATTERN = "winograd-*.so"
 
 
-def kernel_key(compiler: str) -> str:
-    """16 hex digits naming the library that ``compiler`` builds from this source for this CPU."""
-    parts = [SOURCE.read_bytes(), compiler.encode(), " ".join(FLAGS).encode(), cpu_identity().encode()]
+def kernel_key(compiler: str, flags: Sequence[str] = FLAGS) -> str:
+    """16 hex digits naming the library that ``compiler`` builds with ``flags`` from this source
+    for this CPU."""
+    parts = [SOURCE.read_bytes(), compiler.encode(), " ".join(flags).encode(), cpu_identity().encode()]
     return hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
 
 
-def kernel_path(compiler: str) -> Path:
-    """The cached library's path for ``compiler`` (it may not exist yet)."""
-    return cache_dir() / f"winograd-{kernel_key(compiler)}.so"
+def kernel_path(compiler: str, flags: Sequence[str] = FLAGS) -> Path:
+    """The cached library's path for ``compiler`` and ``flags`` (it may not exist yet)."""
+    return cache_dir() / f"winograd-{kernel_key(compiler, flags)}.so"
 
 
 def list_kernels() -> list[Path]:

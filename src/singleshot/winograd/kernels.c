@@ -14,8 +14,30 @@
  * `count` tiles: the transformed values of tile t at position p (0..35, row-major in
  * the 6x6 tile) live at chunk[p * count * channels + (t - base) * channels + c], i.e.
  * the chunk is a (36, count, channels) array, ready for a batched matrix product.
+ *
+ * Threads: built with OpenMP (build.py does so when PyTorch runs on GNU OpenMP, and links
+ * the same libgomp), a call splits its tiles between `threads` threads of PyTorch's own
+ * OpenMP pool, the threads that run the matrix products in between. Helper threads of
+ * another pool would compete for the cores with that pool's threads, which spin for a
+ * while after each product waiting for more work. Without OpenMP a call runs on its
+ * caller's thread and the caller splits the tiles.
  */
 #include <string.h>
+
+#ifdef _OPENMP
+#define PARALLEL_OVER_TILES _Pragma("omp parallel for num_threads(threads) schedule(static)")
+#else
+#define PARALLEL_OVER_TILES
+#endif
+
+/* 1 when built with OpenMP (the transforms split their tiles between threads), else 0. */
+int winograd_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 #define BLOCK 64 /* channels handled together: 36 rows of 64 floats stay in L1 */
 
@@ -78,11 +100,13 @@ static inline __attribute__((always_inline)) void input_block(
         memcpy(out + p * plane, v[p / 6][p % 6], n * sizeof(float));
 }
 
-/* x (images, height, width, channels) -> chunk (36, count, channels): V = B^T d B per tile. */
+/* x (images, height, width, channels) -> chunk (36, count, channels): V = B^T d B per tile,
+ * for tiles [first, last), on `threads` OpenMP threads (ignored without OpenMP). */
 void winograd_input_transform(const float *restrict x, float *restrict chunk, long height, long width,
                               long channels, long tiles_h, long tiles_w, long first, long last,
-                              long base, long count) {
+                              long base, long count, int threads) {
     const long plane = count * channels, per_image = tiles_h * tiles_w;
+    PARALLEL_OVER_TILES
     for (long tile = first; tile < last; tile++) {
         const long image = tile / per_image, rest = tile % per_image;
         const long y0 = (rest / tiles_w) * 4 - 1, x0 = (rest % tiles_w) * 4 - 1;
@@ -121,11 +145,12 @@ static inline __attribute__((always_inline)) void output_block(
 
 /* chunk (36, count, channels) of products -> y (images, height, width, channels):
  * Y = A^T M A per tile, plus bias (may be NULL), then ReLU when relu != 0; outputs
- * beyond the map's bottom and right edges are dropped. */
+ * beyond the map's bottom and right edges are dropped. Threads as for the input transform. */
 void winograd_output_transform(const float *restrict chunk, float *restrict y, const float *restrict bias,
                                int relu, long height, long width, long channels, long tiles_h,
-                               long tiles_w, long first, long last, long base, long count) {
+                               long tiles_w, long first, long last, long base, long count, int threads) {
     const long plane = count * channels, per_image = tiles_h * tiles_w;
+    PARALLEL_OVER_TILES
     for (long tile = first; tile < last; tile++) {
         const long image = tile / per_image, rest = tile % per_image;
         const long y0 = (rest / tiles_w) * 4, x0 = (rest % tiles_w) * 4;

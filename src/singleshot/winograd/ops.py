@@ -9,7 +9,9 @@ operator in their graphs instead of tracing into pointers.
 
 Between the two C transforms the 36 matrix products run in ``torch.bmm``; tiles go
 through in chunks small enough for the transformed values to stay in cache, each chunk's
-tiles cut between ``torch.get_num_threads()`` threads (ctypes releases the GIL).
+tiles cut between ``torch.get_num_threads()`` threads: PyTorch's own OpenMP threads where
+the kernels are built with OpenMP (`singleshot.winograd.build`), else this thread and
+helper threads (ctypes releases the GIL).
 """
 
 import os
@@ -20,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 import torch
 from torch import Tensor
 
-from .build import load_kernels
+from .build import kernels_use_openmp, load_kernels
 
 __all__ = ["CHUNK_ELEMENTS", "NOT_EXPORTABLE", "TILE", "check_arguments", "winograd_conv3x3_op"]
 
@@ -64,14 +66,24 @@ os.register_at_fork(after_in_child=_forget_pool)
 def _in_parallel(
     kernel: Callable[..., object], parts: list[tuple[int, int]], base: int, count: int, *leading: object
 ) -> None:
-    """``kernel(*leading, first, last, base, count)`` for every (first, last) of ``parts``: the
+    """``kernel(*leading, first, last, base, count, 1)`` for every (first, last) of ``parts``: the
     first range on this thread, the others on helper threads; returns when all are done."""
-    jobs = [_helpers().submit(kernel, *leading, first, last, base, count) for first, last in parts[1:]]
+    jobs = [_helpers().submit(kernel, *leading, first, last, base, count, 1) for first, last in parts[1:]]
     try:
-        kernel(*leading, *parts[0], base, count)
+        kernel(*leading, *parts[0], base, count, 1)
     finally:
         for job in jobs:
             job.result()
+
+
+def _transform(kernel: Callable[..., object], base: int, count: int, threads: int, *leading: object) -> None:
+    """Run a tile transform over the chunk's tiles [base, base + count) on ``threads`` threads:
+    PyTorch's OpenMP threads when the kernels have OpenMP, else this thread and helpers."""
+    if kernels_use_openmp():
+        kernel(*leading, base, base + count, base, count, threads)
+        return
+    parts = [(base + count * i // threads, base + count * (i + 1) // threads) for i in range(threads)]
+    _in_parallel(kernel, parts, base, count, *leading)
 
 
 def check_arguments(x: Tensor, u: Tensor, bias: Tensor | None) -> None:
@@ -125,14 +137,13 @@ def winograd_conv3x3_op(x: Tensor, u: Tensor, bias: Tensor | None, relu: bool) -
     bias_ptr = bias.data_ptr() if bias is not None else None
     for base in range(0, total, chunk):
         count = min(chunk, total - base)
-        parts = [(base + count * i // threads, base + count * (i + 1) // threads) for i in range(threads)]
         transformed = torch.empty(36, count, channels)
-        _in_parallel(kernels.winograd_input_transform, parts, base, count,
-                     x_ptr, transformed.data_ptr(), height, width, channels, tiles_h, tiles_w)  # fmt: skip
+        _transform(kernels.winograd_input_transform, base, count, threads,
+                   x_ptr, transformed.data_ptr(), height, width, channels, tiles_h, tiles_w)  # fmt: skip
         products = torch.bmm(transformed, u)
-        _in_parallel(kernels.winograd_output_transform, parts, base, count,
-                     products.data_ptr(), y_ptr, bias_ptr, int(relu), height, width, out_channels,
-                     tiles_h, tiles_w)  # fmt: skip
+        _transform(kernels.winograd_output_transform, base, count, threads,
+                   products.data_ptr(), y_ptr, bias_ptr, int(relu), height, width, out_channels,
+                   tiles_h, tiles_w)  # fmt: skip
     return y
 
 
