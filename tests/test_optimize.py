@@ -6,6 +6,7 @@ Run it also with the kernels held down (``ATEN_CPU_CAPABILITY=default
 DNNL_MAX_CPU_ISA=SSE41``): the tolerances are float32 bounds, not one machine's figures.
 """
 
+import dataclasses
 import json
 import math
 import os
@@ -108,14 +109,18 @@ def assert_bit_equal(model, before):
     assert all(torch.equal(after[name], value) for name, value in before.items())
 
 
-# VGG16's 3x3 convolutions with 128+ channels: conv2_2 ... conv5_3
-VGG_WINOGRAD = [f"backbone.to_conv4_3.conv{n}" for n in ("2_2", "3_1", "3_2", "3_3", "4_1", "4_2", "4_3")] + [
-    f"backbone.to_conv7.conv5_{i}" for i in (1, 2, 3)
-]
+# VGG16's 3x3 convolutions with 64+ channels: conv1_2 ... conv5_3 (the heads stay direct)
+VGG_WINOGRAD = [
+    f"backbone.to_conv4_3.conv{n}" for n in ("1_2", "2_1", "2_2", "3_1", "3_2", "3_3", "4_1", "4_2", "4_3")
+] + [f"backbone.to_conv7.conv5_{i}" for i in (1, 2, 3)]
 # what each model's copy has on a CPU with a C compiler: BatchNorms folded (None: all),
 # squeeze-excitation convolutions as matrix products, Winograd convolutions
 EXPECTED = {
-    "ssd160_compact": (14, 0, ["backbone.to_stride16.1.conv"]),
+    "ssd160_compact": (
+        14,
+        0,
+        ["backbone.to_stride8.4.conv", "backbone.to_stride8.5.conv", "backbone.to_stride16.1.conv"],
+    ),
     "ssd300_voc": (0, 0, VGG_WINOGRAD),  # no BatchNorm in VGG16 or its extras
     "ssdlite320_voc": (None, 16, []),  # MobileNetV3: depthwise convolutions are not for Winograd
 }
@@ -309,9 +314,11 @@ def test_the_description_names_what_was_done(compiler):
     report = compact().optimize_for_inference().optimizations
     assert isinstance(report, InferenceOptimizations)
     assert report.describe() == (
-        "cpu, torch.float32: BatchNorm folded into 14 convolutions, 1 convolution by Winograd, "
+        "cpu, torch.float32: BatchNorm folded into 14 convolutions, 3 convolutions by Winograd, "
         "channels-last (forced by the Winograd convolutions, no trial)"
     )
+    one = dataclasses.replace(report, winograd_convs=report.winograd_convs[:1])
+    assert ", 1 convolution by Winograd, " in one.describe()
 
 
 def write_images(folder):

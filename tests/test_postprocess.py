@@ -2,8 +2,8 @@ import pytest
 import torch
 
 from reference import reference_detect
-from singleshot.boxes import cxcywh_to_xyxy
 from singleshot import postprocess
+from singleshot.boxes import cxcywh_to_xyxy
 from singleshot.postprocess import detect, select_top_k_per_group
 from tolerances import rounding
 
@@ -157,5 +157,6 @@ def test_a_nan_score_is_never_a_candidate_and_hides_no_other():
     cleaned[0, :50, 2] = 0.0
     for got, expected in zip(detect(loc, poisoned, priors, 0.01, 0.45, 20, 100),
                              detect(loc, cleaned, priors, 0.01, 0.45, 20, 100)):  # fmt: skip
-        assert torch.equal(got["labels"], expected["labels"]) and torch.equal(got["scores"], expected["scores"])
+        assert torch.equal(got["labels"], expected["labels"])
+        assert torch.equal(got["scores"], expected["scores"])
         assert (got["labels"] == 2).any()

@@ -45,7 +45,7 @@ def fake_compiler(folder: Path, version: str, refuse_openmp: bool = False) -> st
     """A compiler script that prints ``version`` for --version and otherwise runs the real
     compiler, failing (as a compiler without OpenMP support) when given -fopenmp if asked."""
     real = system_compiler()
-    script = folder / "fake-cc"
+    script = folder / f"fake-cc-{len(list(folder.glob('fake-cc-*')))}"
     refuse = 'case " $* " in *" -fopenmp "*) echo "fake-cc: unsupported option -fopenmp" >&2; exit 1;; esac\n'
     script.write_text(
         "#!/bin/sh\n"

@@ -34,10 +34,11 @@ __all__ = [
     "time_step",
 ]
 
-# A trial step holds the run's whole per-process batch (the caller's ``input_shape``). The layouts' relative speed changes
-# with the batch, not only with the layers' shapes: on an AMD EPYC (Zen 4, AVX-512, 2 threads)
-# an SSD300 training step of 2 images took the same time in both layouts (2.54 s against
-# 2.51 s), while at the run's 8 images channels-last was 17% faster (8.6 s against 10.3 s).
+# A trial step holds the run's whole per-process batch (the caller's ``input_shape``). The
+# layouts' relative speed changes with the batch, not only with the layers' shapes: on an AMD
+# EPYC (Zen 4, AVX-512, 2 threads) an SSD300 training step of 2 images took the same time in
+# both layouts (2.54 s against 2.51 s), while at the run's 8 images channels-last was 17%
+# faster (8.6 s against 10.3 s).
 # The trial then costs about three training steps per layout, once per machine and workload.
 TRIAL_SECONDS = 1.5  # timed steps, both layouts together, once the minimum rounds are done
 MIN_ROUNDS = 2

@@ -9,10 +9,10 @@ compiled once per machine) behind the operator ``torch.ops.singleshot.winograd_c
 (`singleshot.winograd.ops`), the products ``torch.bmm``.
 
 Results equal the direct convolution's to float32 rounding (relative error ~1e-5; the
-filters are transformed in float64). On this project's 2-core AVX-512 machine, batch 8,
-the layers of VGG16 with 128 channels or more ran 1.24x (conv2_2) to 2.7x (conv4_2) as
-fast as oneDNN's direct convolution, those with 64 channels 0.87-1.02x (the transforms
-cost what they save), hence `use_winograd`'s ``min_channels`` (benchmarks/bench_winograd.py).
+filters are transformed in float64). How much faster than oneDNN's direct convolution
+depends on the CPU and the layer (benchmarks/bench_winograd.py): the wide layers gain most
+(VGG16's conv4_2 1.9-2.7x), the 64-channel ones least (conv1_2 0.9-1.2x), hence
+`use_winograd`'s ``min_channels``.
 """
 
 from __future__ import annotations
