@@ -22,7 +22,7 @@ from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detection
 from .int8 import quantize_onnx
 from .load import FORMAT_RUNTIMES, load_detector, model_format, runtime_of
 from .openvino import OpenVinoDetector
-from .runtime import ExportedDetector, OnnxDetector, TorchScriptDetector
+from .runtime import ExportedDetector, OnnxDetector, TorchScriptDetector, session_options
 from .to_onnx import DEFAULT_OPSET, POSTPROCESS_DEFAULTS, export_onnx
 from .to_openvino import export_openvino, onnx_to_openvino
 from .to_torchscript import export_torchscript
@@ -45,6 +45,7 @@ __all__ = [
     "OnnxDetector",
     "OpenVinoDetector",
     "TorchScriptDetector",
+    "session_options",
     "verify_export",
     "DEFAULT_OPSET",
     "POSTPROCESS_DEFAULTS",

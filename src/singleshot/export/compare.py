@@ -15,22 +15,18 @@ import numpy as np
 
 from ..timing import Laps, time_interleaved
 from ..transforms import preprocess
-from .runtime import OnnxDetector
+from .runtime import OnnxDetector, session_options
 
 __all__ = ["time_onnx_files", "Timing", "onnx_session", "int8_report", "format_int8_report"]
 
 
 def onnx_session(path: str | os.PathLike, threads: int | None) -> Any:
-    """An ONNX Runtime CPU session for timing: all graph optimisations, ``threads`` intra-op
-    threads (None = one per core), one inter-op thread, and worker threads that sleep
-    rather than spin between runs (on a shared machine spinning threads fight the others)."""
+    """An ONNX Runtime CPU session for timing: `session_options` with ``threads`` intra-op
+    threads (None = one per physical core) and worker threads that sleep rather than spin
+    between runs (on a shared machine spinning threads fight the others)."""
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options = session_options(threads, spin=False)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

@@ -3,7 +3,8 @@
 Both take what `singleshot.SSD.predict` takes and return what it returns, and describe
 themselves as a model does (``image_size``, ``class_names``, ``num_classes``,
 ``postprocess``: a `singleshot.detector.Detector`), so an exported model can stand in for
-the PyTorch one (and be checked against it).
+the PyTorch one (and be checked against it). `session_options` holds the ONNX Runtime
+settings (threads, spinning, optimisation) of every session singleshot makes.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import json
 import os
 import warnings
 from collections.abc import Sequence
+from numbers import Integral
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,7 +31,60 @@ from ..transforms import preprocess
 from .graph import outputs_to_detections
 from .to_onnx import POSTPROCESS_DEFAULTS
 
-__all__ = ["ExportedDetector", "OnnxDetector", "TorchScriptDetector"]
+if TYPE_CHECKING:
+    import onnxruntime
+
+__all__ = ["ExportedDetector", "OnnxDetector", "TorchScriptDetector", "session_options"]
+
+# ONNX Runtime's session configuration key: may idle intra-op worker threads spin-wait ("1") or
+# must they sleep ("0")?
+_ALLOW_SPINNING = "session.intra_op.allow_spinning"
+
+
+def session_options(threads: int | None = None, spin: bool = True) -> onnxruntime.SessionOptions:
+    """The ONNX Runtime ``SessionOptions`` every singleshot session is made with.
+
+    - Intra-op threads (``intra_op_num_threads``): the threads that split one operator's work
+      (a convolution's output rows, say): ``threads``, or ONNX Runtime's own choice, one per
+      physical core, when None.
+    - Inter-op threads (``inter_op_num_threads``): 1. They would run independent branches of
+      the graph at once, which only the parallel execution mode does; under the sequential
+      mode set here ONNX Runtime makes no inter-op pool, so this only keeps the count from
+      growing should the mode change.
+    - Execution mode: sequential, one operator after another (ONNX Runtime's default): an
+      SSD graph is mostly one chain, and the intra-op threads already share out the cores.
+    - Graph optimisation level: all (constant folding, operator fusion such as convolution
+      + activation, layout changes for the CPU kernels), as ONNX Runtime's default.
+    - Spinning (the ``session.intra_op.allow_spinning`` config entry): with ``spin`` ("1",
+      ONNX Runtime's default), idle worker threads busy-wait a moment for the next piece of
+      work, which answers fastest when nothing else runs; without ("0") they sleep, so that
+      they leave the cores to other work between runs: wanted when timing ONNX Runtime
+      interleaved with other runtimes, or on a machine shared with other processes, where
+      spinning threads slow the others and are preempted themselves.
+
+    Args:
+        threads: intra-op threads, an int >= 1, or None for ONNX Runtime's default.
+        spin: whether idle worker threads spin-wait (True) or sleep (False).
+
+    Returns:
+        An ``onnxruntime.SessionOptions`` for ``onnxruntime.InferenceSession(path, options)``.
+
+    Raises:
+        ValueError: ``threads`` is not None nor an int >= 1 (ONNX Runtime itself takes 0 as
+            its default and accepts a negative count without a word).
+    """
+    import onnxruntime as ort
+
+    counts = isinstance(threads, Integral) and not isinstance(threads, bool)  # True is no count
+    if threads is not None and not (counts and threads >= 1):
+        raise ValueError(f"ONNX Runtime threads must be an int >= 1 or None (its default), got {threads!r}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 0 if threads is None else int(threads)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry(_ALLOW_SPINNING, "1" if spin else "0")
+    return options
 
 
 class _ExportedDetector:
@@ -244,11 +299,13 @@ class OnnxDetector(_ExportedDetector):
 
     Args:
         path: the ``.onnx`` file.
-        threads: intra-op threads (None = ONNX Runtime's default, all cores).
+        threads: intra-op threads, >= 1 (None = ONNX Runtime's default, one per physical core).
         providers: execution providers (None = CPU).
         spin: whether idle worker threads spin-wait for the next run (ONNX Runtime's
             default: the lowest latency). Off when timing it alongside other runtimes, whose
             runs the spinning threads would slow down.
+
+    The session is made with `session_options` (which says what each setting does).
     """
 
     runtime = "onnxruntime"
@@ -263,13 +320,7 @@ class OnnxDetector(_ExportedDetector):
         import onnxruntime as ort
 
         self.path = Path(path)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads is not None:
-            options.intra_op_num_threads = threads
-            options.inter_op_num_threads = 1
-        if not spin:
-            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        options = session_options(threads, spin)
         try:
             self.session = ort.InferenceSession(
                 str(self.path), options, providers=providers or ["CPUExecutionProvider"]
