@@ -237,7 +237,7 @@ def int8_path(model, threads: int, folder: Path) -> Callable:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    from singleshot.export import export_onnx
+    from singleshot.export import export_onnx, session_options
 
     network = export_onnx(model, folder / "network.onnx")
     calibration = preprocess(make_images(), model.image_size, model.image_mean).numpy()
@@ -254,9 +254,7 @@ def int8_path(model, threads: int, folder: Path) -> Callable:
         str(network), str(quantized), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
     )  # fmt: skip
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options = session_options(threads)
     session = ort.InferenceSession(str(quantized), options, providers=["CPUExecutionProvider"])
 
     def network_fn(x):
