@@ -23,7 +23,10 @@ Speed: for each thread count and batch size, every file of a model runs on the s
 inputs, interleaved (`singleshot.export.compare.time_onnx_files`: each round runs every
 file in turn, the order reversed every other round); the median ms per image over rounds
 x inputs, and float's time divided by each file's (> 1 = faster than float). "network"
-rows time the network alone (loc, conf), without decoding and NMS.
+rows time the network alone (loc, conf), without decoding and NMS. Those timings let ONNX
+Runtime's idle worker threads sleep (fair to other work on a shared machine);
+``--spin-check`` also times the trained models' float and default int8 files as
+`OnnxDetector` runs them by default, the threads spinning between runs, beside sleeping.
 """
 
 from __future__ import annotations
@@ -80,6 +83,42 @@ def time_files(
     return rows
 
 
+def spin_check(
+    files: dict[str, Path], images: list[torch.Tensor], model: Any, args: argparse.Namespace
+) -> list:
+    """Rows {threads, batch, "<file> spin on|off": ms per image}: each file with ONNX Runtime's
+    idle worker threads spinning (`OnnxDetector`'s default, what a deployment runs) and
+    sleeping (how `time_onnx_files` times, fair to other work on a shared machine). Each
+    round runs every runner on all inputs in turn, the order reversed every other round,
+    with a pause and an untimed run before each runner's turn: spinning threads left by
+    the previous one would steal its cores. Median elapsed ms per image."""
+    import time
+
+    rows = []
+    for threads in args.threads:
+        for batch in args.batch:
+            count = max(1, args.inputs // batch)
+            inputs = [torch.from_numpy(x) for x in timing_inputs(images, model, batch, count)]
+            runners = {f"{name} spin {'on' if spin else 'off'}": OnnxDetector(path, threads, spin=spin)
+                       for name, path in files.items() for spin in (True, False)}  # fmt: skip
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for round_ in range(args.rounds + 1):  # round 0 warms up
+                order = list(runners.items())
+                for name, runner in order if round_ % 2 else order[::-1]:
+                    time.sleep(0.05)  # the last runner's spinning threads go to sleep first
+                    runner.run(inputs[-1])  # untimed: the first run after a pause is slow
+                    for x in inputs:
+                        start = time.perf_counter()
+                        runner.run(x)
+                        if round_:
+                            times[name].append(1000 * (time.perf_counter() - start) / batch)
+            row = {name: float(np.median(t)) for name, t in times.items()}
+            rows.append({"threads": threads, "batch": batch, **row})
+            print(f"  {threads} threads, batch {batch}, ms/image elapsed: "
+                  + ", ".join(f"{name} {t:.2f}" for name, t in row.items()))  # fmt: skip
+    return rows
+
+
 def bench_trained(
     tag: str, checkpoint: str, data: str, args: argparse.Namespace, folder: Path
 ) -> dict[str, Any]:
@@ -100,6 +139,7 @@ def bench_trained(
     network["int8 network (first float)"] = quantize_onnx(
         network["float network"], folder / f"{tag}_int8_network.onnx", calibration
     )
+    spin_files = {"float": files["float"], "int8": files["int8 (first float)"]}
     return {
         "model": model.preset,
         "checkpoint": str(checkpoint),
@@ -109,6 +149,7 @@ def bench_trained(
         "map": maps,
         "speed": time_files(files, images, model, args),
         "network_speed": time_files(network, images, model, args),
+        "spin": spin_check(spin_files, images, model, args) if args.spin_check else None,
     }
 
 
@@ -176,6 +217,9 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=8, help="images per timing round (default 8)")
     parser.add_argument("--calibration-images", type=int, default=100, help="train images to calibrate on")
     parser.add_argument("--out", default="bench-int8", help="folder for the ONNX files and results.json")
+    parser.add_argument("--spin-check", action="store_true",
+                        help="trained models: also time float and int8 with ONNX Runtime's threads "
+                             "spinning and sleeping")  # fmt: skip
     parser.add_argument("--ssdlite-checkpoint", help="a trained SSDLite320 (ssdlite320 then reports mAP too)")
     parser.add_argument("--ssdlite-data", help="its data (VOC: train to calibrate, test to score)")
     args = parser.parse_args()
