@@ -130,7 +130,7 @@ class DetectorGraph(nn.Module):
         # Scores at or below the threshold never become detections, so zero them before the
         # top-k: most rows then hold few non-zero scores, and ONNX Runtime's TopK (a heap)
         # rarely updates; its order is not needed before the scatter (benchmarks/README.md).
-        passing = torch.where(scores > self.score_threshold, scores, torch.zeros_like(scores))
+        passing = torch.where(scores > self.score_threshold, scores, 0.0)
         top_scores, top_index = passing.topk(self.top_k, dim=2, sorted=False)
         candidates = torch.zeros_like(scores).scatter(2, top_index, top_scores)
 
@@ -142,10 +142,10 @@ class DetectorGraph(nn.Module):
         valid = best >= 0
         prior = index % self.num_priors
         out_boxes = boxes.gather(1, prior.unsqueeze(-1).expand(-1, -1, 4))
-        out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, torch.zeros_like(out_boxes))
-        out_scores = torch.where(valid, best, torch.zeros_like(best))
+        out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, 0.0)
+        out_scores = torch.where(valid, best, 0.0)
         labels = torch.div(index, self.num_priors, rounding_mode="floor") + 1
-        out_labels = torch.where(valid, labels, torch.zeros_like(labels))
+        out_labels = torch.where(valid, labels, 0)
         return out_boxes, out_scores, out_labels, valid.sum(dim=1)
 
 
