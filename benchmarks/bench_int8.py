@@ -3,23 +3,30 @@
     .venv/bin/python benchmarks/bench_int8.py [--checkpoint runs/demo/best.pt] [--data runs/demo/data]
         [--models demo ssd300 ssdlite320] [--threads 1 2] [--batch 1 8] [--rounds 10]
         [--calibration-images 100] [--out bench-int8]
+        [--ssdlite-checkpoint CKPT --ssdlite-data DIR]
 
 - demo: the trained demo model (``make demo``: ssd160_compact on the synthetic shapes).
   Float and int8 files with post-processing (decoding and NMS inside the graph, as
   ``singleshot export --with-postprocess`` writes them); int8 calibrated on the data's
   ``train`` images with each choice of layers kept in float (none, the first convolution,
   the heads, both); VOC07 mAP of every file on all ``test`` images.
-- ssd300 / ssdlite320: the benchmarks' SSD300 and SSDLite320 (``peers.build_models`` and
-  ``peers.build_ssdlite_models``: random weights shaped like a trained model's outputs; no
-  trained weights exist here), so speed only, plus how far the int8 network's loc and conf
-  move from float (relative error over the test images). Calibrated on the same train
+- ssdlite320 with ``--ssdlite-checkpoint CKPT --ssdlite-data DIR`` (e.g. a checkpoint of
+  ``singleshot demo --model ssdlite320_voc`` and its data): the same as demo for that
+  trained model, mAP on its data's ``test`` images, calibrated on its ``train`` images.
+- ssd300 / ssdlite320 otherwise: the benchmarks' SSD300 and SSDLite320
+  (``peers.build_models`` and ``peers.build_ssdlite_models``: random weights shaped like a
+  trained model's outputs), so speed only, plus how far the int8 network's loc and conf
+  move from float (relative error over the test images). Calibrated on the demo's train
   images, resized to 300 / 320.
 
 Speed: for each thread count and batch size, every file of a model runs on the same
 inputs, interleaved (`singleshot.export.compare.time_onnx_files`: each round runs every
 file in turn, the order reversed every other round); the median ms per image over rounds
 x inputs, and float's time divided by each file's (> 1 = faster than float). "network"
-rows time the network alone (loc, conf), without decoding and NMS.
+rows time the network alone (loc, conf), without decoding and NMS. Those timings let ONNX
+Runtime's idle worker threads sleep (fair to other work on a shared machine);
+``--spin-check`` also times the trained models' float and default int8 files as
+`OnnxDetector` runs them by default, the threads spinning between runs, beside sleeping.
 """
 
 from __future__ import annotations
@@ -76,30 +83,73 @@ def time_files(
     return rows
 
 
-def bench_demo(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    model = load(args.checkpoint)
-    test = open_dataset(args.data, split="test")
-    calibration = calibration_images(args.data, args.calibration_images, split="train")
-    files = {"float": export_onnx(model, folder / "demo_float.onnx", with_postprocess=True)}
+def spin_check(
+    files: dict[str, Path], images: list[torch.Tensor], model: Any, args: argparse.Namespace
+) -> list:
+    """Rows {threads, batch, "<file> spin on|off": ms per image}: each file with ONNX Runtime's
+    idle worker threads spinning (`OnnxDetector`'s default, what a deployment runs) and
+    sleeping (how `time_onnx_files` times, fair to other work on a shared machine). Each
+    round runs every runner on all inputs in turn, the order reversed every other round,
+    with a pause and an untimed run before each runner's turn: spinning threads left by
+    the previous one would steal its cores. Median elapsed ms per image."""
+    import time
+
+    rows = []
+    for threads in args.threads:
+        for batch in args.batch:
+            count = max(1, args.inputs // batch)
+            inputs = [torch.from_numpy(x) for x in timing_inputs(images, model, batch, count)]
+            runners = {f"{name} spin {'on' if spin else 'off'}": OnnxDetector(path, threads, spin=spin)
+                       for name, path in files.items() for spin in (True, False)}  # fmt: skip
+            times: dict[str, list[float]] = {name: [] for name in runners}
+            for round_ in range(args.rounds + 1):  # round 0 warms up
+                order = list(runners.items())
+                for name, runner in order if round_ % 2 else order[::-1]:
+                    time.sleep(0.05)  # the last runner's spinning threads go to sleep first
+                    runner.run(inputs[-1])  # untimed: the first run after a pause is slow
+                    for x in inputs:
+                        start = time.perf_counter()
+                        runner.run(x)
+                        if round_:
+                            times[name].append(1000 * (time.perf_counter() - start) / batch)
+            row = {name: float(np.median(t)) for name, t in times.items()}
+            rows.append({"threads": threads, "batch": batch, **row})
+            print(f"  {threads} threads, batch {batch}, ms/image elapsed: "
+                  + ", ".join(f"{name} {t:.2f}" for name, t in row.items()))  # fmt: skip
+    return rows
+
+
+def bench_trained(
+    tag: str, checkpoint: str, data: str, args: argparse.Namespace, folder: Path
+) -> dict[str, Any]:
+    """A trained model: mAP of float and every int8 choice on ``data``'s test split, and speed."""
+    model = load(checkpoint)
+    test = open_dataset(data, split="test")
+    calibration = calibration_images(data, args.calibration_images, split="train")
+    files = {"float": export_onnx(model, folder / f"{tag}_float.onnx", with_postprocess=True)}
     for name, layers in LAYER_CHOICES.items():
-        path = folder / f"demo_int8_{name.replace('+', '_')}.onnx"
+        path = folder / f"{tag}_int8_{name.replace('+', '_')}.onnx"
         files[f"int8 ({name} float)"] = quantize_onnx(files["float"], path, calibration, float_layers=layers)
     maps = {}
     for name, path in files.items():
         maps[name] = evaluate_model(OnnxDetector(path, threads=2), test, "voc07", progress=False)["map"]
         print(f"  {name}: VOC07 mAP {100 * maps[name]:.2f} on {len(test)} test images")
     images = [test[i][0] for i in range(min(len(test), args.inputs))]
-    network = {"float network": export_onnx(model, folder / "demo_float_network.onnx")}
+    network = {"float network": export_onnx(model, folder / f"{tag}_float_network.onnx")}
     network["int8 network (first float)"] = quantize_onnx(
-        network["float network"], folder / "demo_int8_network.onnx", calibration
+        network["float network"], folder / f"{tag}_int8_network.onnx", calibration
     )
+    spin_files = {"float": files["float"], "int8": files["int8 (first float)"]}
     return {
         "model": model.preset,
+        "checkpoint": str(checkpoint),
+        "data": str(data),
         "test_images": len(test),
         "calibration_images": len(calibration),
         "map": maps,
         "speed": time_files(files, images, model, args),
         "network_speed": time_files(network, images, model, args),
+        "spin": spin_check(spin_files, images, model, args) if args.spin_check else None,
     }
 
 
@@ -142,6 +192,15 @@ def bench_peer(name: str, args: argparse.Namespace, folder: Path) -> dict[str, A
     }
 
 
+def run_model(name: str, args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    """The results of one of ``--models``: trained (demo, or SSDLite given a checkpoint) or random weights."""
+    if name == "demo":
+        return bench_trained("demo", args.checkpoint, args.data, args, folder)
+    if name == "ssdlite320" and args.ssdlite_checkpoint:
+        return bench_trained("ssdlite320", args.ssdlite_checkpoint, args.ssdlite_data, args, folder)
+    return bench_peer(name, args, folder)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -158,7 +217,14 @@ def main() -> None:
     parser.add_argument("--inputs", type=int, default=8, help="images per timing round (default 8)")
     parser.add_argument("--calibration-images", type=int, default=100, help="train images to calibrate on")
     parser.add_argument("--out", default="bench-int8", help="folder for the ONNX files and results.json")
+    parser.add_argument("--spin-check", action="store_true",
+                        help="trained models: also time float and int8 with ONNX Runtime's threads "
+                             "spinning and sleeping")  # fmt: skip
+    parser.add_argument("--ssdlite-checkpoint", help="a trained SSDLite320 (ssdlite320 then reports mAP too)")
+    parser.add_argument("--ssdlite-data", help="its data (VOC: train to calibrate, test to score)")
     args = parser.parse_args()
+    if bool(args.ssdlite_checkpoint) != bool(args.ssdlite_data):
+        parser.error("--ssdlite-checkpoint and --ssdlite-data go together")
     warnings.simplefilter("ignore")
     folder = Path(args.out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -171,7 +237,7 @@ def main() -> None:
     print(f"{results['cpu']}, onnxruntime {ort.__version__}, load average {results['load_average_start']}")
     for name in args.models:
         print(f"{name}:")
-        results[name] = bench_demo(args, folder) if name == "demo" else bench_peer(name, args, folder)
+        results[name] = run_model(name, args, folder)
     results["load_average_end"] = list(os.getloadavg())
     (folder / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(f"load average at the end {results['load_average_end']}; wrote {folder / 'results.json'}")
