@@ -23,3 +23,17 @@ def kernel_cache(tmp_path_factory):
     patch.setenv("SINGLESHOT_CACHE", str(tmp_path_factory.mktemp("kernel-cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture
+def fresh_build(monkeypatch, tmp_path):
+    """A Winograd kernel build into an empty cache (``tmp_path``, returned), forgetting the
+    library this process loaded and the compile flags worked out so far; all restored after."""
+    from singleshot.winograd import build as kernel_build
+
+    monkeypatch.setattr(kernel_build, "_loaded", None)
+    monkeypatch.setattr(kernel_build, "_openmp", kernel_build._openmp)
+    monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path))
+    kernel_build.compile_flags.cache_clear()
+    yield tmp_path
+    kernel_build.compile_flags.cache_clear()

@@ -218,15 +218,6 @@ def test_use_winograd_on_ssd300_replaces_conv2_2_to_conv5_3_and_keeps_the_output
     assert torch.equal(b["labels"][:150], a["labels"][:150])
 
 
-@pytest.fixture
-def fresh_build(monkeypatch, tmp_path):
-    """A build into an empty cache, forgetting the library this process loaded."""
-    monkeypatch.setattr(kernel_build, "_loaded", None)
-    monkeypatch.setattr(kernel_build, "_openmp", kernel_build._openmp)  # restored afterwards
-    monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path))
-    return tmp_path
-
-
 def test_kernels_build_once_into_the_cache(compiler, fresh_build, monkeypatch, capsys):
     kernel_build.load_kernels()
     built = list(fresh_build.glob("winograd-*.so"))

@@ -16,10 +16,10 @@ from singleshot.winograd import cache
 
 
 @pytest.fixture
-def empty_cache(monkeypatch, tmp_path):
-    monkeypatch.setattr(kernel_build, "_loaded", None)
-    monkeypatch.setenv("SINGLESHOT_CACHE", str(tmp_path / "cache"))
-    return tmp_path / "cache"
+def empty_cache(fresh_build, monkeypatch):
+    """A cache folder that does not exist yet, for a fresh build (see conftest's fresh_build)."""
+    monkeypatch.setenv("SINGLESHOT_CACHE", str(fresh_build / "cache"))
+    return fresh_build / "cache"
 
 
 def field(out: str, name: str) -> str:
