@@ -4,10 +4,11 @@
 
 For each 3x3 convolution of SSD300's VGG16 (conv1_2 ... conv5_3, at its map size),
 times, in the same process, oneDNN's channels-last ``conv2d`` followed by an in-place
-ReLU (what the eager model runs) and `winograd_conv3x3(..., relu=True)` (bias and ReLU
-inside the output transform), on the same random input and filters; median of
+ReLU (what the eager model runs) and the Winograd operator with its filters packed once,
+as `WinogradConv2d` runs it (bias and ReLU inside the output transform), on the same
+random input and filters; median of
 ``--repeats`` after one warm-up. Also prints the relative error of each against a
-float64 ``conv2d``. This is what chose ``use_winograd``'s ``min_channels=128``.
+float64 ``conv2d``. This is what chose ``optimize.BACKBONE_MIN_CHANNELS``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from singleshot.runtime import tune_malloc
-from singleshot.winograd import transform_weight, winograd_conv3x3
+from singleshot.winograd import pack_filters, transform_weight
+from singleshot.winograd.conv import conv_packed
 
 # (name, in, out, map size at 300 px); conv1_1 (3 input channels) has nothing to gain.
 LAYERS = (
@@ -52,14 +54,14 @@ def time_layer(cin: int, cout: int, size: int, batch: int, repeats: int, generat
     weight = torch.randn(cout, cin, 3, 3, generator=generator) * (2 / (9 * cin)) ** 0.5
     bias = torch.randn(cout, generator=generator) * 0.1
     weight_cl = weight.contiguous(memory_format=torch.channels_last)
-    u = transform_weight(weight)
+    filters = pack_filters(transform_weight(weight))
     with torch.inference_mode():
         direct = median_seconds(lambda: F.conv2d(x, weight_cl, bias, padding=1).relu_(), repeats)
-        winograd = median_seconds(lambda: winograd_conv3x3(x, u, bias, relu=True), repeats)
+        winograd = median_seconds(lambda: conv_packed(x, filters, bias, relu=True), repeats)
         reference = F.conv2d(x[:1].double(), weight.double(), bias.double(), padding=1).relu()
         scale = reference.abs().max()
         err_direct = (F.conv2d(x[:1], weight_cl, bias, padding=1).relu() - reference).abs().max() / scale
-        err_winograd = (winograd_conv3x3(x[:1], u, bias, relu=True) - reference).abs().max() / scale
+        err_winograd = (conv_packed(x[:1], filters, bias, relu=True) - reference).abs().max() / scale
     return direct, winograd, float(err_direct), float(err_winograd)
 
 

@@ -3,6 +3,9 @@ chunking and threading of the tiles, the model conversion, and the kernel build'
 
 from __future__ import annotations
 
+import platform
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -15,12 +18,14 @@ from singleshot.winograd import (
     KernelBuildError,
     WinogradConv2d,
     is_winograd_eligible,
+    pack_filters,
     transform_weight,
     use_winograd,
     winograd_conv3x3,
 )
 from singleshot.winograd import build as kernel_build
 from singleshot.winograd import ops as winograd_ops
+from singleshot.winograd import panel_width as winograd_panel_width
 from tolerances import WINOGRAD_GAIN, network, reduction, rounding
 
 
@@ -254,3 +259,78 @@ def test_failing_compiler_is_a_clear_error(fresh_build, monkeypatch, tmp_path_fa
     with pytest.raises(KernelBuildError, match="failed:\n.*out of paper"):
         kernel_build.load_kernels()
     assert not list(fresh_build.glob("winograd-*.so"))
+
+
+def test_packed_filters_follow_the_panel_layout(compiler):
+    # a transcription of the layout pack_filters documents, element by element: panel j
+    # (columns k0 .. k0 + w) stored as its C rows of w floats, starting at k0 * C
+    width = winograd_panel_width()
+    assert width in (8, 16, 32)  # twice the CPU's float32 vector: SSE, AVX2, AVX-512
+    channels, out_channels = 3, 2 * width + 5  # two full panels and a narrow one
+    u = torch.arange(36 * channels * out_channels, dtype=torch.float32).reshape(36, channels, out_channels)
+    packed = pack_filters(u)
+    assert packed.shape == (36, channels * out_channels) and packed.is_contiguous()
+    for p in (0, 17, 35):
+        for k0 in range(0, out_channels, width):
+            w = min(width, out_channels - k0)
+            for c in range(channels):
+                for column in range(w):
+                    assert packed[p, k0 * channels + c * w + column] == u[p, c, k0 + column]
+
+
+@pytest.mark.parametrize("channels", [1, 7, 64, 300])  # 300: three depth blocks, the last partial
+def test_products_kernel_equals_float64_products_for_every_remainder(compiler, channels):
+    # tile counts with every remainder of the 6-row register block, output channels with
+    # full panels, a narrow last panel and a panel of one; against float64 matmul
+    torch.manual_seed(channels)
+    kernels = winograd_ops.load_kernels()
+    width = winograd_panel_width()
+    for count in (1, 5, 6, 13, 40):
+        for out_channels in (1, width - 1, width, width + 3, 2 * width):
+            v = torch.randn(36, count, channels)
+            u = torch.randn(36, channels, out_channels)
+            packed, got = pack_filters(u), torch.full((36, count, out_channels), float("nan"))
+            winograd_ops._products(kernels.winograd_products, 2, v.data_ptr(), packed.data_ptr(),
+                                   got.data_ptr(), count, channels, out_channels)  # fmt: skip
+            expected = torch.bmm(v.double(), u.double())
+            scale = torch.bmm(v.double().abs(), u.double().abs()).max().item()
+            assert max_error(got, expected) <= reduction(channels, scale), (count, out_channels)
+
+
+def cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+@pytest.mark.parametrize(
+    "capability, flags, width",
+    [("default", (), 8), ("avx2", ("-march=native", "-mno-avx512f"), 16), ("", ("-march=native",), None)],
+)
+def test_the_kernels_follow_atens_cpu_capability(
+    compiler, fresh_build, monkeypatch, capability, flags, width
+):
+    # ATEN_CPU_CAPABILITY=default builds the x86-64 baseline (SSE: 4 lanes, panels of 8), avx2
+    # leaves out AVX-512 (8 lanes, panels of 16); each is its own cached library, and each
+    # computes the same convolution
+    require(platform.machine() in ("x86_64", "AMD64") and "avx2" in cpu_flags(), "an x86-64 CPU with AVX2")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", capability)
+    assert kernel_build.target_flags() == flags
+    expected_width = width or (32 if "avx512f" in cpu_flags() else 16)
+    assert winograd_panel_width() == expected_width
+    assert [path.name for path in fresh_build.glob("winograd-*.so")] == [
+        kernel_build.kernel_path(
+            kernel_build.find_compiler(), kernel_build.kernel_flags(kernel_build.find_compiler())
+        ).name
+    ]
+    torch.manual_seed(3)
+    x, weight, bias = (
+        torch.randn(2, 40, 13, 11),
+        torch.randn(expected_width + 5, 40, 3, 3),
+        torch.randn(expected_width + 5),
+    )
+    got = winograd_conv3x3(x, transform_weight(weight), bias, relu=True)
+    assert max_error(got, direct(x, weight, bias, relu=True)) <= winograd_tol(x, weight, bias)

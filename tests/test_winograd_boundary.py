@@ -20,6 +20,7 @@ from singleshot.checkpoint import load_checkpoint, save_checkpoint
 from singleshot.winograd import (
     FusedReLU,
     WinogradConv2d,
+    pack_filters,
     revert_winograd,
     transform_weight,
     use_winograd,
@@ -65,16 +66,18 @@ def direct_tol(x, model):
 
 def test_operator_rejects_bad_arguments_before_any_c(no_c):
     x = torch.randn(1, 3, 5, 5).contiguous(memory_format=torch.channels_last)
-    u = transform_weight(torch.randn(4, 3, 3, 3))
+    u = pack_filters(transform_weight(torch.randn(4, 3, 3, 3)))  # (36, 3 * 4)
     bad = [
         ((x.double(), u, None), "float32 CPU"),
         ((x[0], u, None), "float32 CPU"),  # 3-D
         ((x.to("meta"), u, None), "float32 CPU"),
         ((torch.randn(1, 3, 5, 5), u, None), "channels-last contiguous"),  # NCHW memory
         ((x[:, :, ::2], u, None), "channels-last contiguous"),  # strided view
-        ((x, u[:, :2], None), r"not float32 \(36, 3, K\)"),  # wrong input channels
+        ((x, u[:, :8], None), r"not float32 \(36, 3 \* K\)"),  # not a multiple of the input channels
+        ((x, u.reshape(36, 3, 4), None), r"not float32 \(36, 3 \* K\)"),  # unpacked
         ((x, u.double(), None), "not float32"),
-        ((x, u.to("meta"), None), "filters must be on the CPU"),
+        ((x, u.to("meta"), None), "filters must be contiguous on the CPU"),
+        ((x, u[:, ::2], None), "filters must be contiguous on the CPU"),
         ((x, u, torch.randn(5)), r"not float32 \(4,\)"),
         ((x, u, torch.randn(4, dtype=torch.float64)), r"not float32 \(4,\)"),
         ((x, u, torch.randn(8)[::2]), "bias must be contiguous"),
@@ -86,7 +89,7 @@ def test_operator_rejects_bad_arguments_before_any_c(no_c):
 
 def test_fake_implementation_gives_shape_and_layout_and_checks_too(no_c):
     x = torch.randn(2, 3, 7, 9).contiguous(memory_format=torch.channels_last)
-    u = transform_weight(torch.randn(4, 3, 3, 3))
+    u = pack_filters(transform_weight(torch.randn(4, 3, 3, 3)))
     graph = make_fx(lambda x, u: OP(x, u, None, True), tracing_mode="fake")(x, u)
     calls = [node for node in graph.graph.nodes if node.target is OP]
     assert len(calls) == 1
@@ -129,7 +132,7 @@ def test_state_dict_is_the_original_and_loading_refreshes_the_filters(no_c):
         other[0].weight.mul_(-3)
     model.load_state_dict(other.state_dict())
     assert torch.equal(converted.weight, other[0].weight)
-    assert torch.equal(converted.u, transform_weight(other[0].weight))
+    assert torch.equal(converted.u, pack_filters(transform_weight(other[0].weight)))
 
 
 def test_revert_gives_back_the_convolutions_and_relus_bit_for_bit(compiler):

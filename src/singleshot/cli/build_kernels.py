@@ -56,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
 
 def describe() -> None:
     """Print the cache folder, the compiler, this machine's kernel key and the built files."""
-    from ..winograd.build import compile_flags, find_compiler
+    from ..winograd.build import find_compiler, kernel_flags
     from ..winograd.cache import cache_dir, cpu_name, kernel_path, list_kernels
 
     origin = "$SINGLESHOT_CACHE" if os.environ.get("SINGLESHOT_CACHE") else "default"
@@ -64,7 +64,7 @@ def describe() -> None:
     compiler = find_compiler()
     wanted = f"$CC={os.environ['CC']!r} not found" if os.environ.get("CC") else "no cc, gcc or clang"
     print(f"compiler: {compiler or f'none ({wanted} on the PATH)'}")
-    current = kernel_path(compiler, compile_flags(compiler)) if compiler else None
+    current = kernel_path(compiler, kernel_flags(compiler)) if compiler else None
     key = "none (no compiler)"
     if current is not None:
         key = f"{current.stem.removeprefix('winograd-')} (hash of the source, compiler, flags and CPU)"

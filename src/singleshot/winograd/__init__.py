@@ -7,14 +7,14 @@
 
 An optional accelerator: `singleshot.winograd.conv` has the method,
 `singleshot.winograd.ops` the operator ``torch.ops.singleshot.winograd_conv3x3`` around
-the C tile transforms, `singleshot.winograd.build` and `singleshot.winograd.cache` how
+the C kernels (tile transforms and products), `singleshot.winograd.build` and `singleshot.winograd.cache` how
 they are compiled (once per machine, with its C compiler; ``singleshot build-kernels``)
 and cached, `singleshot.winograd.module` the model conversion and its undoing.
 """
 
 from .build import KernelBuildError, build_kernels, load_kernels
 from .cache import cache_dir, clear_kernels, list_kernels
-from .conv import transform_weight, winograd_conv3x3
+from .conv import pack_filters, panel_width, transform_weight, winograd_conv3x3
 from .module import FusedReLU, WinogradConv2d, is_winograd_eligible, revert_winograd, use_winograd
 
 __all__ = [
@@ -27,6 +27,8 @@ __all__ = [
     "is_winograd_eligible",
     "list_kernels",
     "load_kernels",
+    "pack_filters",
+    "panel_width",
     "revert_winograd",
     "transform_weight",
     "use_winograd",

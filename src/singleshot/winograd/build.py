@@ -1,7 +1,8 @@
-"""Compiling the Winograd tile transforms (``kernels.c``) with the machine's C compiler.
+"""Compiling the Winograd kernels (``kernels.c``: tile transforms and products) with the machine's C compiler.
 
-The library is built once per source, compiler and CPU (``-O3 -march=native``, so the
-transforms use this CPU's vector width) and cached (see `singleshot.winograd.cache`);
+The library is built once per source, compiler, flags and CPU (``-O3 -march=native``, so
+the kernels use this CPU's vector width, capped like PyTorch's by ``ATEN_CPU_CAPABILITY``)
+and cached (see `singleshot.winograd.cache`);
 later processes load the cached file in milliseconds. The first build prints one line
 to stderr, since it takes a few seconds; ``singleshot build-kernels`` runs it on request.
 The compiler is ``$CC`` or the first of ``cc``, ``gcc``, ``clang`` on the PATH. Without
@@ -33,14 +34,19 @@ __all__ = [
     "cache_dir",
     "compile_flags",
     "find_compiler",
+    "kernel_flags",
     "kernels_use_openmp",
     "load_kernels",
     "openmp_runtimes",
+    "target_flags",
 ]
 
 NATIVE = "-march=native"
 OPENMP = "-fopenmp"
 GNU_OPENMP = "libgomp.so.1"
+# PyTorch's ATEN_CPU_CAPABILITY caps its kernels at an instruction set; ours follow the cap, so
+# that a forced run (portability tests, AVX2 timings on an AVX-512 CPU) runs our narrower code too
+CAPABILITY_FLAGS = {"avx512": (NATIVE,), "avx2": (NATIVE, "-mno-avx512f"), "default": ()}
 
 _loaded: ctypes.CDLL | None = None
 _openmp = False
@@ -102,9 +108,22 @@ def compile_flags(compiler: str) -> tuple[str, ...]:
     return (*FLAGS, OPENMP)
 
 
+def target_flags() -> tuple[str, ...]:
+    """The instruction-set flags: ``-march=native``, capped as PyTorch's kernels are when
+    ``ATEN_CPU_CAPABILITY`` is set (``avx2``: without AVX-512; ``default``: the compiler's
+    baseline, SSE2 on x86-64). Read at each build, so a changed variable gets its own library."""
+    capability = os.environ.get("ATEN_CPU_CAPABILITY", "").strip().lower()
+    return CAPABILITY_FLAGS.get(capability, (NATIVE,))
+
+
+def kernel_flags(compiler: str) -> tuple[str, ...]:
+    """Every flag `build_kernels` passes ``compiler``: `compile_flags`, then `target_flags`."""
+    return (*compile_flags(compiler), *target_flags())
+
+
 def _compile(compiler: str, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
-    flags = compile_flags(compiler)
+    flags, isa = compile_flags(compiler), target_flags()
     # Build under a temporary name and rename: processes building at once never load a half-written file.
     with tempfile.TemporaryDirectory(dir=target.parent) as scratch:
         partial = Path(scratch) / target.name
@@ -113,7 +132,7 @@ def _compile(compiler: str, target: Path) -> None:
         attempts = [(native, openmp) for native in (True, False) for openmp in (OPENMP in flags, False)]
         for native, openmp in dict.fromkeys(attempts):
             chosen = [flag for flag in flags if flag != OPENMP or openmp]
-            command = [compiler, *chosen, *([NATIVE] if native else []), "-o", str(partial), str(SOURCE)]
+            command = [compiler, *chosen, *(isa if native else ()), "-o", str(partial), str(SOURCE)]
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode == 0:
                 os.replace(partial, target)
@@ -130,7 +149,7 @@ def build_kernels() -> tuple[Path, bool]:
         working compiler or a writable cache.
     """
     compiler = _require_compiler()
-    target = kernel_path(compiler, compile_flags(compiler))
+    target = kernel_path(compiler, kernel_flags(compiler))
     if target.exists():
         return target, False
     note = f"singleshot: compiling the Winograd kernels once for this CPU: {compiler} -> {target}"
@@ -143,7 +162,7 @@ def build_kernels() -> tuple[Path, bool]:
 
 
 def load_kernels() -> ctypes.CDLL:
-    """The compiled transforms, built on first use; raises `KernelBuildError` when impossible."""
+    """The compiled kernels, built on first use; raises `KernelBuildError` when impossible."""
     global _loaded, _openmp
     if _loaded is not None:
         return _loaded
@@ -157,6 +176,20 @@ def load_kernels() -> ctypes.CDLL:
     library.winograd_input_transform.restype = None
     library.winograd_output_transform.argtypes = [pointer, pointer, pointer, integer, *[long] * 9, integer]
     library.winograd_output_transform.restype = None
+    library.winograd_products.argtypes = [pointer, pointer, pointer, *[long] * 5, integer]
+    library.winograd_products.restype = None
+    library.winograd_convolution.argtypes = [
+        pointer,
+        pointer,
+        pointer,
+        integer,
+        *[pointer] * 3,
+        *[long] * 6,
+        integer,
+    ]
+    library.winograd_convolution.restype = None
+    library.winograd_panel_width.argtypes = []
+    library.winograd_panel_width.restype = integer
     library.winograd_openmp.argtypes = []
     library.winograd_openmp.restype = integer
     # one runtime: the library's libgomp.so.1 resolved to PyTorch's, not to a second pool

@@ -28,7 +28,9 @@ __all__ = [
 ]
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-std=c99", "-shared", "-fPIC")
+# -ffp-contract=fast: ISO C mode would keep the products' a * b + c as a multiply and an add,
+# half the throughput of one fused multiply-add
+FLAGS = ("-O3", "-std=c99", "-ffp-contract=fast", "-shared", "-fPIC")
 PATTERN = "winograd-*.so"
 
 

@@ -1,9 +1,10 @@
-/* Tile transforms of Winograd's F(4x4, 3x3) on channels-last float32 maps.
+/* Winograd's F(4x4, 3x3) on channels-last float32 maps: the tile transforms and the 36
+ * matrix products between them.
  *
  * Built by singleshot/winograd/build.py with the machine's C compiler and called
- * through ctypes; the matrix products between the two transforms run in PyTorch
- * (torch.bmm). Every loop over channels is contiguous in memory so that the
- * compiler vectorises it.
+ * through ctypes. Every loop over channels is contiguous in memory so that the
+ * compiler vectorises it; the products are register-blocked with GCC's vector
+ * extensions, as wide as the CPU's vectors (-march=native).
  *
  * Tiles: the output map (H, W) is cut into 4x4 tiles, tile t of image n at tile row
  * ty and column tx covers outputs (4 ty .. 4 ty + 3, 4 tx .. 4 tx + 3) and reads the
@@ -26,8 +27,16 @@
 
 #ifdef _OPENMP
 #define PARALLEL_OVER_TILES _Pragma("omp parallel for num_threads(threads) schedule(static)")
+#define PARALLEL_OVER_PANELS _Pragma("omp parallel for collapse(2) num_threads(threads) schedule(static)")
+#define PARALLEL_REGION _Pragma("omp parallel num_threads(threads)")
+#define SHARE_TILES _Pragma("omp for schedule(static)")
+#define SHARE_PANELS _Pragma("omp for collapse(2) schedule(static)")
 #else
 #define PARALLEL_OVER_TILES
+#define PARALLEL_OVER_PANELS
+#define PARALLEL_REGION
+#define SHARE_TILES
+#define SHARE_PANELS
 #endif
 
 /* 1 when built with OpenMP (the transforms split their tiles between threads), else 0. */
@@ -100,23 +109,28 @@ static inline __attribute__((always_inline)) void input_block(
         memcpy(out + p * plane, v[p / 6][p % 6], n * sizeof(float));
 }
 
+/* One tile's input transform, all channels, into the chunk starting at tile `base`. */
+static void input_tile(const float *restrict x, float *restrict chunk, long height, long width, long channels,
+                       long tiles_h, long tiles_w, long tile, long base, long count) {
+    const long plane = count * channels, per_image = tiles_h * tiles_w;
+    const long image = tile / per_image, rest = tile % per_image;
+    const long y0 = (rest / tiles_w) * 4 - 1, x0 = (rest % tiles_w) * 4 - 1;
+    float *out = chunk + (tile - base) * channels;
+    long c0 = 0;
+    for (; c0 + BLOCK <= channels; c0 += BLOCK)
+        input_block(x, out + c0, plane, image, y0, x0, c0, height, width, channels, BLOCK);
+    if (c0 < channels)
+        input_block(x, out + c0, plane, image, y0, x0, c0, height, width, channels, (int)(channels - c0));
+}
+
 /* x (images, height, width, channels) -> chunk (36, count, channels): V = B^T d B per tile,
  * for tiles [first, last), on `threads` OpenMP threads (ignored without OpenMP). */
 void winograd_input_transform(const float *restrict x, float *restrict chunk, long height, long width,
                               long channels, long tiles_h, long tiles_w, long first, long last,
                               long base, long count, int threads) {
-    const long plane = count * channels, per_image = tiles_h * tiles_w;
     PARALLEL_OVER_TILES
-    for (long tile = first; tile < last; tile++) {
-        const long image = tile / per_image, rest = tile % per_image;
-        const long y0 = (rest / tiles_w) * 4 - 1, x0 = (rest % tiles_w) * 4 - 1;
-        float *out = chunk + (tile - base) * channels;
-        long c0 = 0;
-        for (; c0 + BLOCK <= channels; c0 += BLOCK)
-            input_block(x, out + c0, plane, image, y0, x0, c0, height, width, channels, BLOCK);
-        if (c0 < channels)
-            input_block(x, out + c0, plane, image, y0, x0, c0, height, width, channels, (int)(channels - c0));
-    }
+    for (long tile = first; tile < last; tile++)
+        input_tile(x, chunk, height, width, channels, tiles_h, tiles_w, tile, base, count);
 }
 
 /* One tile's block of n channels: Y = A^T M A, plus bias, then ReLU, stored where inside the map. */
@@ -143,23 +157,168 @@ static inline __attribute__((always_inline)) void output_block(
     }
 }
 
+/* One tile's output transform, all channels, from the chunk starting at tile `base`. */
+static void output_tile(const float *restrict chunk, float *restrict y, const float *restrict bias, int relu,
+                        long height, long width, long channels, long tiles_h, long tiles_w, long tile,
+                        long base, long count) {
+    const long plane = count * channels, per_image = tiles_h * tiles_w;
+    const long image = tile / per_image, rest = tile % per_image;
+    const long y0 = (rest / tiles_w) * 4, x0 = (rest % tiles_w) * 4;
+    const float *in = chunk + (tile - base) * channels;
+    long c0 = 0;
+    for (; c0 + BLOCK <= channels; c0 += BLOCK)
+        output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels, BLOCK);
+    if (c0 < channels)
+        output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels,
+                     (int)(channels - c0));
+}
+
 /* chunk (36, count, channels) of products -> y (images, height, width, channels):
  * Y = A^T M A per tile, plus bias (may be NULL), then ReLU when relu != 0; outputs
  * beyond the map's bottom and right edges are dropped. Threads as for the input transform. */
 void winograd_output_transform(const float *restrict chunk, float *restrict y, const float *restrict bias,
                                int relu, long height, long width, long channels, long tiles_h,
                                long tiles_w, long first, long last, long base, long count, int threads) {
-    const long plane = count * channels, per_image = tiles_h * tiles_w;
     PARALLEL_OVER_TILES
-    for (long tile = first; tile < last; tile++) {
-        const long image = tile / per_image, rest = tile % per_image;
-        const long y0 = (rest / tiles_w) * 4, x0 = (rest % tiles_w) * 4;
-        const float *in = chunk + (tile - base) * channels;
-        long c0 = 0;
-        for (; c0 + BLOCK <= channels; c0 += BLOCK)
-            output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels, BLOCK);
-        if (c0 < channels)
-            output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels,
-                         (int)(channels - c0));
+    for (long tile = first; tile < last; tile++)
+        output_tile(chunk, y, bias, relu, height, width, channels, tiles_h, tiles_w, tile, base, count);
+}
+
+/* The products: for each position p of the 6x6 tile, M_p (count, K) = V_p (count, C) U_p (C, K).
+ *
+ * The filters U_p are packed once (singleshot/winograd/conv.py, pack_filters) into panels of
+ * PANEL output channels: panel j holds U_p[:, j PANEL .. j PANEL + w) as C rows of w floats
+ * (w = PANEL, or fewer for the last panel), and starts PANEL j C floats into U_p. A register
+ * block of ROWS tiles by PANEL channels then streams its panel row by row while the ROWS x 2
+ * accumulator vectors stay in registers: 12 of the 16 (AVX2) or 32 (AVX-512) vector registers. */
+#if defined(__AVX512F__)
+#define LANES 16
+#elif defined(__AVX__)
+#define LANES 8
+#else
+#define LANES 4
+#endif
+#define PANEL (2 * LANES)
+#define ROWS 6
+typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(sizeof(float))));
+
+/* Output channels per packed panel on this build (the layout pack_filters must write). */
+int winograd_panel_width(void) { return PANEL; }
+
+/* out[i, 0:width] (+)= sum_c a[i, c] b[c, 0:width] for i < rows (<= ROWS): a's rows lda floats
+ * apart, b `channels` rows of a panel `width` floats wide, out's rows ldo floats apart; adds
+ * to out when `accumulate`. Inlined with constant rows and, for full panels, constant width,
+ * so the loops unroll into registers. */
+static inline __attribute__((always_inline)) void block_product(
+    const float *restrict a, long lda, const float *restrict b, int width, long channels,
+    float *restrict out, long ldo, int rows, int accumulate) {
+    lanes low[ROWS], high[ROWS];
+    for (int i = 0; i < rows; i++) low[i] = high[i] = (lanes){0};
+    for (long c = 0; c < channels; c++) {
+        lanes b0, b1;
+        if (width == PANEL) {
+            b0 = *(const lanes *)(b + c * PANEL);
+            b1 = *(const lanes *)(b + c * PANEL + LANES);
+        } else { /* the last, narrower panel: rows of `width` floats */
+            float row[PANEL] = {0};
+            memcpy(row, b + c * width, width * sizeof(float));
+            b0 = *(const lanes *)row;
+            b1 = *(const lanes *)(row + LANES);
+        }
+        for (int i = 0; i < rows; i++) {
+            const lanes ai = (lanes){0} + a[i * lda + c];
+            low[i] += ai * b0;
+            high[i] += ai * b1;
+        }
+    }
+    for (int i = 0; i < rows; i++) {
+        float row[PANEL];
+        float *target = width == PANEL ? out + i * ldo : row;
+        if (accumulate) {
+            if (width != PANEL) memcpy(row, out + i * ldo, width * sizeof(float));
+            low[i] += *(const lanes *)target;
+            high[i] += *(const lanes *)(target + LANES);
+        }
+        *(lanes *)target = low[i];
+        *(lanes *)(target + LANES) = high[i];
+        if (width != PANEL) memcpy(out + i * ldo, row, width * sizeof(float));
+    }
+}
+
+/* One panel's products for all `count` tiles, DEPTH channels at a time (the panel's DEPTH rows,
+ * 16 KB with AVX-512, stay in L1 while every tile uses them; the partial sums also round
+ * better than one long sum): ROWS tiles at a time, then the remaining rows. */
+#define DEPTH 128
+static void panel_products(const float *restrict a, const float *restrict b, int width, long channels,
+                           float *restrict out, long ldo, long count) {
+    for (long c0 = 0; c0 < channels; c0 += DEPTH) {
+        const long depth = channels - c0 < DEPTH ? channels - c0 : DEPTH;
+        const float *ac = a + c0, *bc = b + c0 * width;
+        const int more = c0 > 0;
+        long t = 0;
+        if (width == PANEL)
+            for (; t + ROWS <= count; t += ROWS)
+                block_product(ac + t * channels, channels, bc, PANEL, depth, out + t * ldo, ldo, ROWS, more);
+        else
+            for (; t + ROWS <= count; t += ROWS)
+                block_product(ac + t * channels, channels, bc, width, depth, out + t * ldo, ldo, ROWS, more);
+        const float *at = ac + t * channels;
+        float *ot = out + t * ldo;
+        switch (count - t) { /* constant row counts again, for the unrolling */
+        case 1: block_product(at, channels, bc, width, depth, ot, ldo, 1, more); break;
+        case 2: block_product(at, channels, bc, width, depth, ot, ldo, 2, more); break;
+        case 3: block_product(at, channels, bc, width, depth, ot, ldo, 3, more); break;
+        case 4: block_product(at, channels, bc, width, depth, ot, ldo, 4, more); break;
+        case 5: block_product(at, channels, bc, width, depth, ot, ldo, 5, more); break;
+        default: break;
+        }
+    }
+}
+
+/* chunk (36, count, channels) of transformed tiles, packed filters (36, channels * out_channels)
+ * -> products (36, count, out_channels), for positions [first, last) of the 36, on `threads`
+ * OpenMP threads (ignored without OpenMP: then the caller splits the positions). */
+static void position_panel_products(const float *restrict chunk, const float *restrict filters,
+                                    float *restrict products, long count, long channels, long out_channels,
+                                    long p, long j) {
+    const long k0 = j * PANEL;
+    const int width = (int)(out_channels - k0 < PANEL ? out_channels - k0 : PANEL);
+    panel_products(chunk + p * count * channels, filters + (p * out_channels + k0) * channels, width, channels,
+                   products + p * count * out_channels + k0, out_channels, count);
+}
+
+void winograd_products(const float *restrict chunk, const float *restrict filters, float *restrict products,
+                       long count, long channels, long out_channels, long first, long last, int threads) {
+    const long panels = (out_channels + PANEL - 1) / PANEL;
+    PARALLEL_OVER_PANELS
+    for (long p = first; p < last; p++)
+        for (long j = 0; j < panels; j++)
+            position_panel_products(chunk, filters, products, count, channels, out_channels, p, j);
+}
+
+/* The whole convolution, chunk after chunk of `chunk` tiles, in one parallel region of
+ * `threads` OpenMP threads (serial without OpenMP): input transform, products and output
+ * transform of each chunk, each step split between the threads. `transformed` and `products`
+ * hold one chunk: (36, chunk, channels) and (36, chunk, out_channels) floats. Shapes as above. */
+void winograd_convolution(const float *restrict x, const float *restrict filters, const float *restrict bias,
+                          int relu, float *restrict y, float *restrict transformed, float *restrict products,
+                          long images, long height, long width, long channels, long out_channels, long chunk,
+                          int threads) {
+    const long tiles_h = (height + 3) / 4, tiles_w = (width + 3) / 4, total = images * tiles_h * tiles_w;
+    const long panels = (out_channels + PANEL - 1) / PANEL;
+    (void)threads;
+    PARALLEL_REGION
+    for (long base = 0; base < total; base += chunk) {
+        const long count = total - base < chunk ? total - base : chunk;
+        SHARE_TILES
+        for (long tile = base; tile < base + count; tile++)
+            input_tile(x, transformed, height, width, channels, tiles_h, tiles_w, tile, base, count);
+        SHARE_PANELS
+        for (long p = 0; p < 36; p++)
+            for (long j = 0; j < panels; j++)
+                position_panel_products(transformed, filters, products, count, channels, out_channels, p, j);
+        SHARE_TILES
+        for (long tile = base; tile < base + count; tile++)
+            output_tile(products, y, bias, relu, height, width, out_channels, tiles_h, tiles_w, tile, base, count);
     }
 }

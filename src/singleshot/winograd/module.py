@@ -13,7 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from .build import load_kernels
-from .conv import transform_weight, winograd_conv3x3
+from .conv import conv_packed, pack_filters, transform_weight
 from .ops import NOT_EXPORTABLE
 
 __all__ = ["FusedReLU", "WinogradConv2d", "is_winograd_eligible", "revert_winograd", "use_winograd"]
@@ -52,8 +52,9 @@ class WinogradConv2d(nn.Module):
 
     Inference only (no backward). forward: (B, C, H, W) -> (B, K, H, W), channels-last
     memory. ``weight`` (K, C, 3, 3) and ``bias`` (K,) are the convolution's parameters;
-    ``u`` (36, C, K) is computed from them, again after ``load_state_dict``; call
-    `refresh` after changing ``weight`` any other way.
+    ``u`` (36, C * K), the transformed filters packed for this CPU (`pack_filters`), is
+    computed from them, again after ``load_state_dict``; call `refresh` after changing
+    ``weight`` any other way.
     """
 
     u: Tensor
@@ -65,21 +66,21 @@ class WinogradConv2d(nn.Module):
         self.in_channels, self.out_channels, self.relu = conv.in_channels, conv.out_channels, relu
         self.weight = conv.weight
         self.bias = conv.bias
-        self.register_buffer("u", transform_weight(conv.weight), persistent=False)
+        self.register_buffer("u", pack_filters(transform_weight(conv.weight)), persistent=False)
         self.register_load_state_dict_post_hook(_refresh_after_load)
         self.train(conv.training)
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Recompute the transformed filters ``u`` from ``weight``."""
-        self.u = transform_weight(self.weight)
+        """Recompute the packed transformed filters ``u`` from ``weight``."""
+        self.u = pack_filters(transform_weight(self.weight))
 
     def forward(self, x: Tensor) -> Tensor:
         if torch.is_grad_enabled() and x.requires_grad:
             raise RuntimeError("WinogradConv2d is for inference: it has no backward")
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             raise RuntimeError(NOT_EXPORTABLE)
-        return winograd_conv3x3(x.float(), self.u, self.bias, self.relu)
+        return conv_packed(x.float(), self.u, self.bias, self.relu)
 
     def to_conv2d(self) -> nn.Conv2d:
         """The plain convolution, holding this module's ``weight`` and ``bias`` parameters."""

@@ -1,4 +1,4 @@
-"""``torch.ops.singleshot.winograd_conv3x3``: the C tile transforms as a PyTorch operator.
+"""``torch.ops.singleshot.winograd_conv3x3``: the C kernels as a PyTorch operator.
 
 The operator is the boundary between PyTorch and ``kernels.c``: it checks every
 argument the C code reads through a raw pointer (rank, shape, dtype, device, memory
@@ -7,11 +7,13 @@ crash. Its fake (meta) implementation gives the output's shape and layout withou
 running C, so ``torch.export``, ``torch.compile`` and ``make_fx`` record one opaque
 operator in their graphs instead of tracing into pointers.
 
-Between the two C transforms the 36 matrix products run in ``torch.bmm``; tiles go
-through in chunks small enough for the transformed values to stay in cache, each chunk's
-tiles cut between ``torch.get_num_threads()`` threads: PyTorch's own OpenMP threads where
-the kernels are built with OpenMP (`singleshot.winograd.build`), else this thread and
-helper threads (ctypes releases the GIL).
+Tiles go through in chunks small enough for the transformed values to stay in cache: the
+input transform, the 36 matrix products (C, register-blocked over the packed filters of
+`singleshot.winograd.conv.pack_filters`) and the output transform. Each step's work is cut
+between ``torch.get_num_threads()`` threads. Where the kernels are built with OpenMP
+(`singleshot.winograd.build`) one C call runs every chunk in one parallel region of
+PyTorch's own OpenMP threads; else this module loops over the chunks and cuts each step
+between this thread and helper threads (ctypes releases the GIL).
 """
 
 import os
@@ -76,21 +78,40 @@ def _in_parallel(
             job.result()
 
 
+def _split(start: int, stop: int, threads: int) -> list[tuple[int, int]]:
+    size = stop - start
+    return [(start + size * i // threads, start + size * (i + 1) // threads) for i in range(threads)]
+
+
 def _transform(kernel: Callable[..., object], base: int, count: int, threads: int, *leading: object) -> None:
     """Run a tile transform over the chunk's tiles [base, base + count) on ``threads`` threads:
     PyTorch's OpenMP threads when the kernels have OpenMP, else this thread and helpers."""
     if kernels_use_openmp():
         kernel(*leading, base, base + count, base, count, threads)
         return
-    parts = [(base + count * i // threads, base + count * (i + 1) // threads) for i in range(threads)]
-    _in_parallel(kernel, parts, base, count, *leading)
+    _in_parallel(kernel, _split(base, base + count, threads), base, count, *leading)
 
 
-def check_arguments(x: Tensor, u: Tensor, bias: Tensor | None) -> None:
-    """Raise `ValueError` unless the C kernels can read these tensors as laid out.
+def _products(kernel: Callable[..., object], threads: int, *leading: object) -> None:
+    """Run the products kernel over the 36 positions on ``threads`` threads, as `_transform`."""
+    if kernels_use_openmp():
+        kernel(*leading, 0, 36, threads)
+        return
+    parts = _split(0, 36, threads)
+    jobs = [_helpers().submit(kernel, *leading, first, last, 1) for first, last in parts[1:]]
+    try:
+        kernel(*leading, *parts[0], 1)
+    finally:
+        for job in jobs:
+            job.result()
 
-    x: (B, C, H, W) float32 CPU, channels-last contiguous; u: (36, C, K) float32 CPU (any
-    strides: only ``torch.bmm`` reads it); bias: None or (K,) float32 CPU contiguous.
+
+def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None) -> int:
+    """Raise `ValueError` unless the C kernels can read these tensors as laid out; returns K.
+
+    x: (B, C, H, W) float32 CPU, channels-last contiguous; filters: (36, C * K) float32 CPU
+    contiguous, from `singleshot.winograd.conv.pack_filters`; bias: None or (K,) float32 CPU
+    contiguous.
     """
     if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(
@@ -101,46 +122,65 @@ def check_arguments(x: Tensor, u: Tensor, bias: Tensor | None) -> None:
             f"the input must be channels-last contiguous (x.contiguous(memory_format=torch.channels_last)), "
             f"got strides {x.stride()} for shape {tuple(x.shape)}"
         )
-    if u.dtype != torch.float32 or u.dim() != 3 or u.shape[0] != 36 or u.shape[1] != x.shape[1]:
+    channels = x.shape[1]
+    packed = (
+        filters.dim() == 2 and filters.shape[0] == 36 and channels > 0 and filters.shape[1] % channels == 0
+    )
+    if filters.dtype != torch.float32 or not packed or filters.shape[1] == 0:
         raise ValueError(
-            f"filters {u.dtype} {tuple(u.shape)} are not float32 (36, {x.shape[1]}, K) from transform_weight"
+            f"filters {filters.dtype} {tuple(filters.shape)} are not float32 (36, {channels} * K) "
+            "from pack_filters(transform_weight(weight))"
         )
-    if u.device.type != "cpu":
-        raise ValueError(f"the filters must be on the CPU, got {u.device}")
-    if bias is None:
-        return
-    if bias.dtype != torch.float32 or tuple(bias.shape) != (u.shape[2],) or bias.device.type != "cpu":
+    if filters.device.type != "cpu" or not filters.is_contiguous():
         raise ValueError(
-            f"bias {bias.dtype} {tuple(bias.shape)} on {bias.device} is not float32 ({u.shape[2]},) CPU"
+            f"the filters must be contiguous on the CPU, got strides {filters.stride()} on {filters.device}"
+        )
+    out_channels = filters.shape[1] // channels
+    if bias is None:
+        return out_channels
+    if bias.dtype != torch.float32 or tuple(bias.shape) != (out_channels,) or bias.device.type != "cpu":
+        raise ValueError(
+            f"bias {bias.dtype} {tuple(bias.shape)} on {bias.device} is not float32 ({out_channels},) CPU"
         )
     if not bias.is_contiguous():
         raise ValueError(f"the bias must be contiguous, got stride {bias.stride()}")
+    return out_channels
 
 
 @torch.library.custom_op("singleshot::winograd_conv3x3", mutates_args=())
-def winograd_conv3x3_op(x: Tensor, u: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+def winograd_conv3x3_op(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
     """3x3 convolution, stride 1, zero padding 1, by F(4x4, 3x3), plus bias, then ReLU if ``relu``.
 
-    x (B, C, H, W) channels-last, u (36, C, K), bias (K,) or None (see `check_arguments`)
-    -> (B, K, H, W) float32, channels-last.
+    x (B, C, H, W) channels-last, filters (36, C * K) packed, bias (K,) or None (see
+    `check_arguments`) -> (B, K, H, W) float32, channels-last.
     """
-    check_arguments(x, u, bias)
+    out_channels = check_arguments(x, filters, bias)
     kernels = load_kernels()
     images, channels, height, width = x.shape
-    out_channels = u.shape[2]
     y = torch.empty(images, out_channels, height, width, memory_format=torch.channels_last)
     tiles_h, tiles_w = -(-height // TILE), -(-width // TILE)
     total = images * tiles_h * tiles_w
     chunk = max(32, CHUNK_ELEMENTS // max(channels, out_channels))
     threads = max(1, torch.get_num_threads())
-    x_ptr, y_ptr = x.data_ptr(), y.data_ptr()
+    x_ptr, y_ptr, filters_ptr = x.data_ptr(), y.data_ptr(), filters.data_ptr()
     bias_ptr = bias.data_ptr() if bias is not None else None
+    if kernels_use_openmp():  # every chunk and step in one parallel region of the C kernels
+        chunk = min(chunk, total)
+        transformed, products = torch.empty(36, chunk, channels), torch.empty(36, chunk, out_channels)
+        buffers = (transformed.data_ptr(), products.data_ptr())
+        shape = (images, height, width, channels, out_channels)
+        kernels.winograd_convolution(
+            x_ptr, filters_ptr, bias_ptr, int(relu), y_ptr, *buffers, *shape, chunk, threads
+        )
+        return y
     for base in range(0, total, chunk):
         count = min(chunk, total - base)
         transformed = torch.empty(36, count, channels)
+        products = torch.empty(36, count, out_channels)
         _transform(kernels.winograd_input_transform, base, count, threads,
                    x_ptr, transformed.data_ptr(), height, width, channels, tiles_h, tiles_w)  # fmt: skip
-        products = torch.bmm(transformed, u)
+        _products(kernels.winograd_products, threads, transformed.data_ptr(), filters_ptr,
+                  products.data_ptr(), count, channels, out_channels)  # fmt: skip
         _transform(kernels.winograd_output_transform, base, count, threads,
                    products.data_ptr(), y_ptr, bias_ptr, int(relu), height, width, out_channels,
                    tiles_h, tiles_w)  # fmt: skip
@@ -148,9 +188,9 @@ def winograd_conv3x3_op(x: Tensor, u: Tensor, bias: Tensor | None, relu: bool) -
 
 
 @winograd_conv3x3_op.register_fake
-def _(x: Tensor, u: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    check_arguments(x, u, bias)
+def _(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    out_channels = check_arguments(x, filters, bias)
     if torch.onnx.is_in_onnx_export():  # read here, at run time: Dynamo folds it to False in forward
         raise RuntimeError(NOT_EXPORTABLE)
-    shape = (x.shape[0], u.shape[2], x.shape[2], x.shape[3])
+    shape = (x.shape[0], out_channels, x.shape[2], x.shape[3])
     return torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=torch.channels_last)
