@@ -205,79 +205,97 @@ typedef float lanes __attribute__((vector_size(LANES * sizeof(float)), aligned(s
 /* Output channels per packed panel on this build (the layout pack_filters must write). */
 int winograd_panel_width(void) { return PANEL; }
 
-/* out[i, 0:width] (+)= sum_c a[i, c] b[c, 0:width] for i < rows (<= ROWS): a's rows lda floats
- * apart, b `channels` rows of a panel `width` floats wide, out's rows ldo floats apart; adds
- * to out when `accumulate`. Inlined with constant rows and, for full panels, constant width,
- * so the loops unroll into registers. */
-static inline __attribute__((always_inline)) void block_product(
-    const float *restrict a, long lda, const float *restrict b, int width, long channels,
-    float *restrict out, long ldo, int rows, int accumulate) {
-    lanes low[ROWS], high[ROWS];
-    for (int i = 0; i < rows; i++) low[i] = high[i] = (lanes){0};
-    for (long c = 0; c < channels; c++) {
-        lanes b0, b1;
-        if (width == PANEL) {
-            b0 = *(const lanes *)(b + c * PANEL);
-            b1 = *(const lanes *)(b + c * PANEL + LANES);
-        } else { /* the last, narrower panel: rows of `width` floats */
-            float row[PANEL] = {0};
-            memcpy(row, b + c * width, width * sizeof(float));
-            b0 = *(const lanes *)row;
-            b1 = *(const lanes *)(row + LANES);
-        }
-        for (int i = 0; i < rows; i++) {
-            const lanes ai = (lanes){0} + a[i * lda + c];
-            low[i] += ai * b0;
-            high[i] += ai * b1;
-        }
+#define FOUR(v) v, v, v, v
+#if LANES == 16
+#define SPLAT(v) FOUR(v), FOUR(v), FOUR(v), FOUR(v)
+#elif LANES == 8
+#define SPLAT(v) FOUR(v), FOUR(v)
+#else
+#define SPLAT(v) FOUR(v)
+#endif
+/* A vector of copies of one float (a literal, which compilers turn into one broadcast). */
+static inline __attribute__((always_inline)) lanes broadcast(float value) { return (lanes){SPLAT(value)}; }
+
+/* Row i's two accumulator vectors (named, so that they live in registers) and its update. */
+#define ACCUMULATORS(i) lanes low##i = {0}, high##i = {0};
+#define UPDATE(i)                                                  \
+    if (rows > i) {                                                \
+        const lanes ai = broadcast(a[i * lda + c]);                \
+        low##i += ai * b0;                                         \
+        high##i += ai * b1;                                        \
     }
-    for (int i = 0; i < rows; i++) {
-        float row[PANEL];
-        float *target = width == PANEL ? out + i * ldo : row;
+#define STORE(i) \
+    if (rows > i) store_row(out + i * ldo, low##i, high##i, width, accumulate);
+
+/* out[0:width] (+)= the row's two vectors: all PANEL floats, or the first `width` of them. */
+static inline __attribute__((always_inline)) void store_row(float *restrict out, lanes low, lanes high, int width,
+                                                            int accumulate) {
+    if (width == PANEL) {
         if (accumulate) {
-            if (width != PANEL) memcpy(row, out + i * ldo, width * sizeof(float));
-            low[i] += *(const lanes *)target;
-            high[i] += *(const lanes *)(target + LANES);
+            low += *(const lanes *)out;
+            high += *(const lanes *)(out + LANES);
         }
-        *(lanes *)target = low[i];
-        *(lanes *)(target + LANES) = high[i];
-        if (width != PANEL) memcpy(out + i * ldo, row, width * sizeof(float));
+        *(lanes *)out = low;
+        *(lanes *)(out + LANES) = high;
+        return;
     }
+    float row[PANEL];
+    *(lanes *)row = low;
+    *(lanes *)(row + LANES) = high;
+    for (int k = 0; k < width; k++) out[k] = accumulate ? out[k] + row[k] : row[k];
+}
+
+/* out[i, 0:width] (+)= sum_c a[i, c] b[c, :] for i < rows (<= ROWS): a's rows lda floats apart,
+ * b `depth` rows of PANEL floats, out's rows ldo floats apart; adds to out when `accumulate`.
+ * Inlined with a constant row count, so that the accumulators stay in registers. */
+static inline __attribute__((always_inline)) void block_product(
+    const float *restrict a, long lda, const float *restrict b, long depth, float *restrict out, long ldo,
+    int rows, int width, int accumulate) {
+    ACCUMULATORS(0) ACCUMULATORS(1) ACCUMULATORS(2) ACCUMULATORS(3) ACCUMULATORS(4) ACCUMULATORS(5)
+    for (long c = 0; c < depth; c++) {
+        const lanes b0 = *(const lanes *)(b + c * PANEL), b1 = *(const lanes *)(b + c * PANEL + LANES);
+        UPDATE(0) UPDATE(1) UPDATE(2) UPDATE(3) UPDATE(4) UPDATE(5)
+    }
+    STORE(0) STORE(1) STORE(2) STORE(3) STORE(4) STORE(5)
 }
 
 /* One panel's products for all `count` tiles, DEPTH channels at a time (the panel's DEPTH rows,
  * 16 KB with AVX-512, stay in L1 while every tile uses them; the partial sums also round
- * better than one long sum): ROWS tiles at a time, then the remaining rows. */
+ * better than one long sum): ROWS tiles at a time, then the remaining rows. A narrower last
+ * panel (`width` < PANEL) is first copied into PANEL-wide rows padded with zeros. */
 #define DEPTH 128
 static void panel_products(const float *restrict a, const float *restrict b, int width, long channels,
                            float *restrict out, long ldo, long count) {
+    float padded[DEPTH * PANEL];
     for (long c0 = 0; c0 < channels; c0 += DEPTH) {
         const long depth = channels - c0 < DEPTH ? channels - c0 : DEPTH;
         const float *ac = a + c0, *bc = b + c0 * width;
         const int more = c0 > 0;
+        if (width < PANEL) {
+            memset(padded, 0, sizeof(padded));
+            for (long c = 0; c < depth; c++) memcpy(padded + c * PANEL, bc + c * width, width * sizeof(float));
+            bc = padded;
+        }
         long t = 0;
         if (width == PANEL)
             for (; t + ROWS <= count; t += ROWS)
-                block_product(ac + t * channels, channels, bc, PANEL, depth, out + t * ldo, ldo, ROWS, more);
+                block_product(ac + t * channels, channels, bc, depth, out + t * ldo, ldo, ROWS, PANEL, more);
         else
             for (; t + ROWS <= count; t += ROWS)
-                block_product(ac + t * channels, channels, bc, width, depth, out + t * ldo, ldo, ROWS, more);
+                block_product(ac + t * channels, channels, bc, depth, out + t * ldo, ldo, ROWS, width, more);
         const float *at = ac + t * channels;
         float *ot = out + t * ldo;
-        switch (count - t) { /* constant row counts again, for the unrolling */
-        case 1: block_product(at, channels, bc, width, depth, ot, ldo, 1, more); break;
-        case 2: block_product(at, channels, bc, width, depth, ot, ldo, 2, more); break;
-        case 3: block_product(at, channels, bc, width, depth, ot, ldo, 3, more); break;
-        case 4: block_product(at, channels, bc, width, depth, ot, ldo, 4, more); break;
-        case 5: block_product(at, channels, bc, width, depth, ot, ldo, 5, more); break;
+        switch (count - t) { /* constant row counts again */
+        case 1: block_product(at, channels, bc, depth, ot, ldo, 1, width, more); break;
+        case 2: block_product(at, channels, bc, depth, ot, ldo, 2, width, more); break;
+        case 3: block_product(at, channels, bc, depth, ot, ldo, 3, width, more); break;
+        case 4: block_product(at, channels, bc, depth, ot, ldo, 4, width, more); break;
+        case 5: block_product(at, channels, bc, depth, ot, ldo, 5, width, more); break;
         default: break;
         }
     }
 }
 
-/* chunk (36, count, channels) of transformed tiles, packed filters (36, channels * out_channels)
- * -> products (36, count, out_channels), for positions [first, last) of the 36, on `threads`
- * OpenMP threads (ignored without OpenMP: then the caller splits the positions). */
 static void position_panel_products(const float *restrict chunk, const float *restrict filters,
                                     float *restrict products, long count, long channels, long out_channels,
                                     long p, long j) {
