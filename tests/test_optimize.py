@@ -109,10 +109,13 @@ def assert_bit_equal(model, before):
     assert all(torch.equal(after[name], value) for name, value in before.items())
 
 
-# VGG16's 3x3 convolutions with 64+ channels: conv1_2 ... conv5_3 (the heads stay direct)
-VGG_WINOGRAD = [
+# VGG16's 3x3 convolutions with 64+ channels: conv1_2 ... conv5_3; the head's predictors with
+# 256+ inputs and 24+ outputs on the 38x38, 19x19 and 10x10 maps: with 3 classes only loc.1 and
+# loc.2 (6 boxes x 4), not loc.0 (4 x 4) nor any conf (4 or 6 boxes x 3 classes)
+VGG_BACKBONE_WINOGRAD = [
     f"backbone.to_conv4_3.conv{n}" for n in ("1_2", "2_1", "2_2", "3_1", "3_2", "3_3", "4_1", "4_2", "4_3")
 ] + [f"backbone.to_conv7.conv5_{i}" for i in (1, 2, 3)]
+VGG_WINOGRAD = VGG_BACKBONE_WINOGRAD + ["head.loc.1", "head.loc.2"]
 # what each model's copy has on a CPU with a C compiler: BatchNorms folded (None: all),
 # squeeze-excitation convolutions as matrix products, Winograd convolutions
 EXPECTED = {
@@ -161,6 +164,18 @@ def test_the_copy_predicts_the_originals_detections(compiler, name, images, monk
         got, model.predict(images, score_threshold=threshold), *tolerances(model, images, gain)
     )
     assert_bit_equal(model, before)  # predicting with either changed nothing
+
+
+def test_the_head_predictors_by_winograd_are_the_wide_ones_on_large_maps(compiler):
+    # SSD300 with VOC's 21 classes: conf 4 x 21 on 38x38, loc 6 x 4 and conf 6 x 21 on 19x19 and
+    # 10x10; loc.0 has 16 outputs, and the maps from 5x5 down are too small
+    model = singleshot.build_model("ssd300_voc", num_classes=21)
+    fast = model.optimize_for_inference(channels_last=True)
+    heads = [name for name in fast.optimizations.winograd_convs if name.startswith("head.")]
+    assert heads == ["head.loc.1", "head.loc.2", "head.conf.0", "head.conf.1", "head.conf.2"]
+    assert list(fast.optimizations.winograd_convs[: len(VGG_BACKBONE_WINOGRAD)]) == VGG_BACKBONE_WINOGRAD
+    assert all(isinstance(fast.get_submodule(name), WinogradConv2d) for name in heads)
+    assert isinstance(fast.head.loc[0], nn.Conv2d) and isinstance(fast.head.conf[3], nn.Conv2d)
 
 
 @pytest.mark.parametrize("channels_last", [True, False])
