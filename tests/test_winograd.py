@@ -120,34 +120,44 @@ def test_without_bias_and_from_a_non_contiguous_input(compiler):
     )
 
 
-@pytest.mark.parametrize("openmp", [True, False], ids=["openmp", "python-threads"])
+@pytest.mark.parametrize(
+    "openmp, blocks",
+    [(True, True), (True, False), (False, False)],
+    ids=["openmp-blocks", "openmp-chunks", "python-threads"],
+)
 @pytest.mark.parametrize("threads", [1, 3])
-def test_chunks_and_threads_do_not_change_the_result(compiler, monkeypatch, threads, openmp):
-    # 100 tiles per 40x40 image; chunks of 2048 // 32 = 64 tiles cross image borders
-    # and are cut unevenly between the threads (OpenMP's, or this thread and helpers).
+def test_chunks_blocks_and_threads_give_the_same_bits(compiler, monkeypatch, threads, openmp, blocks):
+    # 100 tiles per 40x40 image; chunks of 2048 // 32 = 64 tiles and blocks of 6 cross image
+    # borders and are cut unevenly between the threads (OpenMP's, or this thread and helpers).
+    # The products sum every output over the channels in one order whatever the tile count,
+    # and the transforms are per tile: the same bits as one thread on one chunk.
     torch.manual_seed(2)
     x = torch.randn(3, 32, 40, 40)
     weight = torch.randn(32, 32, 3, 3)
     bias = torch.randn(32)
     u = transform_weight(weight)
-    whole = winograd_conv3x3(x, u, bias, relu=True)
+    monkeypatch.setattr(winograd_ops, "BLOCKS_MAX_FILTERS", 0)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        whole = winograd_conv3x3(x, u, bias, relu=True)
+    finally:
+        torch.set_num_threads(previous)
     if openmp:
         require(kernel_build.kernels_use_openmp(), "Winograd kernels built with PyTorch's OpenMP")
     else:
         monkeypatch.setattr(winograd_ops, "kernels_use_openmp", lambda: False)
+    monkeypatch.setattr(winograd_ops, "BLOCKS_MAX_FILTERS", 32 * 32 if blocks else 0)
     pool = winograd_ops._helpers()
     monkeypatch.setattr(winograd_ops, "CHUNK_ELEMENTS", 2048)
-    previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        chunked = winograd_conv3x3(x, u, bias, relu=True)
+        cut = winograd_conv3x3(x, u, bias, relu=True)
     finally:
         torch.set_num_threads(previous)
     assert winograd_ops._helpers() is pool  # one pool, whatever the thread count
-    # other chunks give the products other matrix shapes, which GEMM kernels may sum in
-    # other orders (the transforms themselves are per tile)
-    assert max_error(chunked, whole) <= winograd_tol(x, weight, bias)
-    assert max_error(chunked, direct(x, weight, bias, relu=True)) <= winograd_tol(x, weight, bias)
+    assert torch.equal(cut, whole)
+    assert max_error(cut, direct(x, weight, bias, relu=True)) <= winograd_tol(x, weight, bias)
 
 
 def test_rejects_bad_inputs():

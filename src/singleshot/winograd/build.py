@@ -188,6 +188,17 @@ def load_kernels() -> ctypes.CDLL:
         integer,
     ]
     library.winograd_convolution.restype = None
+    library.winograd_convolution_blocks.argtypes = [
+        pointer,
+        pointer,
+        pointer,
+        integer,
+        pointer,
+        pointer,
+        *[long] * 6,
+        integer,
+    ]
+    library.winograd_convolution_blocks.restype = None
     library.winograd_panel_width.argtypes = []
     library.winograd_panel_width.restype = integer
     library.winograd_openmp.argtypes = []

@@ -24,6 +24,9 @@
  * caller's thread and the caller splits the tiles.
  */
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #ifdef _OPENMP
 #define PARALLEL_OVER_TILES _Pragma("omp parallel for num_threads(threads) schedule(static)")
@@ -31,7 +34,9 @@
 #define PARALLEL_REGION _Pragma("omp parallel num_threads(threads)")
 #define SHARE_TILES _Pragma("omp for schedule(static)")
 #define SHARE_PANELS _Pragma("omp for collapse(2) schedule(static)")
+#define THREAD_NUMBER omp_get_thread_num()
 #else
+#define THREAD_NUMBER 0
 #define PARALLEL_OVER_TILES
 #define PARALLEL_OVER_PANELS
 #define PARALLEL_REGION
@@ -338,5 +343,34 @@ void winograd_convolution(const float *restrict x, const float *restrict filters
         SHARE_TILES
         for (long tile = base; tile < base + count; tile++)
             output_tile(products, y, bias, relu, height, width, out_channels, tiles_h, tiles_w, tile, base, count);
+    }
+}
+
+/* The whole convolution with each thread taking its own blocks of `block` tiles through all
+ * three steps, in its own part of `scratch` (per thread (36, block, channels) transformed
+ * inputs, then (36, block, out_channels) products: small enough to stay in the core's own
+ * cache, where the shared chunks of winograd_convolution go through the shared cache). For
+ * layers whose filters are small enough to stay in that cache too. Shapes as above. */
+void winograd_convolution_blocks(const float *restrict x, const float *restrict filters, const float *restrict bias,
+                                 int relu, float *restrict y, float *restrict scratch, long images, long height,
+                                 long width, long channels, long out_channels, long block, int threads) {
+    const long tiles_h = (height + 3) / 4, tiles_w = (width + 3) / 4, total = images * tiles_h * tiles_w;
+    const long panels = (out_channels + PANEL - 1) / PANEL, blocks = (total + block - 1) / block;
+    (void)threads;
+    PARALLEL_REGION
+    {
+        float *transformed = scratch + THREAD_NUMBER * 36 * block * (channels + out_channels);
+        float *products = transformed + 36 * block * channels;
+        SHARE_TILES
+        for (long b = 0; b < blocks; b++) {
+            const long base = b * block, count = total - base < block ? total - base : block;
+            for (long tile = base; tile < base + count; tile++)
+                input_tile(x, transformed, height, width, channels, tiles_h, tiles_w, tile, base, count);
+            for (long p = 0; p < 36; p++)
+                for (long j = 0; j < panels; j++)
+                    position_panel_products(transformed, filters, products, count, channels, out_channels, p, j);
+            for (long tile = base; tile < base + count; tile++)
+                output_tile(products, y, bias, relu, height, width, out_channels, tiles_h, tiles_w, tile, base, count);
+        }
     }
 }

@@ -7,15 +7,18 @@ crash. Its fake (meta) implementation gives the output's shape and layout withou
 running C, so ``torch.export``, ``torch.compile`` and ``make_fx`` record one opaque
 operator in their graphs instead of tracing into pointers.
 
-Tiles go through in chunks small enough for the transformed values to stay in cache: the
-input transform, the 36 matrix products (C, register-blocked over the packed filters of
-`singleshot.winograd.conv.pack_filters`) and the output transform. Each step's work is cut
-between ``torch.get_num_threads()`` threads. Where the kernels are built with OpenMP
-(`singleshot.winograd.build`) one C call runs every chunk in one parallel region of
-PyTorch's own OpenMP threads; else this module loops over the chunks and cuts each step
-between this thread and helper threads (ctypes releases the GIL).
+Three steps: the input transform, the 36 matrix products (C, register-blocked over the
+packed filters of `singleshot.winograd.conv.pack_filters`) and the output transform. Where
+the kernels are built with OpenMP (`singleshot.winograd.build`) one C call runs them on
+PyTorch's own OpenMP threads (``torch.get_num_threads()``): for narrow layers each thread
+takes its own small blocks of tiles through all three steps (`BLOCKS_MAX_FILTERS`), for
+wide ones the tiles go through in shared chunks small enough to stay in the shared cache,
+each step split between the threads. Without OpenMP this module loops over the chunks and
+cuts each step between this thread and helper threads (ctypes releases the GIL). Every
+path sums each output in the same order, so they give the same bits.
 """
 
+import ctypes
 import os
 import threading
 from collections.abc import Callable
@@ -26,13 +29,29 @@ from torch import Tensor
 
 from .build import kernels_use_openmp, load_kernels
 
-__all__ = ["CHUNK_ELEMENTS", "NOT_EXPORTABLE", "TILE", "check_arguments", "winograd_conv3x3_op"]
+__all__ = [
+    "BLOCKS_MAX_FILTERS",
+    "BLOCK_TILES",
+    "CHUNK_ELEMENTS",
+    "NOT_EXPORTABLE",
+    "TILE",
+    "check_arguments",
+    "winograd_conv3x3_op",
+]
 
 TILE = 4
 # Tiles per chunk times channels: the chunk's transformed inputs (36 x tiles x channels
 # floats, 9.4 MB) stay in the last-level cache until the product reads them. Measured
 # best at 512 tiles for 128 channels, 128 for 512.
 CHUNK_ELEMENTS = 65536
+
+# With OpenMP, a convolution whose filters have at most this many (input, output) channel pairs
+# runs in blocks of BLOCK_TILES tiles, each thread taking its own blocks through all three steps
+# in its own cache; wider ones in shared chunks. On an AMD EPYC (Zen 4, 2 threads) blocks ran
+# SSD300's conv1_2 ... conv3_3 (up to 256 x 256) 1.2x-1.8x as fast as chunks, conv4_1 and wider
+# 0.6x-0.9x (their transformed filters, 19+ MB, no longer stay in the shared cache either).
+BLOCKS_MAX_FILTERS = 256 * 256
+BLOCK_TILES = 6  # one register block of the products (fewer stalls than 12-96 tiles, measured)
 
 NOT_EXPORTABLE = (
     "a model converted by use_winograd cannot be exported to TorchScript or ONNX (its C kernels are "
@@ -147,32 +166,18 @@ def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None) -> int:
     return out_channels
 
 
-@torch.library.custom_op("singleshot::winograd_conv3x3", mutates_args=())
-def winograd_conv3x3_op(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """3x3 convolution, stride 1, zero padding 1, by F(4x4, 3x3), plus bias, then ReLU if ``relu``.
-
-    x (B, C, H, W) channels-last, filters (36, C * K) packed, bias (K,) or None (see
-    `check_arguments`) -> (B, K, H, W) float32, channels-last.
-    """
-    out_channels = check_arguments(x, filters, bias)
-    kernels = load_kernels()
+def _on_python_threads(
+    kernels: ctypes.CDLL, x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, y: Tensor, threads: int
+) -> None:
+    """The convolution without OpenMP: chunk after chunk, each step split between this thread
+    and helper threads."""
     images, channels, height, width = x.shape
-    y = torch.empty(images, out_channels, height, width, memory_format=torch.channels_last)
+    out_channels = y.shape[1]
     tiles_h, tiles_w = -(-height // TILE), -(-width // TILE)
     total = images * tiles_h * tiles_w
     chunk = max(32, CHUNK_ELEMENTS // max(channels, out_channels))
-    threads = max(1, torch.get_num_threads())
     x_ptr, y_ptr, filters_ptr = x.data_ptr(), y.data_ptr(), filters.data_ptr()
     bias_ptr = bias.data_ptr() if bias is not None else None
-    if kernels_use_openmp():  # every chunk and step in one parallel region of the C kernels
-        chunk = min(chunk, total)
-        transformed, products = torch.empty(36, chunk, channels), torch.empty(36, chunk, out_channels)
-        buffers = (transformed.data_ptr(), products.data_ptr())
-        shape = (images, height, width, channels, out_channels)
-        kernels.winograd_convolution(
-            x_ptr, filters_ptr, bias_ptr, int(relu), y_ptr, *buffers, *shape, chunk, threads
-        )
-        return y
     for base in range(0, total, chunk):
         count = min(chunk, total - base)
         transformed = torch.empty(36, count, channels)
@@ -184,6 +189,47 @@ def winograd_conv3x3_op(x: Tensor, filters: Tensor, bias: Tensor | None, relu: b
         _transform(kernels.winograd_output_transform, base, count, threads,
                    products.data_ptr(), y_ptr, bias_ptr, int(relu), height, width, out_channels,
                    tiles_h, tiles_w)  # fmt: skip
+
+
+def _on_openmp(
+    kernels: ctypes.CDLL, x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, y: Tensor, threads: int
+) -> None:
+    """The convolution in one C call on PyTorch's OpenMP threads: in per-thread blocks for
+    narrow layers (`BLOCKS_MAX_FILTERS`), else in shared chunks."""
+    images, channels, height, width = x.shape
+    out_channels = y.shape[1]
+    head = (
+        x.data_ptr(),
+        filters.data_ptr(),
+        bias.data_ptr() if bias is not None else None,
+        int(relu),
+        y.data_ptr(),
+    )
+    shape = (images, height, width, channels, out_channels)
+    if channels * out_channels <= BLOCKS_MAX_FILTERS:
+        scratch = torch.empty(threads * 36 * BLOCK_TILES * (channels + out_channels))
+        kernels.winograd_convolution_blocks(*head, scratch.data_ptr(), *shape, BLOCK_TILES, threads)
+        return
+    total = images * -(-height // TILE) * -(-width // TILE)
+    chunk = min(max(32, CHUNK_ELEMENTS // max(channels, out_channels)), total)
+    transformed, products = torch.empty(36, chunk, channels), torch.empty(36, chunk, out_channels)
+    kernels.winograd_convolution(*head, transformed.data_ptr(), products.data_ptr(), *shape, chunk, threads)
+
+
+@torch.library.custom_op("singleshot::winograd_conv3x3", mutates_args=())
+def winograd_conv3x3_op(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+    """3x3 convolution, stride 1, zero padding 1, by F(4x4, 3x3), plus bias, then ReLU if ``relu``.
+
+    x (B, C, H, W) channels-last, filters (36, C * K) packed, bias (K,) or None (see
+    `check_arguments`) -> (B, K, H, W) float32, channels-last.
+    """
+    out_channels = check_arguments(x, filters, bias)
+    kernels = load_kernels()
+    images, _, height, width = x.shape
+    y = torch.empty(images, out_channels, height, width, memory_format=torch.channels_last)
+    threads = max(1, torch.get_num_threads())
+    run = _on_openmp if kernels_use_openmp() else _on_python_threads
+    run(kernels, x, filters, bias, relu, y, threads)
     return y
 
 
