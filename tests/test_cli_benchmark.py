@@ -30,7 +30,7 @@ from singleshot.data.synthetic import write_dataset
 from singleshot.evaluation import evaluate_model
 from singleshot.export import OnnxDetector
 from singleshot.inference import predict, prediction_stages
-from singleshot.timing import StageTimes, time_interleaved
+from singleshot.timing import StageTimes, time_in_turns, time_interleaved
 from test_cli_eval import write_voc
 from test_cli_exported import fit_heads
 
@@ -243,6 +243,39 @@ def test_time_interleaved_alternates_the_order_and_times_per_item(monkeypatch):
     assert spread == {"min": 1.0, "q1": 2.0, "median": 3.0, "q3": 4.0, "max": 5.0}
     with pytest.raises(ValueError, match="at least one input and one round"):
         time_interleaved([run_costing("p", 0.001)], [[0]], repeats=0)
+
+
+def test_time_in_turns_runs_each_candidate_warm_after_a_pause(monkeypatch):
+    clock = types.SimpleNamespace(now=0.0, pauses=[])
+    clock.perf_counter = lambda: clock.now
+    clock.process_time = lambda: clock.now
+    clock.sleep = lambda seconds: clock.pauses.append(seconds)
+    monkeypatch.setattr("singleshot.timing.time", clock)
+    calls = []
+
+    def run_costing(name, seconds):  # the first run after a pause costs 10x (threads waking up)
+        def run(items, laps):
+            cold = bool(calls) and calls[-1] == "pause"
+            calls.append(f"{name}{len(items)}")
+            clock.now += seconds * len(items) * (10 if cold else 1)
+            laps.lap("run")
+
+        return run
+
+    def pause(seconds):
+        calls.append("pause")
+        clock.pauses.append(seconds)
+
+    clock.sleep = pause
+    runs = [run_costing("p", 0.001), run_costing("q", 0.003)]
+    times = time_in_turns(runs, [[0] * 2, [0] * 4], repeats=2, warmup=1, pause=0.25)
+    turn = lambda name: ["pause", f"{name}2", f"{name}2", f"{name}4"]  # noqa: E731
+    assert calls == ["p2", "q2"] + turn("p") + turn("q") + turn("q") + turn("p")
+    assert clock.pauses == [0.25] * 4
+    # the untimed run after each pause took the cold cost: every timed run is warm
+    assert times[0].wall["run"] == pytest.approx([1.0] * 4) and times[1].median("run") == pytest.approx(3.0)
+    with pytest.raises(ValueError, match="at least one input and one round"):
+        time_in_turns(runs, [], repeats=1)
 
 
 def test_a_busy_machine_is_noted_where_pytorchs_threads_spin():

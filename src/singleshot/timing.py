@@ -1,16 +1,24 @@
 """Timing several ways of doing the same work fairly on a machine that other work shares.
 
-`time_interleaved` runs every candidate on the same inputs, interleaved: each round runs
-each input through every candidate in turn, the order reversed every other round, so a
-change in the machine's load falls on all of them alike. A candidate marks the end of each
-of its stages on a `Laps` (``laps.lap("network")``); every stage's time is recorded per
-item of the input (``len(input)``: images in a batch), elapsed and as CPU time.
+Two schedules run every candidate on the same inputs, round after round, the candidates'
+order reversed every other round, so a change in the machine's load falls on all alike:
 
->>> times = time_interleaved([run_a, run_b], batches, repeats=5)
+- `time_interleaved`: each input through every candidate in turn (candidates alternate
+  run by run);
+- `time_in_turns`: each candidate runs all the inputs in a row, after a pause and an
+  untimed run: timed warm, as a deployment that runs one model runs it. Runtimes whose idle
+  worker threads spin-wait (ONNX Runtime's and PyTorch's OpenMP threads, by default) need
+  this: run by run, one candidate's spinning threads take the cores from the next.
+
+A candidate marks the end of each of its stages on a `Laps` (``laps.lap("network")``);
+every stage's time is recorded per item of the input (``len(input)``: images in a batch),
+elapsed and as CPU time.
+
+>>> times = time_in_turns([run_a, run_b], batches, repeats=5)
 >>> times[0].median("network"), times[0].spread("network")
 
-Used by `singleshot.export.compare.time_onnx_files` (int8 against float) and
-`singleshot.benchmark` (``singleshot benchmark``).
+`time_in_turns` is what `singleshot.export.compare.time_onnx_files` (int8 against float)
+and `singleshot.benchmark` (``singleshot benchmark``) use.
 """
 
 from __future__ import annotations
@@ -21,7 +29,7 @@ from collections.abc import Callable, Sequence, Sized
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-__all__ = ["Laps", "StageTimes", "time_interleaved"]
+__all__ = ["Laps", "StageTimes", "time_in_turns", "time_interleaved"]
 
 InputT = TypeVar("InputT", bound=Sized)
 
@@ -116,6 +124,44 @@ def time_interleaved(
             order.reverse()
         for x in inputs:
             for k in order:
+                laps = Laps()
+                runs[k](x, laps)
+                times[k].add(laps, len(x))
+        if after_round is not None:
+            after_round()
+    return times
+
+
+def time_in_turns(
+    runs: Sequence[Callable[[InputT, Laps], Any]],
+    inputs: Sequence[InputT],
+    repeats: int,
+    warmup: int = 1,
+    after_round: Callable[[], Any] | None = None,
+    pause: float = 0.05,
+) -> list[StageTimes]:
+    """Time every run on every input, one run's turn at a time; one `StageTimes` per run.
+
+    Each round gives every run a turn (the runs' order reversed every other round): a pause
+    of ``pause`` seconds (the previous run's spinning worker threads go to sleep), one
+    untimed run on ``inputs[0]`` (this run's threads wake up), then all ``inputs`` in a row,
+    timed. Arguments and errors as `time_interleaved`'s; each run gets ``repeats *
+    len(inputs)`` samples.
+    """
+    if repeats < 1 or not inputs:
+        raise ValueError("timing needs at least one input and one round")
+    for _ in range(warmup):
+        for run in runs:
+            run(inputs[0], Laps())
+    times = [StageTimes() for _ in runs]
+    for round_index in range(repeats):
+        order = list(range(len(runs)))
+        if round_index % 2:
+            order.reverse()
+        for k in order:
+            time.sleep(pause)
+            runs[k](inputs[0], Laps())
+            for x in inputs:
                 laps = Laps()
                 runs[k](x, laps)
                 times[k].add(laps, len(x))

@@ -2,12 +2,12 @@
 (``singleshot benchmark``).
 
 >>> from singleshot.benchmark import time_formats, score_formats, format_benchmark_table
->>> detectors = {"torch": model, "onnx": OnnxDetector("ssd.onnx", threads=2, spin=False)}
+>>> detectors = {"torch": model, "onnx": OnnxDetector("ssd.onnx", threads=2)}
 >>> rows = time_formats(detectors, sample_images(8), batches=[1, 8], rounds=10)
 >>> print(format_benchmark_table(rows, score_formats(detectors, dataset)))
 
 `formats` makes the formats from a checkpoint or an exported file (`make_exports`), `measure`
-times them stage by stage, interleaved, and scores them, and `report` prints the table and
+times them stage by stage, in turns, and scores them, and `report` prints the table and
 describes the machine.
 """
 

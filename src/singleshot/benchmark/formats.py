@@ -155,8 +155,8 @@ def make_exports(
     for name in wanted:
         if name == "openvino":
             detectors[name] = OpenVinoDetector(files[name], threads=threads)
-        else:  # spinning ONNX Runtime threads would slow the runs interleaved with them
-            detectors[name] = OnnxDetector(files[name], threads=threads, spin=False)
+        else:  # threads spinning between runs, as deployed: the formats are timed in turns
+            detectors[name] = OnnxDetector(files[name], threads=threads)
     return Exports(detectors, {name: files[name] for name in wanted}, {name: notes[name] for name in wanted})
 
 

@@ -3,8 +3,10 @@
 `time_formats` times each detector's ``predict`` cut into its stages
 (`singleshot.inference.prediction_stages`): pre-processing (resize and normalise decoded
 uint8 images), the network, and post-processing (decoding, softmax, NMS, boxes to pixels).
-All detectors run interleaved on the same batches (`singleshot.timing.time_interleaved`),
-so a change in the machine's load falls on all alike. Decoding image files is not timed.
+All detectors run the same batches, taking turns round after round
+(`singleshot.timing.time_in_turns`: each turn runs all batches in a row after a pause and an
+untimed run, so each detector is timed warm, as a deployment runs it, and a change in the
+machine's load falls on all alike). Decoding image files is not timed.
 
 `score_formats` evaluates each on a dataset as ``singleshot eval`` does
 (`singleshot.evaluation.evaluate_model`).
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from ..timing import Laps, StageTimes, time_interleaved
+from ..timing import Laps, StageTimes, time_in_turns
 
 if TYPE_CHECKING:
     from ..classes import ClassMatch
@@ -76,7 +78,8 @@ def time_formats(
     """One row per (batch size, format): median ms per image of each stage and in all.
 
     For each batch size, every detector runs the same batches of ``images``
-    (`image_batches`), interleaved, for ``rounds`` rounds after ``warmup`` untimed runs.
+    (`image_batches`), taking turns (`singleshot.timing.time_in_turns`), for ``rounds``
+    rounds after ``warmup`` untimed runs.
 
     Returns:
         Rows {"format", "batch", "preprocess_ms", "network_ms", "postprocess_ms" (each the
@@ -92,7 +95,7 @@ def time_formats(
     rows = []
     for batch in batches:
         runs = [_staged_run(stage) for stage in stages.values()]
-        times = time_interleaved(runs, image_batches(images, batch), rounds, warmup, after_round)
+        times = time_in_turns(runs, image_batches(images, batch), rounds, warmup, after_round)
         for (name, stage), timed in zip(stages.items(), times):
             rows.append(_row(name, batch, timed, stage.network_includes_postprocess))
     return rows

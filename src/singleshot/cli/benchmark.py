@@ -32,7 +32,8 @@ TORCH_MADE = (
 )
 STATISTIC = (
     "per stage, the median over rounds x batches of the run's time / batch size; ms_per_image is the sum "
-    "of the stages' medians; the formats interleaved in each round"
+    "of the stages' medians; the formats take turns in each round, each running all batches in a row after "
+    "a pause and an untimed run"
 )
 
 
@@ -49,8 +50,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "convolutions, the faster memory format), onnx (float ONNX with decoding and NMS inside, "
             "ONNX Runtime), openvino (that file as OpenVINO IR, OpenVINO), int8 (that file statically "
             "quantised, ONNX Runtime). For a graph with NMS inside, the network figure includes decoding "
-            "and NMS (marked *). All formats run the same batches interleaved, round after round (a "
-            "change in the machine's load falls on all alike), after warm-up runs; each stage's figure "
+            "and NMS (marked *). All formats run the same batches, taking turns round after round (a "
+            "change in the machine's load falls on all alike): a turn runs all batches in a row after a "
+            "pause and an untimed run, so each format is timed warm with its runtime's threads spinning "
+            "between runs, as a deployment runs it; each stage's figure "
             "is its median over rounds x batches, and the total is their sum. Also writes the figures "
             "with their spread, the CPU's name, the thread count and the runtimes' versions as JSON "
             "(--out). Formats that cannot run here are left out with the reason."
@@ -317,7 +320,7 @@ def _print_summary(
     load = [document["load_average"], document["load_average_end"]]
     print(
         f"{document['cpu']}, threads: {document['threads']}; median of {args.rounds} rounds over "
-        f"{timing['images']} images ({timing['images_from']}), formats interleaved"
+        f"{timing['images']} images ({timing['images_from']}), formats in turns"
         + (f"; load average {load[0][0]:.2f} at the start, {load[1][0]:.2f} at the end" if all(load) else "")
     )
     out = Path(args.out)

@@ -2,7 +2,7 @@
 
 `int8_report` scores both files on a dataset as ``singleshot eval`` does
 (`singleshot.evaluation.evaluate_model`) and times both with ONNX Runtime (`time_onnx_files`: the same
-session settings, runs interleaved, the median per image). `format_int8_report` prints it.
+session settings, the files taking turns, the median per image). `format_int8_report` prints it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..timing import Laps, time_interleaved
+from ..timing import Laps, time_in_turns
 from ..transforms import preprocess
 from .runtime import OnnxDetector, session_options
 
@@ -22,17 +22,18 @@ __all__ = ["time_onnx_files", "Timing", "onnx_session", "int8_report", "format_i
 
 def onnx_session(path: str | os.PathLike, threads: int | None) -> Any:
     """An ONNX Runtime CPU session for timing: `session_options` with ``threads`` intra-op
-    threads (None = one per physical core) and worker threads that sleep rather than spin
-    between runs (on a shared machine spinning threads fight the others)."""
+    threads (None = one per physical core), worker threads spinning between runs as
+    `OnnxDetector` runs them (ONNX Runtime's default)."""
     import onnxruntime as ort
 
-    options = session_options(threads, spin=False)
+    options = session_options(threads)
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 class Timing(NamedTuple):
     """Median milliseconds per image of one file: ``wall`` (elapsed) and ``cpu`` (CPU time of
-    this process's threads: what the run computed, whatever else the machine ran meanwhile)."""
+    this process's threads: what the run computed, whatever else the machine ran meanwhile,
+    and what its idle worker threads spent spin-waiting)."""
 
     wall: float
     cpu: float
@@ -44,14 +45,14 @@ def time_onnx_files(
     threads: int | None = None,
     repeats: int = 5,
 ) -> list[Timing]:
-    """Median milliseconds per image of each file, runs interleaved.
+    """Median milliseconds per image of each file, the files taking turns.
 
-    Every round runs each input through every file in turn (the order reversed every other
-    round), so all see the same machine load; the median over ``repeats`` rounds x inputs
-    of each run's time / batch size is reported, as elapsed time and as CPU time. On a
-    machine other processes keep busy, a longer run is more often preempted, which inflates
-    elapsed-time ratios; CPU time does not count the time spent preempted (the worker
-    threads sleep rather than spin, see `onnx_session`).
+    Every round gives every file a turn (the order reversed every other round) in which it
+    runs all inputs in a row after a pause and an untimed run (`singleshot.timing.time_in_turns`),
+    so each is timed warm and all see the same machine load; the median over ``repeats``
+    rounds x inputs of each run's time / batch size is reported, as elapsed time and as CPU
+    time. On a machine other processes keep busy, a longer run is more often preempted,
+    which inflates elapsed-time ratios.
 
     Args:
         paths: ONNX files with one input, float32 (B, 3, S, S).
@@ -60,12 +61,12 @@ def time_onnx_files(
         repeats: rounds over ``inputs``.
     """
     sessions = [onnx_session(path, threads) for path in paths]
-    times = time_interleaved([_session_run(session) for session in sessions], inputs, repeats)
+    times = time_in_turns([_session_run(session) for session in sessions], inputs, repeats)
     return [Timing(t.median("run"), t.median("run", cpu=True)) for t in times]
 
 
 def _session_run(session: Any) -> Callable[[np.ndarray, Laps], None]:
-    """``run(x, laps)`` for `singleshot.timing.time_interleaved`: one ONNX Runtime run, one stage."""
+    """``run(x, laps)`` for `singleshot.timing.time_in_turns`: one ONNX Runtime run, one stage."""
     name = session.get_inputs()[0].name
 
     def run(x: np.ndarray, laps: Laps) -> None:
@@ -131,7 +132,7 @@ def int8_report(
             "batch": 1,
             "images": count,
             "rounds": repeats,
-            "statistic": "median over rounds x images, float and int8 runs interleaved",
+            "statistic": "median over rounds x images, float and int8 taking turns",
             "cpu": cpu_name(),
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         },
@@ -153,8 +154,9 @@ def format_int8_report(report: dict[str, Any]) -> str:
         rows.append(f"{name:8s} {100 * entry['map']:14.2f} {times}")
     rows.append(
         f"int8 changes mAP by {report['map_change_points']:+.2f} points on {report['num_images']} images "
-        f"and runs {report['speedup']:.2f}x as fast ({report['cpu_speedup']:.2f}x in CPU time); ONNX "
-        f"Runtime, {timing['threads']} threads, batch 1, median of {timing['rounds']} interleaved rounds "
+        f"and runs {report['speedup']:.2f}x as fast ({report['cpu_speedup']:.2f}x in CPU time, idle threads' "
+        "spin-waiting included); ONNX "
+        f"Runtime, {timing['threads']} threads, batch 1, median of {timing['rounds']} rounds in turns "
         f"over {timing['images']} images; {timing['cpu']}"
     )
     return "\n".join(rows)

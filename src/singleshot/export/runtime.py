@@ -58,8 +58,8 @@ def session_options(threads: int | None = None, spin: bool = True) -> onnxruntim
     - Spinning (the ``session.intra_op.allow_spinning`` config entry): with ``spin`` ("1",
       ONNX Runtime's default), idle worker threads busy-wait a moment for the next piece of
       work, which answers fastest when nothing else runs; without ("0") they sleep, so that
-      they leave the cores to other work between runs: wanted when timing ONNX Runtime
-      interleaved with other runtimes, or on a machine shared with other processes, where
+      they leave the cores to other work between runs: wanted when ONNX Runtime runs
+      alternately with other runtimes, or on a machine shared with other processes, where
       spinning threads slow the others and are preempted themselves.
 
     Args:
@@ -302,8 +302,8 @@ class OnnxDetector(_ExportedDetector):
         threads: intra-op threads, >= 1 (None = ONNX Runtime's default, one per physical core).
         providers: execution providers (None = CPU).
         spin: whether idle worker threads spin-wait for the next run (ONNX Runtime's
-            default: the lowest latency). Off when timing it alongside other runtimes, whose
-            runs the spinning threads would slow down.
+            default: the lowest latency). Off when it runs alternately with other runtimes,
+            whose runs the spinning threads would slow down.
 
     The session is made with `session_options` (which says what each setting does).
     """
