@@ -20,13 +20,13 @@
   images, resized to 300 / 320.
 
 Speed: for each thread count and batch size, every file of a model runs on the same
-inputs, interleaved (`singleshot.export.compare.time_onnx_files`: each round runs every
-file in turn, the order reversed every other round); the median ms per image over rounds
-x inputs, and float's time divided by each file's (> 1 = faster than float). "network"
-rows time the network alone (loc, conf), without decoding and NMS. Those timings let ONNX
-Runtime's idle worker threads sleep (fair to other work on a shared machine);
-``--spin-check`` also times the trained models' float and default int8 files as
-`OnnxDetector` runs them by default, the threads spinning between runs, beside sleeping.
+inputs, the files taking turns (`singleshot.export.compare.time_onnx_files`: each round
+gives every file a turn, the order reversed every other round, in which it runs all inputs
+in a row after a pause and an untimed run, ONNX Runtime's idle worker threads spinning as
+deployed); the median ms per image over rounds x inputs, and float's time divided by each
+file's (> 1 = faster than float). "network" rows time the network alone (loc, conf),
+without decoding and NMS. ``--spin-check`` also times the trained models' float and
+default int8 files through `OnnxDetector`, the threads spinning between runs and sleeping.
 """
 
 from __future__ import annotations
@@ -87,8 +87,8 @@ def spin_check(
     files: dict[str, Path], images: list[torch.Tensor], model: Any, args: argparse.Namespace
 ) -> list:
     """Rows {threads, batch, "<file> spin on|off": ms per image}: each file with ONNX Runtime's
-    idle worker threads spinning (`OnnxDetector`'s default, what a deployment runs) and
-    sleeping (how `time_onnx_files` times, fair to other work on a shared machine). Each
+    idle worker threads spinning (`OnnxDetector`'s default, what a deployment runs, and how
+    `time_onnx_files` times) and sleeping (fair to other work on a shared machine). Each
     round runs every runner on all inputs in turn, the order reversed every other round,
     with a pause and an untimed run before each runner's turn: spinning threads left by
     the previous one would steal its cores. Median elapsed ms per image."""

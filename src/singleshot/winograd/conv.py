@@ -11,9 +11,9 @@ the filters packed in panels (`pack_filters`).
 
 Results equal the direct convolution's to float32 rounding (relative error ~1e-5; the
 filters are transformed in float64). How much faster than oneDNN's direct convolution
-depends on the CPU and the layer (benchmarks/bench_winograd.py): the wide layers gain most
-(VGG16's conv4_2 1.9-2.7x), the 64-channel ones least (conv1_2 0.9-1.2x), hence
-`use_winograd`'s ``min_channels``.
+depends on the CPU and the layer: the wide layers gain most, the 64-channel ones least
+(``benchmarks/bench_winograd.py`` measures each of VGG16's; figures in benchmarks/README.md),
+hence `use_winograd`'s ``min_channels``.
 """
 
 from __future__ import annotations
