@@ -91,6 +91,28 @@ class StageTimes:
         return {"min": samples[0], "q1": q1, "median": q2, "q3": q3, "max": samples[-1]}
 
 
+def _warmed(runs: Sequence[Callable[[InputT, Laps], Any]], inputs: Sequence[InputT], repeats: int,
+            warmup: int) -> list[StageTimes]:  # fmt: skip
+    """Check the arguments, run each run ``warmup`` times untimed; an empty record per run."""
+    if repeats < 1 or not inputs:
+        raise ValueError("timing needs at least one input and one round")
+    for _ in range(warmup):
+        for run in runs:
+            run(inputs[0], Laps())
+    return [StageTimes() for _ in runs]
+
+
+def _round_order(count: int, round_index: int) -> list[int]:
+    """The runs' order in a round: as given, reversed every other round."""
+    return list(range(count))[:: -1 if round_index % 2 else 1]
+
+
+def _timed(run: Callable[[InputT, Laps], Any], x: InputT, times: StageTimes) -> None:
+    laps = Laps()
+    run(x, laps)
+    times.add(laps, len(x))
+
+
 def time_interleaved(
     runs: Sequence[Callable[[InputT, Laps], Any]],
     inputs: Sequence[InputT],
@@ -112,21 +134,12 @@ def time_interleaved(
     Raises:
         ValueError: no input, or ``repeats`` < 1.
     """
-    if repeats < 1 or not inputs:
-        raise ValueError("timing needs at least one input and one round")
-    for _ in range(warmup):
-        for run in runs:
-            run(inputs[0], Laps())
-    times = [StageTimes() for _ in runs]
+    times = _warmed(runs, inputs, repeats, warmup)
     for round_index in range(repeats):
-        order = list(range(len(runs)))
-        if round_index % 2:
-            order.reverse()
+        order = _round_order(len(runs), round_index)
         for x in inputs:
             for k in order:
-                laps = Laps()
-                runs[k](x, laps)
-                times[k].add(laps, len(x))
+                _timed(runs[k], x, times[k])
         if after_round is not None:
             after_round()
     return times
@@ -148,23 +161,13 @@ def time_in_turns(
     timed. Arguments and errors as `time_interleaved`'s; each run gets ``repeats *
     len(inputs)`` samples.
     """
-    if repeats < 1 or not inputs:
-        raise ValueError("timing needs at least one input and one round")
-    for _ in range(warmup):
-        for run in runs:
-            run(inputs[0], Laps())
-    times = [StageTimes() for _ in runs]
+    times = _warmed(runs, inputs, repeats, warmup)
     for round_index in range(repeats):
-        order = list(range(len(runs)))
-        if round_index % 2:
-            order.reverse()
-        for k in order:
+        for k in _round_order(len(runs), round_index):
             time.sleep(pause)
             runs[k](inputs[0], Laps())
             for x in inputs:
-                laps = Laps()
-                runs[k](x, laps)
-                times[k].add(laps, len(x))
+                _timed(runs[k], x, times[k])
         if after_round is not None:
             after_round()
     return times
