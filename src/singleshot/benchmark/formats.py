@@ -155,7 +155,7 @@ def make_exports(
     for name in wanted:
         if name == "openvino":
             detectors[name] = OpenVinoDetector(files[name], threads=threads)
-        else:  # threads spinning between runs, as deployed: the formats are timed in turns
+        else:  # the session settings a deployment gets; the formats are timed in turns
             detectors[name] = OnnxDetector(files[name], threads=threads)
     return Exports(detectors, {name: files[name] for name in wanted}, {name: notes[name] for name in wanted})
 

@@ -64,9 +64,8 @@ def session_options(threads: int | None = None, spin: bool = True) -> onnxruntim
       spinning threads slow the others and are preempted themselves.
     - Spinning stops when a run returns (``session.force_spinning_stop`` "1"; ONNX Runtime's
       default "0" lets the threads go on spinning after it): between runs the caller's own
-      pre- and post-processing (PyTorch's threads) gets the cores. Measured on 2 cores (AMD
-      EPYC), ``singleshot benchmark``'s float file at batch 1: 3.6 ms per image instead of
-      8.0, most of the difference in the resize before each run.
+      pre- and post-processing (PyTorch's threads) gets the cores (benchmarks/README.md has
+      the figures).
 
     Args:
         threads: intra-op threads, an int >= 1, or None for ONNX Runtime's default.

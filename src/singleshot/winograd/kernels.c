@@ -17,11 +17,12 @@
  * the chunk is a (36, count, channels) array, ready for a batched matrix product.
  *
  * Threads: built with OpenMP (build.py does so when PyTorch runs on GNU OpenMP, and links
- * the same libgomp), a call splits its tiles between `threads` threads of PyTorch's own
- * OpenMP pool, the threads that run the matrix products in between. Helper threads of
- * another pool would compete for the cores with that pool's threads, which spin for a
- * while after each product waiting for more work. Without OpenMP a call runs on its
- * caller's thread and the caller splits the tiles.
+ * the same libgomp), a call splits its work between `threads` threads of PyTorch's own
+ * OpenMP pool: helper threads of another pool would compete for the cores with that pool's
+ * threads, which spin for a while after each parallel region waiting for more work. The
+ * whole-convolution calls (winograd_convolution, winograd_convolution_blocks) run all three
+ * steps in one parallel region. Without OpenMP a call runs on its caller's thread and the
+ * caller splits the tiles or positions between Python threads.
  */
 #include <string.h>
 #ifdef _OPENMP
