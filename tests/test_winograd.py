@@ -4,7 +4,6 @@ chunking and threading of the tiles, the model conversion, and the kernel build'
 from __future__ import annotations
 
 import platform
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from ci import require
 from singleshot import build_model
+from singleshot.cache import cpu_identity
 from singleshot.inference import preprocess
 from singleshot.winograd import (
     KernelBuildError,
@@ -308,11 +308,8 @@ def test_products_kernel_equals_float64_products_for_every_remainder(compiler, c
 
 
 def cpu_flags() -> set[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return set()
-    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    """The CPU's instruction-set flags, from the lines the kernel cache keys on."""
+    line = next((line for line in cpu_identity().splitlines() if line.startswith("flags")), "")
     return set(line.partition(":")[2].split())
 
 

@@ -217,11 +217,7 @@ def _winograd_head(model: SSD) -> list[str]:
         if not isinstance(predictors, torch.nn.ModuleList):
             continue
         for level, (conv, grid) in enumerate(zip(predictors, model.prior_config.feature_maps)):
-            if (
-                not isinstance(conv, torch.nn.Conv2d)
-                or not is_winograd_eligible(conv)
-                or grid < HEAD_MIN_GRID
-            ):
+            if not is_winograd_eligible(conv) or grid < HEAD_MIN_GRID:
                 continue
             if conv.in_channels >= HEAD_MIN_INPUTS and conv.out_channels >= HEAD_MIN_OUTPUTS:
                 predictors[level] = WinogradConv2d(conv)

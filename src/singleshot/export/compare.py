@@ -22,8 +22,8 @@ __all__ = ["time_onnx_files", "Timing", "onnx_session", "int8_report", "format_i
 
 def onnx_session(path: str | os.PathLike, threads: int | None) -> Any:
     """An ONNX Runtime CPU session for timing: `session_options` with ``threads`` intra-op
-    threads (None = one per physical core), worker threads spinning between runs as
-    `OnnxDetector` runs them (ONNX Runtime's default)."""
+    threads (None = one per physical core), worker threads spinning within a run as
+    `OnnxDetector` runs them (ONNX Runtime's default) and stopping when it returns."""
     import onnxruntime as ort
 
     options = session_options(threads)

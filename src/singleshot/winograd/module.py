@@ -9,6 +9,8 @@ holding the very same parameters.
 
 from __future__ import annotations
 
+from typing import TypeGuard
+
 import torch
 from torch import Tensor, nn
 
@@ -19,7 +21,7 @@ from .ops import NOT_EXPORTABLE
 __all__ = ["FusedReLU", "WinogradConv2d", "is_winograd_eligible", "revert_winograd", "use_winograd"]
 
 
-def is_winograd_eligible(module: nn.Module) -> bool:
+def is_winograd_eligible(module: nn.Module) -> TypeGuard[nn.Conv2d]:
     """A 3x3, stride-1, padding-1, undilated, ungrouped, zero-padded ``nn.Conv2d``."""
     return (
         isinstance(module, nn.Conv2d)

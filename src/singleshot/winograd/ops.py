@@ -84,14 +84,12 @@ def _forget_pool() -> None:
 os.register_at_fork(after_in_child=_forget_pool)
 
 
-def _in_parallel(
-    kernel: Callable[..., object], parts: list[tuple[int, int]], base: int, count: int, *leading: object
-) -> None:
-    """``kernel(*leading, first, last, base, count, 1)`` for every (first, last) of ``parts``: the
-    first range on this thread, the others on helper threads; returns when all are done."""
-    jobs = [_helpers().submit(kernel, *leading, first, last, base, count, 1) for first, last in parts[1:]]
+def _in_parallel(call: Callable[[int, int], object], parts: list[tuple[int, int]]) -> None:
+    """``call(first, last)`` for every (first, last) of ``parts``: the first range on this
+    thread, the others on helper threads; returns when all are done."""
+    jobs = [_helpers().submit(call, first, last) for first, last in parts[1:]]
     try:
-        kernel(*leading, *parts[0], base, count, 1)
+        call(*parts[0])
     finally:
         for job in jobs:
             job.result()
@@ -103,26 +101,20 @@ def _split(start: int, stop: int, threads: int) -> list[tuple[int, int]]:
 
 
 def _transform(kernel: Callable[..., object], base: int, count: int, threads: int, *leading: object) -> None:
-    """Run a tile transform over the chunk's tiles [base, base + count) on ``threads`` threads:
-    PyTorch's OpenMP threads when the kernels have OpenMP, else this thread and helpers."""
-    if kernels_use_openmp():
-        kernel(*leading, base, base + count, base, count, threads)
-        return
-    _in_parallel(kernel, _split(base, base + count, threads), base, count, *leading)
+    """Run a tile transform built without OpenMP over the chunk's tiles [base, base + count),
+    cut between this thread and ``threads - 1`` helpers."""
+    parts = _split(base, base + count, threads)
+    _in_parallel(lambda first, last: kernel(*leading, first, last, base, count, 1), parts)
 
 
 def _products(kernel: Callable[..., object], threads: int, *leading: object) -> None:
-    """Run the products kernel over the 36 positions on ``threads`` threads, as `_transform`."""
-    if kernels_use_openmp():
-        kernel(*leading, 0, 36, threads)
-        return
-    parts = _split(0, 36, threads)
-    jobs = [_helpers().submit(kernel, *leading, first, last, 1) for first, last in parts[1:]]
-    try:
-        kernel(*leading, *parts[0], 1)
-    finally:
-        for job in jobs:
-            job.result()
+    """Run the products kernel over the 36 positions, cut as `_transform` cuts tiles."""
+    _in_parallel(lambda first, last: kernel(*leading, first, last, 1), _split(0, 36, threads))
+
+
+def _chunk_tiles(channels: int, out_channels: int) -> int:
+    """Tiles per shared chunk (`CHUNK_ELEMENTS`)."""
+    return max(32, CHUNK_ELEMENTS // max(channels, out_channels))
 
 
 def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None) -> int:
@@ -175,7 +167,7 @@ def _on_python_threads(
     out_channels = y.shape[1]
     tiles_h, tiles_w = -(-height // TILE), -(-width // TILE)
     total = images * tiles_h * tiles_w
-    chunk = max(32, CHUNK_ELEMENTS // max(channels, out_channels))
+    chunk = _chunk_tiles(channels, out_channels)
     x_ptr, y_ptr, filters_ptr = x.data_ptr(), y.data_ptr(), filters.data_ptr()
     bias_ptr = bias.data_ptr() if bias is not None else None
     for base in range(0, total, chunk):
@@ -211,7 +203,7 @@ def _on_openmp(
         kernels.winograd_convolution_blocks(*head, scratch.data_ptr(), *shape, BLOCK_TILES, threads)
         return
     total = images * -(-height // TILE) * -(-width // TILE)
-    chunk = min(max(32, CHUNK_ELEMENTS // max(channels, out_channels)), total)
+    chunk = min(_chunk_tiles(channels, out_channels), total)
     transformed, products = torch.empty(36, chunk, channels), torch.empty(36, chunk, out_channels)
     kernels.winograd_convolution(*head, transformed.data_ptr(), products.data_ptr(), *shape, chunk, threads)
 
