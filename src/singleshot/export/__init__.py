@@ -18,7 +18,14 @@ return ``boxes`` (B, K, 4) xyxy as fractions of the input, ``scores`` (B, K), ``
 """
 
 from .calibration import calibration_images
-from .graph import DetectorGraph, TorchNMS, multiclass_nms, outputs_to_detections
+from .graph import (
+    DetectorGraph,
+    PriorDecoder,
+    TorchNMS,
+    multiclass_nms,
+    outputs_to_detections,
+    surviving_scores,
+)
 from .int8 import quantize_onnx
 from .load import FORMAT_RUNTIMES, load_detector, model_format, runtime_of
 from .openvino import OpenVinoDetector
@@ -30,8 +37,10 @@ from .verify import verify_export
 
 __all__ = [
     "DetectorGraph",
+    "PriorDecoder",
     "TorchNMS",
     "multiclass_nms",
+    "surviving_scores",
     "outputs_to_detections",
     "export_onnx",
     "export_torchscript",

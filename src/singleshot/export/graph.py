@@ -4,14 +4,16 @@
 graph wants fixed shapes instead. `DetectorGraph` computes the same detections as
 ``detect`` in an export-friendly way:
 
-1. decode every prior's box (B, P, 4) and take the softmax scores per class (B, C-1, P);
+1. decode every prior's box (B, P, 4) (`PriorDecoder`) and take the softmax scores per
+   class (B, C-1, P);
 2. zero the scores at or below the threshold, then per image and class keep the
    ``pre_nms_top_k`` best (TopK) and zero the rest: the top-k of the scores above the
    threshold, as ``detect`` takes them;
-3. NMS per image and class with a score threshold: ONNX's NonMaxSuppression does exactly
-   this on (B, P, 4) boxes and (B, C-1, P) scores, returning (M, 3) [image, class, prior];
-4. scatter the survivors' scores into a dense (B, (C-1) * P) table (-1 elsewhere) and
-   take its ``max_detections`` best per image (TopK), padding with zeros.
+3. NMS per image and class with a score threshold (`surviving_scores`: ONNX's
+   NonMaxSuppression does exactly this on (B, P, 4) boxes and (B, C-1, P) scores), which
+   leaves the survivors' scores in place and zeros elsewhere, (B, C-1, P);
+4. take each image's ``max_detections`` best of that table (TopK over (C-1) * P): the
+   non-zero ones are its detections.
 
 Outputs: ``boxes`` (B, K, 4) xyxy as fractions of the network input, ``scores`` (B, K),
 ``labels`` int64 (B, K) in 1..C-1, ``counts`` int64 (B,): image b's detections are the
@@ -19,6 +21,11 @@ first ``counts[b]`` rows, sorted by score, descending; the rest is zero padding.
 
 Candidates tied in score exactly at a top-k cut may be chosen differently from ``detect``
 (which keeps the lower prior index); with real-valued scores this does not happen in practice.
+
+ONNX Runtime spends a few microseconds on every node whatever its size, and more on
+slicing or broadcasting along a last axis of 4 or 7 elements; for the small models the
+post-processing is a sizeable part of a run (a quarter of the int8 demo model's), so the
+graph is written in whole-tensor operations with few nodes (benchmarks/README.md).
 """
 
 from __future__ import annotations
@@ -29,9 +36,9 @@ import torch
 from torch import Tensor, nn
 from torchvision.ops import batched_nms
 
-from ..boxes import LOG_SIZE_CLAMP, decode, fractions_to_pixels
+from ..boxes import LOG_SIZE_CLAMP, fractions_to_pixels
 
-__all__ = ["DetectorGraph", "TorchNMS", "multiclass_nms"]
+__all__ = ["DetectorGraph", "PriorDecoder", "TorchNMS", "multiclass_nms", "surviving_scores"]
 
 
 def multiclass_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
@@ -54,8 +61,25 @@ def multiclass_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_th
     return candidates[keep]
 
 
+def surviving_scores(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
+    """The scores of the boxes NMS keeps per image and class (`multiclass_nms`), zero elsewhere.
+
+    Args:
+        boxes: (B, P, 4) xyxy, shared by all classes.
+        scores: (B, C, P), >= 0; only scores strictly above ``score_threshold`` are candidates.
+
+    Returns:
+        (B, C, P): ``scores`` where the box survives, 0 elsewhere; so every non-zero entry
+        is a detection.
+    """
+    image, cls, prior = multiclass_nms(boxes, scores, iou_threshold, score_threshold).unbind(1)
+    table = torch.zeros_like(scores)
+    table[image, cls, prior] = scores[image, cls, prior]
+    return table
+
+
 class TorchNMS(nn.Module):
-    """`multiclass_nms` as a module (eager PyTorch and TorchScript; needs only torchvision)."""
+    """`surviving_scores` as a module (eager PyTorch and TorchScript; needs only torchvision)."""
 
     def __init__(self, iou_threshold: float, score_threshold: float) -> None:
         super().__init__()
@@ -63,7 +87,49 @@ class TorchNMS(nn.Module):
         self.score_threshold = float(score_threshold)
 
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
-        return multiclass_nms(boxes, scores, self.iou_threshold, self.score_threshold)
+        return surviving_scores(boxes, scores, self.iou_threshold, self.score_threshold)
+
+
+class PriorDecoder(nn.Module):
+    """`singleshot.boxes.decode` for fixed priors, bit for bit, in whole-tensor operations.
+
+    Per prior (cx, cy, w, h) and offsets (dx, dy, dw, dh), variances (v0, v1):
+
+        centre = (cx, cy, cx, cy) + (dx, dy, dx, dy) * v0 * (w, h, w, h)
+        box    = centre + exp(min((dw, dh, dw, dh) * v1, clamp)) * (-w/2, -h/2, w/2, h/2)
+
+    The repeated offsets come from two constant 0/1 (4, 4) products, which copy each
+    finite value exactly, and every product and sum rounds as in ``decode`` (halving is
+    exact), so the boxes are ``decode``'s. ``decode`` slices the last axis into pairs and
+    concatenates them again, four nodes that ONNX Runtime runs element by element.
+
+    forward: loc (B, P, 4) offsets -> (B, P, 4) xyxy in the priors' unit.
+    """
+
+    if TYPE_CHECKING:
+        centres: Tensor
+        sizes: Tensor
+        half_sizes: Tensor
+        pick_shift: Tensor
+        pick_log_size: Tensor
+
+    def __init__(self, priors: Tensor, variances: tuple[float, float], log_size_clamp: float) -> None:
+        super().__init__()
+        priors = priors.detach().float()
+        self.register_buffer("centres", priors[:, [0, 1, 0, 1]].clone())  # (P, 4)
+        self.register_buffer("sizes", priors[:, [2, 3, 2, 3]].clone())  # (P, 4)
+        self.register_buffer("half_sizes", self.sizes * torch.tensor([-0.5, -0.5, 0.5, 0.5]))
+        eye = torch.eye(4)
+        # loc @ pick: (dx, dy, dw, dh) -> (dx, dy, dx, dy) and (dw, dh, dw, dh)
+        self.register_buffer("pick_shift", eye[:, [0, 1, 0, 1]].clone())
+        self.register_buffer("pick_log_size", eye[:, [2, 3, 2, 3]].clone())
+        self.variances = (float(variances[0]), float(variances[1]))
+        self.log_size_clamp = float(log_size_clamp)
+
+    def forward(self, loc: Tensor) -> Tensor:
+        centres = self.centres + (loc @ self.pick_shift) * self.variances[0] * self.sizes
+        log_sizes = ((loc @ self.pick_log_size) * self.variances[1]).clamp(max=self.log_size_clamp)
+        return centres + torch.exp(log_sizes) * self.half_sizes
 
 
 class DetectorGraph(nn.Module):
@@ -73,17 +139,15 @@ class DetectorGraph(nn.Module):
         network: maps x float (B, 3, S, S) (RGB 0-255 minus the image mean) to ``loc``
             (B, P, 4) and ``conf`` (B, P, C) logits; an SSD, or a traced copy of one.
         priors: (P, 4) cxcywh as fractions of the image.
-        nms: module (boxes (B, P, 4), scores (B, C-1, P)) -> (M, 3) [image, class, prior];
-            None = `TorchNMS` with the thresholds below.
+        nms: module (boxes (B, P, 4), scores (B, C-1, P)) -> the survivors' scores in
+            place, zeros elsewhere (B, C-1, P), as `surviving_scores`; None = `TorchNMS`
+            with the thresholds below.
         score_threshold, nms_threshold, pre_nms_top_k, max_detections, clip, variances:
             as in `singleshot.postprocess.detect` (max_detections None = every survivor,
             i.e. K = (C-1) * pre_nms_top_k).
 
     forward: x (B, 3, S, S) -> boxes (B, K, 4), scores (B, K), labels int64 (B, K), counts int64 (B,).
     """
-
-    if TYPE_CHECKING:  # a class annotation would reach torch.jit.script, which cannot read it
-        priors: Tensor
 
     def __init__(
         self,
@@ -104,7 +168,7 @@ class DetectorGraph(nn.Module):
         if pre_nms_top_k < 1 or (max_detections is not None and max_detections < 1):
             raise ValueError("pre_nms_top_k and max_detections must be >= 1")
         self.network = network
-        self.register_buffer("priors", priors.detach().clone().float())
+        self.decoder = PriorDecoder(priors, variances, LOG_SIZE_CLAMP)
         num_priors = int(priors.shape[0])
         self.num_priors = num_priors
         self.num_classes = int(num_classes)
@@ -113,8 +177,6 @@ class DetectorGraph(nn.Module):
         self.max_out = cap if max_detections is None else min(int(max_detections), cap)
         self.clip = bool(clip)
         self.score_threshold = float(score_threshold)
-        self.variances = (float(variances[0]), float(variances[1]))
-        self.log_size_clamp = float(LOG_SIZE_CLAMP)
         self.nms = nms if nms is not None else TorchNMS(nms_threshold, score_threshold)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -123,30 +185,27 @@ class DetectorGraph(nn.Module):
 
     def postprocess(self, loc: Tensor, conf: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """loc (B, P, 4), conf (B, P, C) logits -> boxes, scores, labels, counts (see the class)."""
-        boxes = decode(loc, self.priors, self.variances, self.log_size_clamp)
+        boxes = self.decoder(loc)
         if self.clip:
             boxes = boxes.clamp(0.0, 1.0)
         scores = torch.softmax(conf, dim=-1)[:, :, 1:].transpose(1, 2)  # (B, C-1, P)
         # Scores at or below the threshold never become detections, so zero them before the
         # top-k: most rows then hold few non-zero scores, and ONNX Runtime's TopK (a heap)
         # rarely updates; its order is not needed before the scatter (benchmarks/README.md).
-        passing = torch.where(scores > self.score_threshold, scores, 0.0)
+        passing = scores * (scores > self.score_threshold)
         top_scores, top_index = passing.topk(self.top_k, dim=2, sorted=False)
         candidates = torch.zeros_like(scores).scatter(2, top_index, top_scores)
 
-        image, cls, prior = self.nms(boxes, candidates).unbind(1)  # the (M, 3) survivors
-        table = torch.full_like(candidates, -1.0)
-        table[image, cls, prior] = candidates[image, cls, prior]
-        best, index = table.flatten(1).topk(self.max_out, dim=1)  # (B, K), sorted, descending
+        survivors = self.nms(boxes, candidates)  # (B, C-1, P): every non-zero is a detection
+        best, index = survivors.flatten(1).topk(self.max_out, dim=1)  # (B, K), sorted, descending
 
-        valid = best >= 0
+        valid = best > 0  # a survivor's score is above the threshold, so positive
         prior = index % self.num_priors
         out_boxes = boxes.gather(1, prior.unsqueeze(-1).expand(-1, -1, 4))
         out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, 0.0)
-        out_scores = torch.where(valid, best, 0.0)
         labels = torch.div(index, self.num_priors, rounding_mode="floor") + 1
         out_labels = torch.where(valid, labels, 0)
-        return out_boxes, out_scores, out_labels, valid.sum(dim=1)
+        return out_boxes, best, out_labels, valid.sum(dim=1)
 
 
 def outputs_to_detections(

@@ -1,10 +1,13 @@
-"""``singleshot::multiclass_nms``: a PyTorch operator that exports to ONNX NonMaxSuppression.
+"""``singleshot::surviving_scores``: a PyTorch operator that exports to ONNX NonMaxSuppression.
 
-In PyTorch it runs `singleshot.export.graph.multiclass_nms` (torchvision's batched NMS);
-the ONNX exporter translates it to one NonMaxSuppression node over all images and
-classes, which applies the score threshold and NMS per (image, class) exactly as
-``detect`` does. The operator exists only for ONNX export (TorchScript graphs use
-`TorchNMS`, so loading them needs nothing but torch and torchvision).
+In PyTorch it runs `singleshot.export.graph.surviving_scores` (torchvision's batched NMS,
+the survivors' scores left in place in a table of zeros); the ONNX exporter translates
+it to one NonMaxSuppression node over all images and classes, which applies the score
+threshold and NMS per (image, class) exactly as ``detect`` does, and a gather and a
+scatter of the survivors' scores into zeros. The table's shape is the scores' own, so the
+exported graph has no data-dependent shape after NMS. The operator exists only for ONNX
+export (TorchScript graphs use `TorchNMS`, so loading them needs nothing but torch and
+torchvision).
 """
 
 from __future__ import annotations
@@ -15,31 +18,34 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from .graph import multiclass_nms
+from .graph import surviving_scores
 
 if TYPE_CHECKING:
-    from onnxscript import FLOAT, INT64
+    from onnxscript import FLOAT
 
 __all__ = ["OnnxNMS", "ONNX_TRANSLATIONS"]
 
 _INT64_MAX = 2**63 - 1
 
 
-@torch.library.custom_op("singleshot::multiclass_nms", mutates_args=())
-def _multiclass_nms_op(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
-    return multiclass_nms(boxes, scores, iou_threshold, score_threshold)
+@torch.library.custom_op("singleshot::surviving_scores", mutates_args=())
+def _surviving_scores_op(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float
+) -> Tensor:
+    return surviving_scores(boxes, scores, iou_threshold, score_threshold)
 
 
-@_multiclass_nms_op.register_fake
+@_surviving_scores_op.register_fake
 def _(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
-    count = torch.library.get_ctx().new_dynamic_size()
-    return boxes.new_empty((count, 3), dtype=torch.int64)
+    return torch.empty_like(scores)
 
 
-def _multiclass_nms_onnx(boxes: FLOAT, scores: FLOAT, iou_threshold: float, score_threshold: float) -> INT64:
+def _surviving_scores_onnx(
+    boxes: FLOAT, scores: FLOAT, iou_threshold: float, score_threshold: float
+) -> FLOAT:
     from onnxscript import opset18 as op
 
-    return op.NonMaxSuppression(
+    kept = op.NonMaxSuppression(  # (M, 3) int64 [image, class, prior]
         boxes,
         scores,
         # onnxscript's stubs type Constant's result as any tensor type
@@ -48,10 +54,13 @@ def _multiclass_nms_onnx(boxes: FLOAT, scores: FLOAT, iou_threshold: float, scor
         op.Constant(value_floats=[score_threshold]),  # type: ignore[arg-type]
         center_point_box=0,
     )
+    zeros = op.ConstantOfShape(op.Shape(scores))  # float32 zeros, ONNX's default value
+    # onnxscript's stubs type ConstantOfShape's result as any tensor type
+    return op.ScatterND(zeros, kept, op.GatherND(scores, kept))  # type: ignore[type-var, return-value]
 
 
 ONNX_TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {
-    torch.ops.singleshot.multiclass_nms.default: _multiclass_nms_onnx
+    torch.ops.singleshot.surviving_scores.default: _surviving_scores_onnx
 }
 
 
@@ -64,4 +73,4 @@ class OnnxNMS(nn.Module):
         self.score_threshold = float(score_threshold)
 
     def forward(self, boxes: Tensor, scores: Tensor) -> Tensor:
-        return torch.ops.singleshot.multiclass_nms(boxes, scores, self.iou_threshold, self.score_threshold)
+        return torch.ops.singleshot.surviving_scores(boxes, scores, self.iou_threshold, self.score_threshold)
