@@ -22,11 +22,14 @@
 Speed: for each thread count and batch size, every file of a model runs on the same
 inputs, the files taking turns (`singleshot.export.compare.time_onnx_files`: each round
 gives every file a turn, the order reversed every other round, in which it runs all inputs
-in a row after a pause and an untimed run, ONNX Runtime's idle worker threads spinning as
-deployed); the median ms per image over rounds x inputs, and float's time divided by each
-file's (> 1 = faster than float). "network" rows time the network alone (loc, conf),
-without decoding and NMS. ``--spin-check`` also times the trained models' float and
-default int8 files through `OnnxDetector`, the threads spinning between runs and sleeping.
+in a row after a pause and 50 ms of untimed runs, ONNX Runtime's idle worker threads
+spinning as deployed); the median ms per image over rounds x inputs, and float's time
+divided by each file's (> 1 = faster than float). Every row also gives the round trip
+between cores 0 and 1 before and after it (`core_latency.py`: "near" or "far"; on a
+virtual machine two threads gain less when the host runs its CPUs far apart). "network"
+rows time the network alone (loc, conf), without decoding and NMS. ``--spin-check`` also
+times the trained models' float and default int8 files through `OnnxDetector`, the
+threads spinning between runs and sleeping.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ from singleshot.export.compare import time_onnx_files
 from singleshot.export.int8 import quantize_onnx
 from singleshot.transforms import preprocess
 
+sys.path.insert(0, str(Path(__file__).parent))
+from core_latency import round_trip_ns, state  # noqa: E402
+
 LAYER_CHOICES = {"none": (), "first": ("first",), "heads": ("heads",), "first+heads": ("first", "heads")}
 
 
@@ -68,18 +74,22 @@ def timing_inputs(images: list[torch.Tensor], model: Any, batch: int, count: int
 def time_files(
     files: dict[str, Path], images: list[torch.Tensor], model: Any, args: argparse.Namespace
 ) -> list:
-    """Rows {threads, batch, name: ms per image} for every thread count and batch size."""
+    """Rows {threads, batch, name: ms per image, core_round_trip_ns: [before, after]} for every
+    thread count and batch size (the round trip between cores 0 and 1, `core_latency`)."""
     rows = []
     for threads in args.threads:
         for batch in args.batch:
             inputs = timing_inputs(images, model, batch, max(1, args.inputs // batch))
+            before = round_trip_ns()
             times = time_onnx_files(list(files.values()), inputs, threads, args.rounds)
-            rows.append(
-                {"threads": threads, "batch": batch, **{n: t._asdict() for n, t in zip(files, times)}}
-            )
+            trips = [before, round_trip_ns()]
+            rows.append({"threads": threads, "batch": batch, **{n: t._asdict() for n, t in zip(files, times)},
+                         "core_round_trip_ns": trips})  # fmt: skip
             cells = [f"{name} {t.wall:.2f} ({times[0].wall / t.wall:.2f}x) | {t.cpu:.2f} "
                      f"({times[0].cpu / t.cpu:.2f}x)" for name, t in zip(files, times)]  # fmt: skip
-            print(f"  {threads} threads, batch {batch}, ms/image elapsed | CPU: " + ", ".join(cells))
+            cores = "/".join(f"{ns:.0f} ns {state(ns)}" for ns in trips)
+            print(f"  {threads} threads, batch {batch}, cores {cores}, ms/image elapsed | CPU: "
+                  + ", ".join(cells))  # fmt: skip
     return rows
 
 
@@ -90,8 +100,9 @@ def spin_check(
     idle worker threads spinning (`OnnxDetector`'s default, what a deployment runs, and how
     `time_onnx_files` times) and sleeping (fair to other work on a shared machine). Each
     round runs every runner on all inputs in turn, the order reversed every other round,
-    with a pause and an untimed run before each runner's turn: spinning threads left by
-    the previous one would steal its cores. Median elapsed ms per image."""
+    with a pause and 50 ms of untimed runs before each runner's turn: spinning threads left
+    by the previous one would steal its cores, and the cores slow down while idle. Median
+    elapsed ms per image."""
     import time
 
     rows = []
@@ -106,7 +117,10 @@ def spin_check(
                 order = list(runners.items())
                 for name, runner in order if round_ % 2 else order[::-1]:
                     time.sleep(0.05)  # the last runner's spinning threads go to sleep first
-                    runner.run(inputs[-1])  # untimed: the first run after a pause is slow
+                    warm_until = time.perf_counter() + 0.05  # untimed: runs after a pause are slow
+                    runner.run(inputs[-1])
+                    while time.perf_counter() < warm_until:
+                        runner.run(inputs[-1])
                     for x in inputs:
                         start = time.perf_counter()
                         runner.run(x)
@@ -154,7 +168,6 @@ def bench_trained(
 
 
 def peer_model(name: str) -> Any:
-    sys.path.insert(0, str(Path(__file__).parent))
     from peers import build_models, build_ssdlite_models
 
     return build_models()[1] if name == "ssd300" else build_ssdlite_models()[1]

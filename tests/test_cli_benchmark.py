@@ -246,18 +246,17 @@ def test_time_interleaved_alternates_the_order_and_times_per_item(monkeypatch):
 
 
 def test_time_in_turns_runs_each_candidate_warm_after_a_pause(monkeypatch):
-    clock = types.SimpleNamespace(now=0.0, pauses=[])
+    clock = types.SimpleNamespace(now=0.0, paused_at=-1.0, pauses=[])
     clock.perf_counter = lambda: clock.now
     clock.process_time = lambda: clock.now
-    clock.sleep = lambda seconds: clock.pauses.append(seconds)
     monkeypatch.setattr("singleshot.timing.time", clock)
     calls = []
 
-    def run_costing(name, seconds):  # the first run after a pause costs 10x (threads waking up)
+    def run_costing(name, seconds):  # a run starting within 20 ms of a pause costs 3x (cores idle)
         def run(items, laps):
-            cold = bool(calls) and calls[-1] == "pause"
+            cold = clock.now - clock.paused_at < 0.02
             calls.append(f"{name}{len(items)}")
-            clock.now += seconds * len(items) * (10 if cold else 1)
+            clock.now += seconds * len(items) * (3 if cold else 1)
             laps.lap("run")
 
         return run
@@ -265,15 +264,21 @@ def test_time_in_turns_runs_each_candidate_warm_after_a_pause(monkeypatch):
     def pause(seconds):
         calls.append("pause")
         clock.pauses.append(seconds)
+        clock.paused_at = clock.now
 
     clock.sleep = pause
     runs = [run_costing("p", 0.001), run_costing("q", 0.003)]
-    times = time_in_turns(runs, [[0] * 2, [0] * 4], repeats=2, warmup=1, pause=0.25)
-    turn = lambda name: ["pause", f"{name}2", f"{name}2", f"{name}4"]  # noqa: E731
-    assert calls == ["p2", "q2"] + turn("p") + turn("q") + turn("q") + turn("p")
+    times = time_in_turns(runs, [[0] * 2, [0] * 4], repeats=2, warmup=1, pause=0.25, warm=0.025)
+    # warm-up on the first input until 25 ms have passed: p's runs start at 0, 6, 12, 18 (cold,
+    # 6 ms each) and 24 ms (warm, 2 ms); q's at 0 and 18 ms (cold, 18 ms each)
+    turn = {"p": ["pause"] + ["p2"] * 5 + ["p2", "p4"], "q": ["pause"] + ["q2"] * 2 + ["q2", "q4"]}
+    assert calls == ["p2", "q2"] + turn["p"] + turn["q"] + turn["q"] + turn["p"]
     assert clock.pauses == [0.25] * 4
-    # the untimed run after each pause took the cold cost: every timed run is warm
     assert times[0].wall["run"] == pytest.approx([1.0] * 4) and times[1].median("run") == pytest.approx(3.0)
+    # a single untimed run (no warm-up time) leaves p's timed runs in the cold 20 ms
+    calls.clear()
+    times = time_in_turns(runs[:1], [[0] * 2, [0] * 4], repeats=1, warmup=0, pause=0.25, warm=0.0)
+    assert calls == ["pause", "p2", "p2", "p4"] and times[0].wall["run"] == pytest.approx([3.0, 3.0])
     with pytest.raises(ValueError, match="at least one input and one round"):
         time_in_turns(runs, [], repeats=1)
 

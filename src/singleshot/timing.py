@@ -5,10 +5,11 @@ order reversed every other round, so a change in the machine's load falls on all
 
 - `time_interleaved`: each input through every candidate in turn (candidates alternate
   run by run);
-- `time_in_turns`: each candidate runs all the inputs in a row, after a pause and an
-  untimed run: timed warm, as a deployment that runs one model runs it. Runtimes whose idle
-  worker threads spin-wait (ONNX Runtime's and PyTorch's OpenMP threads, by default) need
-  this: run by run, one candidate's spinning threads take the cores from the next.
+- `time_in_turns`: each candidate runs all the inputs in a row, after a pause and a
+  warm-up of untimed runs: timed warm, as a deployment that runs one model runs it.
+  Runtimes whose idle worker threads spin-wait (ONNX Runtime's and PyTorch's OpenMP
+  threads, by default) need this: run by run, one candidate's spinning threads take the
+  cores from the next.
 
 A candidate marks the end of each of its stages on a `Laps` (``laps.lap("network")``);
 every stage's time is recorded per item of the input (``len(input)``: images in a batch),
@@ -107,6 +108,14 @@ def _round_order(count: int, round_index: int) -> list[int]:
     return list(range(count))[:: -1 if round_index % 2 else 1]
 
 
+def _warm_up(run: Callable[[InputT, Laps], Any], x: InputT, seconds: float) -> None:
+    """Run ``run`` on ``x``, untimed, until ``seconds`` have passed (at least once)."""
+    end = time.perf_counter() + seconds
+    run(x, Laps())
+    while time.perf_counter() < end:
+        run(x, Laps())
+
+
 def _timed(run: Callable[[InputT, Laps], Any], x: InputT, times: StageTimes) -> None:
     laps = Laps()
     run(x, laps)
@@ -152,20 +161,27 @@ def time_in_turns(
     warmup: int = 1,
     after_round: Callable[[], Any] | None = None,
     pause: float = 0.05,
+    warm: float = 0.05,
 ) -> list[StageTimes]:
     """Time every run on every input, one run's turn at a time; one `StageTimes` per run.
 
     Each round gives every run a turn (the runs' order reversed every other round): a pause
-    of ``pause`` seconds (the previous run's spinning worker threads go to sleep), one
-    untimed run on ``inputs[0]`` (this run's threads wake up), then all ``inputs`` in a row,
+    of ``pause`` seconds (the previous run's spinning worker threads go to sleep), untimed
+    runs on ``inputs[0]`` for ``warm`` seconds, at least one (this run's threads wake up and
+    the cores, idle during the pause, come back to speed), then all ``inputs`` in a row,
     timed. Arguments and errors as `time_interleaved`'s; each run gets ``repeats *
     len(inputs)`` samples.
+
+    The warm-up is a duration, not a count of runs: on the 2-core virtual machine of
+    benchmarks/README.md a 0.7 ms run took twice as long right after a 50 ms pause and
+    still 10-30% longer ten runs later, which a single untimed run left in the figures of
+    short runs, and not of long ones.
     """
     times = _warmed(runs, inputs, repeats, warmup)
     for round_index in range(repeats):
         for k in _round_order(len(runs), round_index):
             time.sleep(pause)
-            runs[k](inputs[0], Laps())
+            _warm_up(runs[k], inputs[0], warm)
             for x in inputs:
                 _timed(runs[k], x, times[k])
         if after_round is not None:

@@ -4,8 +4,8 @@
 (`singleshot.inference.prediction_stages`): pre-processing (resize and normalise decoded
 uint8 images), the network, and post-processing (decoding, softmax, NMS, boxes to pixels).
 All detectors run the same batches, taking turns round after round
-(`singleshot.timing.time_in_turns`: each turn runs all batches in a row after a pause and an
-untimed run, so each detector is timed warm, as a deployment runs it, and a change in the
+(`singleshot.timing.time_in_turns`: each turn runs all batches in a row after a pause and
+50 ms of untimed runs, so each detector is timed warm, as a deployment runs it, and a change in the
 machine's load falls on all alike). Decoding image files is not timed.
 
 `score_formats` evaluates each on a dataset as ``singleshot eval`` does

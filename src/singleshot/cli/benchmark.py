@@ -33,7 +33,7 @@ TORCH_MADE = (
 STATISTIC = (
     "per stage, the median over rounds x batches of the run's time / batch size; ms_per_image is the sum "
     "of the stages' medians; the formats take turns in each round, each running all batches in a row after "
-    "a pause and an untimed run"
+    "a pause and 50 ms of untimed runs"
 )
 
 
@@ -52,11 +52,10 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "quantised, ONNX Runtime). For a graph with NMS inside, the network figure includes decoding "
             "and NMS (marked *). All formats run the same batches, taking turns round after round (a "
             "change in the machine's load falls on all alike): a turn runs all batches in a row after a "
-            "pause and an untimed run, so each format is timed warm, as a deployment runs it; each "
-            "stage's figure "
-            "is its median over rounds x batches, and the total is their sum. Also writes the figures "
-            "with their spread, the CPU's name, the thread count and the runtimes' versions as JSON "
-            "(--out). Formats that cannot run here are left out with the reason."
+            "pause and 50 ms of untimed runs, so each format is timed warm, as a deployment runs it; "
+            "each stage's figure is its median over rounds x batches, and the total is their sum. "
+            "Also writes the figures with their spread, the CPU's name, the thread count and the "
+            "runtimes' versions as JSON (--out). Formats that cannot run here are left out with the reason."
         ),
     )
     add = parser.add_argument

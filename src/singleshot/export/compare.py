@@ -48,7 +48,7 @@ def time_onnx_files(
     """Median milliseconds per image of each file, the files taking turns.
 
     Every round gives every file a turn (the order reversed every other round) in which it
-    runs all inputs in a row after a pause and an untimed run (`singleshot.timing.time_in_turns`),
+    runs all inputs in a row after a pause and 50 ms of untimed runs (`singleshot.timing.time_in_turns`),
     so each is timed warm and all see the same machine load; the median over ``repeats``
     rounds x inputs of each run's time / batch size is reported, as elapsed time and as CPU
     time. On a machine other processes keep busy, a longer run is more often preempted,
