@@ -4,8 +4,12 @@ The timings here come from fake timers (``timer(layout, step) -> seconds``), so 
 layout is faster is known; the real steps run where a test needs them to.
 """
 
+import itertools
 import json
 import math
+import subprocess
+import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,7 @@ from singleshot.layout import (
     LAYOUTS,
     LayoutDecision,
     apply_memory_format,
+    busy_trial,
     choose_memory_format,
     decision_key,
     forced_layout,
@@ -309,3 +314,65 @@ def test_build_kernels_lists_and_clears_the_cached_decisions(cache, model, capsy
     assert main(["build-kernels", "--clear"]) == 0
     assert "2 cached layout decision(s) removed" in capsys.readouterr().out
     assert sorted(p.name for p in cache.iterdir()) == ["download.pt"]
+
+
+def test_a_trial_on_a_busy_machine_is_judged_by_its_share_of_the_cpu():
+    # 2 threads for 1 s could run 2 CPU-seconds: 1.9 is an idle machine, 0.6 a busy one
+    assert busy_trial(1.0, 1.9, 2) is None
+    assert busy_trial(1.0, 1.0, 2) is None  # exactly BUSY_CPU_SHARE
+    reason = busy_trial(1.0, 0.6, 2)
+    assert reason is not None and "30% of the time its 2 threads could have" in reason
+    assert busy_trial(0.1, 0.0, 2) is None  # too short to judge (a fake timer's trial)
+
+
+@pytest.mark.parametrize("cpu_seconds, cached", [(1.9, True), (0.6, False)])
+def test_a_busy_trial_decides_but_is_not_cached(cache, model, monkeypatch, cpu_seconds, cached):
+    # each trial's elapsed and CPU time as the clock around it reads them: 1 s, and cpu_seconds
+    clock = types.SimpleNamespace(perf_counter=itertools.cycle([0.0, 1.0]).__next__,
+                                  process_time=itertools.cycle([0.0, cpu_seconds]).__next__)  # fmt: skip
+    monkeypatch.setattr("singleshot.layout.choose.time", clock)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    timer = FakeTimer({"channels_last": 0.5, "contiguous": 0.25})
+    decision = choose_memory_format(model, SHAPE, training=True, timer=timer)
+    assert decision.layout == "contiguous" and decision.source == "measured"
+    assert (decision.cache_file is not None) == cached and bool(list_decisions()) == cached
+    if not cached:
+        assert decision.describe().endswith("measured now, not cached: other work kept the machine busy "
+                                            "during the trial (this process ran 30% of the time its 2 "
+                                            "threads could have))")  # fmt: skip
+        # the next call measures again
+        again = choose_memory_format(
+            model, SHAPE, training=True, timer=FakeTimer({"channels_last": 0.5, "contiguous": 0.25})
+        )
+        assert again.source == "measured"
+
+
+BUSY_TRIAL = """
+import os, subprocess, sys, torch, singleshot
+from singleshot.layout import choose_memory_format
+cpus = sorted(os.sched_getaffinity(0))[:2]
+os.sched_setaffinity(0, cpus)
+torch.set_num_threads(len(cpus))
+# two busy processes per CPU, on the same CPUs: the trial's threads get about a third of them
+busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2 * len(cpus))]
+try:
+    model = singleshot.build_model("ssd160_compact", num_classes=3)
+    decision = choose_memory_format(model, (2, 3, 160, 160), training=False)
+finally:
+    for process in busy:
+        process.kill()
+print(decision.describe())
+print("cached" if decision.cache_file else "not cached")
+"""
+
+
+def test_a_real_trial_among_busy_processes_is_not_cached(cache, tmp_path):
+    """Real signals: the trial shares its CPUs with busy-looping processes (inherits the
+    affinity), so its process runs about a third of its threads' time."""
+    script = tmp_path / "busy_trial.py"
+    script.write_text(BUSY_TRIAL)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "not cached", done.stdout
+    assert "other work kept the machine busy during the trial" in done.stdout
+    assert not list_decisions()

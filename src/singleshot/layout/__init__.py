@@ -16,18 +16,21 @@ and keeps the faster, cached per machine; callers with a reason force one instea
 `singleshot train` does this at the start of a run (``channels_last: auto``, the default;
 ``--channels-last/--no-channels-last`` force it) and records the decision in the
 checkpoint, so that ``--resume`` continues in the same layout; ``detect`` and ``eval`` do it
-for the CPU paths that have a choice (the Winograd path runs channels-last).
+for the CPU paths that have a choice (the Winograd path runs channels-last). A trial
+taken while other work kept the CPU busy is used but not cached (`busy_trial`).
 """
 
-from .choose import choose_memory_format
+from .choose import BUSY_CPU_SHARE, busy_trial, choose_memory_format
 from .decision import LAYOUTS, LayoutDecision, apply_memory_format, forced_layout
 from .store import cached_decision, clear_decisions, decision_key, list_decisions, store_decision
 from .trial import measure_layouts, time_step
 
 __all__ = [
+    "BUSY_CPU_SHARE",
     "LAYOUTS",
     "LayoutDecision",
     "apply_memory_format",
+    "busy_trial",
     "cached_decision",
     "choose_memory_format",
     "clear_decisions",

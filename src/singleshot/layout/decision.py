@@ -43,7 +43,8 @@ class LayoutDecision:
         trial_batch: images per trial step (None without a trial).
         measured_on: where the trial ran, e.g. "Intel Xeon ..., 2 threads" (None without one).
         mode: what the trial timed: "train" (forward + backward) or "inference" (forward).
-        reason: for a forced decision, who forced it (e.g. "channels_last: false").
+        reason: for a forced decision, who forced it (e.g. "channels_last: false"); for a
+            measured one that was not cached, why (`singleshot.layout.busy_trial`).
         cache_file: the cache file the decision was written to or read from.
     """
 
@@ -78,8 +79,13 @@ class LayoutDecision:
             text += f"trial: {self.describe_trial()}; "
         if self.source == "forced":
             return text + f"forced by {self.reason or 'the caller'}, no trial)"
+        measured = "measured now"
+        if self.cache_file:
+            measured += f", cached in {self.cache_file}"
+        elif self.reason:  # why it was not cached
+            measured += f", {self.reason}"
         where = {
-            "measured": f"measured now, cached in {self.cache_file}" if self.cache_file else "measured now",
+            "measured": measured,
             "cached": f"decided earlier, cached in {self.cache_file}",
             "checkpoint": "as the checkpointed run decided",
         }[self.source]
