@@ -21,7 +21,7 @@ import torch
 
 import singleshot
 from ci import openvino_runs
-from singleshot.benchmark import FORMATS, STAGES, busy_machine_note
+from singleshot.benchmark import FORMATS, STAGES, busy_machine_note, spinning_threads_note
 from singleshot.cache import cpu_name
 from singleshot.checkpoint import save_checkpoint
 from singleshot.cli import main
@@ -281,6 +281,15 @@ def test_time_in_turns_runs_each_candidate_warm_after_a_pause(monkeypatch):
     assert calls == ["pause", "p2", "p2", "p4"] and times[0].wall["run"] == pytest.approx([3.0, 3.0])
     with pytest.raises(ValueError, match="at least one input and one round"):
         time_in_turns(runs, [], repeats=1)
+
+
+def test_exported_formats_note_pytorchs_spinning_threads():
+    machine = {"threads": 2, "environment": {}}
+    note = spinning_threads_note(machine, ["torch", "onnx", "int8"])
+    assert note is not None and "runtimes of onnx, int8" in note and "OMP_WAIT_POLICY=PASSIVE" in note
+    assert spinning_threads_note(machine, ["torch"]) is None  # no exported format timed
+    assert spinning_threads_note({**machine, "threads": 1}, ["onnx"]) is None  # no idle thread spins
+    assert spinning_threads_note({**machine, "environment": {"OMP_WAIT_POLICY": "PASSIVE"}}, ["onnx"]) is None
 
 
 def test_a_busy_machine_is_noted_where_pytorchs_threads_spin():

@@ -21,7 +21,7 @@ from .formats import (
     source_kind,
 )
 from .measure import STAGES, dataset_images, image_batches, sample_images, score_formats, time_formats
-from .report import busy_machine_note, environment, format_benchmark_table
+from .report import busy_machine_note, environment, format_benchmark_table, spinning_threads_note
 
 __all__ = [
     "FORMATS",
@@ -38,6 +38,7 @@ __all__ = [
     "plan_formats",
     "sample_images",
     "score_formats",
+    "spinning_threads_note",
     "source_kind",
     "time_formats",
 ]

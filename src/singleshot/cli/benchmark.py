@@ -122,7 +122,14 @@ def _format_names(args: argparse.Namespace) -> list[str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..benchmark import busy_machine_note, environment, needs_calibration, plan_formats, source_kind
+    from ..benchmark import (
+        busy_machine_note,
+        environment,
+        needs_calibration,
+        plan_formats,
+        source_kind,
+        spinning_threads_note,
+    )
 
     _check(args)
     args.batch = list(dict.fromkeys(args.batch))
@@ -142,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
     calibration = _calibration(args, images) if needs_calibration(kind, names) else None
     document: dict[str, Any] = {"command": "singleshot benchmark", "source": str(args.checkpoint),
                                 "source_kind": kind, **environment(threads)}  # fmt: skip
-    busy = busy_machine_note(document)
-    if busy is not None:
-        print(f"note: {busy}", file=sys.stderr)
+    for note in (busy_machine_note(document), spinning_threads_note(document, names)):
+        if note is not None:
+            print(f"note: {note}", file=sys.stderr)
     with _work_dir(args.work_dir) as folder:
         detectors, formats = _open_formats(args, model, names, folder, threads, calibration)
         maps = _score(args, detectors, dataset, classes) if dataset is not None else None
