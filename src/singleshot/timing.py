@@ -174,8 +174,8 @@ def time_in_turns(
 
     The warm-up is a duration, not a count of runs: on the 2-core virtual machine of
     benchmarks/README.md a 0.7 ms run took twice as long right after a 50 ms pause and
-    still 10-30% longer ten runs later, which a single untimed run left in the figures of
-    short runs, and not of long ones.
+    11-33% longer in the nine runs after it, which a single untimed run left in the figures
+    of short runs, and not of long ones.
     """
     times = _warmed(runs, inputs, repeats, warmup)
     for round_index in range(repeats):
