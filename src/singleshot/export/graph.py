@@ -188,7 +188,7 @@ class DetectorGraph(nn.Module):
         boxes = self.decoder(loc)
         if self.clip:
             boxes = boxes.clamp(0.0, 1.0)
-        scores = torch.softmax(conf, dim=-1)[:, :, 1:].transpose(1, 2)  # (B, C-1, P)
+        scores = torch.softmax(conf, dim=-1).transpose(1, 2)[:, 1:]  # (B, C-1, P)
         # Scores at or below the threshold never become detections, so zero them before the
         # top-k: most rows then hold few non-zero scores, and ONNX Runtime's TopK (a heap)
         # rarely updates; its order is not needed before the scatter (benchmarks/README.md).
