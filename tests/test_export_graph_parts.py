@@ -35,6 +35,13 @@ def test_prior_decoder_equals_decode_bit_for_bit(num_priors):
         assert torch.equal(ours, decode(loc, priors, variances, LOG_SIZE_CLAMP))
 
 
+def test_prior_decoder_keeps_its_constants_on_the_priors_device():
+    # "meta" stands in for a GPU: a constant made on the CPU would be left behind there
+    decoder = PriorDecoder(torch.rand(5, 4, device="meta"), (0.1, 0.2), LOG_SIZE_CLAMP)
+    assert {buffer.device.type for buffer in decoder.buffers()} == {"meta"}
+    assert decoder(torch.zeros(2, 5, 4, device="meta")).shape == (2, 5, 4)
+
+
 def test_prior_decoder_scripts():
     priors = torch.tensor([[0.5, 0.5, 0.2, 0.4], [0.1, 0.2, 0.3, 0.3]])
     decoder = PriorDecoder(priors, (0.1, 0.2), LOG_SIZE_CLAMP)

@@ -115,11 +115,12 @@ class PriorDecoder(nn.Module):
 
     def __init__(self, priors: Tensor, variances: tuple[float, float], log_size_clamp: float) -> None:
         super().__init__()
-        priors = priors.detach().float()
+        priors = priors.detach().float()  # every constant on the priors' device
+        signs = torch.tensor([-0.5, -0.5, 0.5, 0.5], device=priors.device)
         self.register_buffer("centres", priors[:, [0, 1, 0, 1]].clone())  # (P, 4)
         self.register_buffer("sizes", priors[:, [2, 3, 2, 3]].clone())  # (P, 4)
-        self.register_buffer("half_sizes", self.sizes * torch.tensor([-0.5, -0.5, 0.5, 0.5]))
-        eye = torch.eye(4)
+        self.register_buffer("half_sizes", self.sizes * signs)
+        eye = torch.eye(4, device=priors.device)
         # loc @ pick: (dx, dy, dw, dh) -> (dx, dy, dx, dy) and (dw, dh, dw, dh)
         self.register_buffer("pick_shift", eye[:, [0, 1, 0, 1]].clone())
         self.register_buffer("pick_log_size", eye[:, [2, 3, 2, 3]].clone())
