@@ -263,3 +263,21 @@ def test_optimize_for_inference_on_the_gpu_keeps_the_detections():
     assert next(half.parameters()).dtype == torch.float16 and half.optimizations.dtype == "torch.float16"
     share, compared = share_found(reference, half.predict(images), FP16_MIN_SCORE, FP16_BOX_PX, FP16_SCORE)
     assert compared >= 10 and share >= FP16_SHARE, (share, compared)
+
+
+def test_a_torchscript_export_with_postprocessing_made_on_cuda_runs_there(tmp_path):
+    """export_torchscript exports on the model's device: the graph's decoder constants and the
+    NMS table must live there too; its detections are the CPU export's to rounding."""
+    from singleshot.export import TorchScriptDetector, export_torchscript
+
+    model = biased_ssd300()
+    images = smooth_images(2)
+    on_cpu = TorchScriptDetector(export_torchscript(model, tmp_path / "cpu.pt", with_postprocess=True))
+    path = export_torchscript(model.to(CUDA), tmp_path / "cuda.pt", with_postprocess=True)
+    on_gpu = TorchScriptDetector(path, device="cuda")
+    with full_fp32():
+        reference, got = on_cpu.predict(images), on_gpu.predict(images)
+    got = [{name: d[name].cpu() for name in ("boxes", "scores", "labels")} for d in got]
+    assert sum(len(d["scores"]) for d in reference) >= 10
+    share, compared = share_found(reference, got, FP16_MIN_SCORE, 0.05, 1e-3)
+    assert compared >= 10 and share >= FP16_SHARE, (share, compared)
