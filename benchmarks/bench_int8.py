@@ -56,7 +56,7 @@ from singleshot.export.int8 import quantize_onnx
 from singleshot.transforms import preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
-from core_latency import round_trip_ns, state  # noqa: E402
+from core_latency import state, try_round_trip_ns  # noqa: E402
 
 LAYER_CHOICES = {"none": (), "first": ("first",), "heads": ("heads",), "first+heads": ("first", "heads")}
 
@@ -80,14 +80,14 @@ def time_files(
     for threads in args.threads:
         for batch in args.batch:
             inputs = timing_inputs(images, model, batch, max(1, args.inputs // batch))
-            before = round_trip_ns()
+            before = try_round_trip_ns()
             times = time_onnx_files(list(files.values()), inputs, threads, args.rounds)
-            trips = [before, round_trip_ns()]
+            trips = [before, try_round_trip_ns()]
             rows.append({"threads": threads, "batch": batch, **{n: t._asdict() for n, t in zip(files, times)},
                          "core_round_trip_ns": trips})  # fmt: skip
             cells = [f"{name} {t.wall:.2f} ({times[0].wall / t.wall:.2f}x) | {t.cpu:.2f} "
                      f"({times[0].cpu / t.cpu:.2f}x)" for name, t in zip(files, times)]  # fmt: skip
-            cores = "/".join(f"{ns:.0f} ns {state(ns)}" for ns in trips)
+            cores = "/".join("not measured" if ns is None else f"{ns:.0f} ns {state(ns)}" for ns in trips)
             print(f"  {threads} threads, batch {batch}, cores {cores}, ms/image elapsed | CPU: "
                   + ", ".join(cells))  # fmt: skip
     return rows

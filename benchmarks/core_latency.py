@@ -20,6 +20,7 @@ forth 200,000 times), built once with the system's C compiler into a temporary f
 from __future__ import annotations
 
 import argparse
+import atexit
 import functools
 import os
 import shutil
@@ -37,6 +38,7 @@ _SOURCE = r"""
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 static _Atomic int flag;
@@ -46,7 +48,8 @@ static void pin(int cpu) {
     cpu_set_t set;
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
-    if (pthread_setaffinity_np(pthread_self(), sizeof set, &set)) { perror("affinity"); exit(2); }
+    int failed = pthread_setaffinity_np(pthread_self(), sizeof set, &set);
+    if (failed) { fprintf(stderr, "cannot run on CPU %d: %s\n", cpu, strerror(failed)); exit(2); }
 }
 
 static void *answer(void *cpu) {
@@ -81,24 +84,45 @@ int main(int argc, char **argv) {
 
 @functools.cache
 def _probe() -> Path:
-    """Compile the probe once per process (C compiler from $CC, else cc)."""
+    """Compile the probe once per process (C compiler from $CC, else cc), in a temporary
+    folder removed at exit. RuntimeError if it does not compile."""
     compiler = os.environ.get("CC") or shutil.which("cc") or "gcc"
     folder = Path(tempfile.mkdtemp(prefix="singleshot-core-latency-"))
+    atexit.register(shutil.rmtree, folder, True)
     (folder / "probe.c").write_text(_SOURCE)
-    subprocess.run([compiler, "-O2", "-pthread", "-o", str(folder / "probe"), str(folder / "probe.c")],
-                   check=True, capture_output=True)  # fmt: skip
+    try:
+        subprocess.run([compiler, "-O2", "-pthread", "-o", str(folder / "probe"), str(folder / "probe.c")],
+                       check=True, capture_output=True, text=True)  # fmt: skip
+    except (OSError, subprocess.CalledProcessError) as error:
+        detail = getattr(error, "stderr", None) or error
+        raise RuntimeError(f"cannot build the core-latency probe with {compiler}: {detail}") from None
     return folder / "probe"
 
 
 def round_trip_ns(cpus: tuple[int, int] = (0, 1), trips: int = 200_000) -> float:
-    """Mean nanoseconds for a flag to go from a thread on ``cpus[0]`` to one on ``cpus[1]`` and back."""
-    out = subprocess.run([str(_probe()), str(cpus[0]), str(cpus[1]), str(trips)],
-                         check=True, capture_output=True, text=True)  # fmt: skip
-    return float(out.stdout)
+    """Mean nanoseconds for a flag to go from a thread on ``cpus[0]`` to one on ``cpus[1]`` and
+    back. RuntimeError if the probe cannot be built or run (e.g. a CPU this process may not use)."""
+    done = subprocess.run([str(_probe()), str(cpus[0]), str(cpus[1]), str(trips)],
+                          capture_output=True, text=True)  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the core-latency probe failed on CPUs {cpus}: {done.stderr.strip()}")
+    return float(done.stdout)
 
 
-def state(nanoseconds: float) -> str:
-    """The state of a round trip of ``nanoseconds``: "near" or "far" (see the module docstring)."""
+def try_round_trip_ns() -> float | None:
+    """`round_trip_ns` between CPUs 0 and 1, or None where it cannot be measured (one CPU, no
+    C compiler): the benchmarks record it beside their figures and go on without it."""
+    try:
+        return round_trip_ns()
+    except RuntimeError:
+        return None
+
+
+def state(nanoseconds: float | None) -> str:
+    """The state of a round trip of ``nanoseconds``: "near", "far" (see the module docstring)
+    or "unknown" (None: not measured)."""
+    if nanoseconds is None:
+        return "unknown"
     return "near" if nanoseconds < NEAR_BELOW_NS else "far"
 
 
@@ -111,7 +135,10 @@ def main() -> None:
     args = parser.parse_args()
     end = time.monotonic() + args.seconds
     while time.monotonic() < end:
-        ns = round_trip_ns(tuple(args.cpus))
+        try:
+            ns = round_trip_ns(tuple(args.cpus))
+        except RuntimeError as error:
+            parser.exit(1, f"core_latency.py: {error}\n")
         print(f"{time.strftime('%H:%M:%S')}  {ns:7.1f} ns  {state(ns)}", flush=True)
         time.sleep(max(0.0, 1.0 - ns * 200_000 / 1e9))
 
