@@ -53,6 +53,7 @@ from singleshot.export import OnnxDetector, export_onnx
 from singleshot.export.calibration import calibration_images
 from singleshot.export.compare import time_onnx_files
 from singleshot.export.int8 import quantize_onnx
+from singleshot.timing import Laps, time_in_turns
 from singleshot.transforms import preprocess
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -93,6 +94,16 @@ def time_files(
     return rows
 
 
+def _detector_run(runner: OnnxDetector) -> Any:
+    """``run(x, laps)`` for `singleshot.timing.time_in_turns`: one `OnnxDetector.run`, one stage."""
+
+    def run(x: torch.Tensor, laps: Laps) -> None:
+        runner.run(x)
+        laps.lap("run")
+
+    return run
+
+
 def spin_check(
     files: dict[str, Path], images: list[torch.Tensor], model: Any, args: argparse.Namespace
 ) -> list:
@@ -100,11 +111,9 @@ def spin_check(
     idle worker threads spinning (`OnnxDetector`'s default, what a deployment runs, and how
     `time_onnx_files` times) and sleeping (fair to other work on a shared machine). Each
     round runs every runner on all inputs in turn, the order reversed every other round,
-    with a pause and 50 ms of untimed runs before each runner's turn: spinning threads left
-    by the previous one would steal its cores, and the cores slow down while idle. Median
-    elapsed ms per image."""
-    import time
-
+    with a pause and 50 ms of untimed runs before each runner's turn
+    (`singleshot.timing.time_in_turns`): spinning threads left by the previous one would
+    steal its cores, and the cores slow down while idle. Median elapsed ms per image."""
     rows = []
     for threads in args.threads:
         for batch in args.batch:
@@ -112,21 +121,8 @@ def spin_check(
             inputs = [torch.from_numpy(x) for x in timing_inputs(images, model, batch, count)]
             runners = {f"{name} spin {'on' if spin else 'off'}": OnnxDetector(path, threads, spin=spin)
                        for name, path in files.items() for spin in (True, False)}  # fmt: skip
-            times: dict[str, list[float]] = {name: [] for name in runners}
-            for round_ in range(args.rounds + 1):  # round 0 warms up
-                order = list(runners.items())
-                for name, runner in order if round_ % 2 else order[::-1]:
-                    time.sleep(0.05)  # the last runner's spinning threads go to sleep first
-                    warm_until = time.perf_counter() + 0.05  # untimed: runs after a pause are slow
-                    runner.run(inputs[-1])
-                    while time.perf_counter() < warm_until:
-                        runner.run(inputs[-1])
-                    for x in inputs:
-                        start = time.perf_counter()
-                        runner.run(x)
-                        if round_:
-                            times[name].append(1000 * (time.perf_counter() - start) / batch)
-            row = {name: float(np.median(t)) for name, t in times.items()}
+            times = time_in_turns([_detector_run(runner) for runner in runners.values()], inputs, args.rounds)
+            row = {name: t.median("run") for name, t in zip(runners, times)}
             rows.append({"threads": threads, "batch": batch, **row})
             print(f"  {threads} threads, batch {batch}, ms/image elapsed: "
                   + ", ".join(f"{name} {t:.2f}" for name, t in row.items()))  # fmt: skip
