@@ -104,7 +104,7 @@ def test_class_map_files_in_yaml_and_json(tmp_path):
         read_class_map(tmp_path / "missing.yaml")
 
 
-def test_init_from_reorders_class_heads_by_name_and_resets_them_for_other_names():
+def test_init_from_takes_class_heads_by_name_and_resets_them_for_new_names():
     import singleshot
     from singleshot.training.setup import init_from_detector
 
@@ -116,6 +116,48 @@ def test_init_from_reorders_class_heads_by_name_and_resets_them_for_other_names(
     with torch.no_grad():
         (_, conf_a), (_, conf_b) = source(x), reordered(x)
     torch.testing.assert_close(conf_b, conf_a[..., [0, 3, 1, 2]])  # bird, cat, dog by name
-    other = singleshot.build_model("ssd160_compact", class_names=[BG, "cat", "dog", "horse"])
+    other = singleshot.build_model("ssd160_compact", class_names=[BG, "horse", "cow"])
     kept = init_from_detector(other, source.state_dict(), names=MODEL)
-    assert kept and all(name.startswith("head.conf.") for name in kept)
+    assert kept and all(name.startswith("head.conf.") for name in kept)  # nothing shared: all fresh
+
+    some = singleshot.build_model("ssd160_compact", class_names=[BG, "horse", "dog", "cat", "cow"])
+    initial = {name: tensor.clone() for name, tensor in some.state_dict().items()}
+    assert init_from_detector(some, source.state_dict(), names=MODEL) == []
+    theirs = source.state_dict()
+    for name, tensor in some.state_dict().items():
+        if name.startswith("head.conf."):  # (box, class) channels
+            mine, before = tensor.unflatten(0, (-1, 5)), initial[name].unflatten(0, (-1, 5))
+            assert torch.equal(
+                mine[:, [0, 2, 3]], theirs[name].unflatten(0, (-1, 4))[:, [0, 2, 1]]
+            )  # by name
+            assert torch.equal(mine[:, [1, 4]], before[:, [1, 4]])  # horse and cow as initialised
+            assert name.endswith("bias") or not torch.equal(mine[:, 0], before[:, 0])  # so copying shows
+        else:
+            assert torch.equal(tensor, theirs[name]), name
+
+
+def test_init_from_note_says_what_became_of_the_class_predictors():
+    from singleshot.training.setup import init_from_note
+
+    kept = ["head.conf.0.weight"]
+    assert init_from_note("a.pt", MODEL, list(MODEL), []) is None
+    assert init_from_note("a.pt", MODEL, [BG, "bird", "cat", "dog"], []) == (
+        "a.pt: class predictors reordered by name to the training set's order"
+    )
+    assert init_from_note("a.pt", MODEL, [BG, "horse", "cow"], kept) == (
+        "a.pt shares no class: the class predictors start afresh for the training set's 2 classes; "
+        "the backbone, extra layers and box predictors are copied"
+    )
+    assert init_from_note("a.pt", MODEL, [BG, "horse", "dog", "cow"], []) == (
+        "a.pt: class predictors copied by name for 1 of the training set's 3 classes; horse, cow start afresh"
+    )
+    assert init_from_note("a.pt", MODEL, [BG, "bird", "cat"], []) == (
+        "a.pt: class predictors of the training set's 2 classes copied by name from its 3"
+    )
+    assert init_from_note("a.pt", None, [BG, "cat"], kept).startswith(
+        "a.pt names no classes and predicts another number: the class predictors start afresh for the "
+        "training set's 1 class;"
+    )
+    assert init_from_note("a.pt", None, list(MODEL), []) == (
+        "a.pt names no classes: its class predictors are copied in its own order"
+    )

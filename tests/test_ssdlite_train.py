@@ -70,7 +70,7 @@ def ssdlite(names):
     return singleshot.build_model("ssdlite320_voc", class_names=[BG, *names])
 
 
-def test_init_from_keeps_all_but_the_class_predictors_and_reorders_them_by_name(tmp_path):
+def test_init_from_keeps_all_but_new_classes_predictors_and_reorders_them_by_name(tmp_path):
     torch.manual_seed(0)
     source = ssdlite(["cat", "dog", "bird"])
     with torch.no_grad():  # BatchNorm statistics away from their initial values, so that copying shows
@@ -88,13 +88,16 @@ def test_init_from_keeps_all_but_the_class_predictors_and_reorders_them_by_name(
 
     save_checkpoint(tmp_path / "source.pt", source)
     config = TrainConfig(model="ssdlite320_voc", init_from=str(tmp_path / "source.pt"), seed=3)
-    tuned = build_training_model(config, [BG, "cat", "horse"]).state_dict()
+    tuned = build_training_model(config, [BG, "horse", "cat"]).state_dict()
     torch.manual_seed(3)
-    fresh = ssdlite(["cat", "horse"]).state_dict()
+    fresh = ssdlite(["horse", "cat"]).state_dict()
     reference = source.state_dict()
     for name, tensor in tuned.items():
-        if name in predictors:  # re-initialised for the 3 classes: the preset's fresh tensors
-            assert tensor.shape[0] == reference[name].shape[0] // 4 * 3 and torch.equal(tensor, fresh[name])
+        if name in predictors:  # background and cat by name (source 0, 1), horse fresh
+            assert tensor.shape[0] == reference[name].shape[0] // 4 * 3
+            mine, theirs = (t.reshape(-1, n, *t.shape[1:]) for t, n in ((tensor, 3), (reference[name], 4)))
+            assert torch.equal(mine[:, [0, 2]], theirs[:, [0, 1]])
+            assert torch.equal(mine[:, 1], fresh[name].reshape(mine.shape)[:, 1]), name
         else:  # backbone, extras, box heads and the class heads' depthwise blocks, BatchNorm included
             assert torch.equal(tensor, reference[name]), name
 

@@ -177,7 +177,7 @@ def test_a_schedule_following_the_budget_ends_annealed_when_the_budget_stops_the
     assert [(r["iteration"], r["follows_clock"]) for r in notes] == ([(0, True)] if follow else [])
 
 
-def test_init_from_keeps_everything_but_the_class_heads(tmp_path):
+def test_init_from_keeps_everything_but_the_new_classes_predictors(tmp_path):
     source = singleshot.build_model("ssd160_compact", class_names=ShapesDataset.classes)
     with torch.no_grad():
         for p in source.parameters():
@@ -185,7 +185,7 @@ def test_init_from_keeps_everything_but_the_class_heads(tmp_path):
     save_checkpoint(tmp_path / "source.pt", source)
 
     class FourClasses(ShapesDataset):
-        classes = ["__background__", "red", "green", "blue"]
+        classes = ["__background__", "green", "blue", "red"]  # red and green shared, in another order
 
     config = tiny_config(tmp_path / "run", iterations=1, init_from=str(tmp_path / "source.pt"))
     # One step of rate 1e-30: lr * |gradient| is below half an ulp of every weight (all
@@ -203,21 +203,28 @@ def test_init_from_keeps_everything_but_the_class_heads(tmp_path):
     for name, tensor in tuned.items():
         if name in conf:
             assert tensor.shape[0] == reference[name].shape[0] // 3 * 4  # 4 classes per box now
-            # the fresh heads (zero biases, weights of any size) move by lr * |gradient| < 1e-20
-            torch.testing.assert_close(tensor, fresh[name], rtol=0, atol=1e-20, msg=name)
+            per_class = tensor.reshape(-1, 4, *tensor.shape[1:])  # (box, class, ...)
+            # background, green and red: the source's channels for those names (0, 2, 1)
+            assert torch.equal(
+                per_class[:, [0, 1, 3]], reference[name].reshape(-1, 3, *tensor.shape[1:])[:, [0, 2, 1]]
+            )
+            # blue: fresh (zero biases, weights of any size), moved by lr * |gradient| < 1e-20
+            blue = fresh[name].reshape(per_class.shape)[:, 2]
+            torch.testing.assert_close(per_class[:, 2], blue, rtol=0, atol=1e-20, msg=name)
         elif tensor.is_floating_point() and "running" not in name:  # backbone, extras, loc heads
             assert not torch.equal(reference[name], fresh[name]), name  # so keeping them shows
             assert torch.equal(tensor, reference[name]), name
     assert any(name.startswith("head.loc.") for name in tuned)
-    # the class heads follow init_ssd_weights: Xavier-uniform weights, bound sqrt(6 / (fan_in + fan_out))
-    # with fan = channels x 3 x 3 (their maximum reaches it within 3 %), zero biases
+    # blue's channels follow init_ssd_weights: Xavier-uniform weights, bound sqrt(6 / (fan_in +
+    # fan_out)) with fan = channels x 3 x 3 (their maximum reaches it within 3 %), zero biases
     for name in conf:
+        blue = tuned[name].reshape(-1, 4, *tuned[name].shape[1:])[:, 2]
         if name.endswith(".bias"):
-            assert tuned[name].abs().max() < 1e-20, name
+            assert blue.abs().max() < 1e-20, name
             continue
         out_channels, in_channels, kh, kw = tuned[name].shape
         bound = math.sqrt(6 / ((in_channels + out_channels) * kh * kw))
-        assert 0.97 * bound < float(tuned[name].abs().max()) <= bound, name
+        assert 0.97 * bound < float(blue.abs().max()) <= bound, name
 
 
 def test_init_from_another_preset_is_refused(tmp_path):

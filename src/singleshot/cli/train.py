@@ -161,8 +161,9 @@ def _model_arguments(group: argparse._ArgumentGroup) -> None:
         "(`singleshot models`)",
     )
     add("--init-from", metavar="NAME|CHECKPOINT",
-        help="fine-tune a trained detector, a checkpoint or a published detector's name (class heads "
-             "re-initialised for other class names)")  # fmt: skip
+        help="fine-tune a trained detector, a checkpoint or a published detector's name (the class "
+             "predictors of classes it has are taken by name, the others start afresh; a note says "
+             "which)")  # fmt: skip
     add("--ema-decay", type=float, metavar="DECAY",
         help="evaluate and save an exponential moving average of the weights with this decay, e.g. 0.9998 "
         "(warmed up as DECAY * (1 - exp(-updates / ema_tau)), ema_tau 2000 by default)")  # fmt: skip

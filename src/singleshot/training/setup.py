@@ -21,6 +21,7 @@ from .data import Transform, default_workers, relabel
 __all__ = [
     "build_training_model",
     "init_from_detector",
+    "init_from_note",
     "class_logit_tensors",
     "freeze_batch_norm",
     "resolve_amp",
@@ -34,14 +35,15 @@ __all__ = [
 Evaluator = Callable[..., dict[str, Any]]
 
 
-def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
+def build_training_model(config: TrainConfig, class_names: list[str], notes: list[str] | None = None) -> SSD:
     """The model of a new run: preset ``config.model`` for ``class_names`` (index 0 = background).
 
     Initialised with the paper's scheme under ``config.seed``, then overwritten by
     ``config.backbone_weights`` (VGG16 or MobileNetV3-Large ImageNet weights, a file or a
     published backbone's name such as "vgg16_reducedfc"; the backbone is then built in the
     layout they fit, see `imagenet_backbone`) and/or ``config.init_from`` (a trained singleshot
-    detector, a file or a published detector's name) when given.
+    detector, a file or a published detector's name) when given. ``notes``, when given, gets
+    a line on how ``config.init_from``'s class predictors were used (`init_from_note`).
     """
     torch.manual_seed(config.seed)
     prior_config = None
@@ -68,10 +70,46 @@ def build_training_model(config: TrainConfig, class_names: list[str]) -> SSD:
 
         load_backbone(model, backbone_file(config.backbone_weights))
     if source is not None:
-        init_from_detector(
-            model, source["state_dict"], str(config.init_from), source["model"].get("class_names")
-        )
+        names = source["model"].get("class_names")
+        kept = init_from_detector(model, source["state_dict"], str(config.init_from), names)
+        note = init_from_note(str(config.init_from), names, model.class_names, kept)
+        if note is not None and notes is not None:
+            notes.append(note)
     return model
+
+
+def init_from_note(
+    where: str, source: list[str] | None, target: list[str] | None, kept: list[str]
+) -> str | None:
+    """What `init_from_detector` did with the class predictors, for the user: a detector of
+    classes ``source`` initialised a model of classes ``target`` (index 0 = background; None
+    = unnamed) and left ``kept`` (its return) as initialised. None when it copied them as
+    they are between the same named classes."""
+    count = len(target or []) - 1
+    classes = "class" if count == 1 else "classes"
+    rest = "the backbone, extra layers and box predictors are copied"
+    if kept:
+        what = "names no classes and predicts another number" if source is None else "shares no class"
+        return (
+            f"{where} {what}: the class predictors start afresh for the training set's {count} {classes}; "
+            + rest
+        )
+    if source is None:
+        return f"{where} names no classes: its class predictors are copied in its own order"
+    order = _head_order(source, target)
+    if not isinstance(order, torch.Tensor):
+        return None
+    new = [name for name, label in zip(target or [], order.tolist()) if label < 0]
+    if new:
+        shown = ", ".join(new[:5]) + (f" and {len(new) - 5} more" if len(new) > 5 else "")
+        return (f"{where}: class predictors copied by name for {count - len(new)} of the training set's "
+                f"{count} {classes}; {shown} start afresh")  # fmt: skip
+    if len(source) == len(target or []):
+        return f"{where}: class predictors reordered by name to the training set's order"
+    theirs = len(source) - 1
+    return (
+        f"{where}: class predictors of the training set's {count} {classes} copied by name from its {theirs}"
+    )
 
 
 def imagenet_backbone(spec: SSDSpec) -> SSDSpec:
@@ -92,8 +130,10 @@ def init_from_detector(
     heads (class-agnostic in SSD) and any layers of the class heads before their class
     predictors (SSDLite's depthwise convolutions and BatchNorms; see `class_logit_tensors`).
     The class predictors follow the class names (``names``: the detector's, index 0 =
-    background): the same names in another order are reordered to ``model.class_names``;
-    other names (or another count) leave them as initialised. Returns the names left at
+    background): each of ``model.class_names`` that the detector has takes the detector's
+    channels for it, wherever they are in its order, and background with them; the others
+    keep their initial values. With no object class in common (or another count, unnamed)
+    the class predictors stay as initialised. Returns the names of the tensors left wholly at
     their initial values. Raises ValueError (naming ``where``) if any other tensor is
     missing or has another shape: that is a different architecture.
     """
@@ -104,20 +144,40 @@ def init_from_detector(
     logits = class_logit_tensors(model)
     for name, tensor in own.items():
         other = state_dict.get(name)
-        is_logit = name in logits
-        if is_logit and order is False:
-            kept.append(name)
+        if name in logits:
+            rows = _class_rows(other, tensor, order)
+            if rows is None:
+                kept.append(name)
+            else:
+                copied[name] = rows
         elif other is not None and other.shape == tensor.shape:
-            if is_logit and isinstance(order, torch.Tensor):  # (anchor, class) channels: reorder classes
-                other = other.reshape(-1, len(order), *other.shape[1:])[:, order].reshape(other.shape)
             copied[name] = other
-        elif is_logit:
-            kept.append(name)
         else:
             found = "missing" if other is None else f"shape {tuple(other.shape)}"
             raise ValueError(f"{where}: {name} ({tuple(tensor.shape)}) does not fit: {found}")
     model.load_state_dict(copied, strict=False)
     return kept
+
+
+def _class_rows(
+    other: torch.Tensor | None, own: torch.Tensor, order: torch.Tensor | None | bool
+) -> torch.Tensor | None:
+    """A class predictor's tensor (output channels = (anchor, class) pairs) taking from
+    ``other`` the channels of each class ``order`` finds there (`_head_order`) and keeping
+    ``own``'s for the rest; None when nothing is taken."""
+    if other is None or order is False:
+        return None
+    if order is None:
+        return other if other.shape == own.shape else None
+    assert isinstance(order, torch.Tensor)
+    anchors, rest = own.shape[0] // len(order), own.shape[1:]
+    if other.shape[1:] != rest or other.shape[0] % anchors or own.shape[0] % len(order):
+        return None
+    if int(order.max()) >= other.shape[0] // anchors:  # names the detector's tensors lack
+        return None
+    theirs = other.reshape(anchors, -1, *rest)[:, order.clamp(min=0)]
+    found = (order >= 0).view(1, -1, *[1] * len(rest))
+    return torch.where(found, theirs, own.reshape(anchors, len(order), *rest)).reshape(own.shape)
 
 
 def class_logit_tensors(model: SSD) -> set[str]:
@@ -139,13 +199,14 @@ def class_logit_tensors(model: SSD) -> set[str]:
 
 
 def _head_order(source: list | None, target: list | None) -> torch.Tensor | None | bool:
-    """Source label of each target label when both name the same classes in another order;
-    None to copy the heads as they are (same names, or unnamed); False for other classes."""
+    """For each target label, the source label of the same name, -1 where the source has no
+    such class (background is label 0 in both); None to copy the heads as they are (the same
+    names in the same order, or either unnamed); False when no object class is shared."""
     if source is None or target is None or list(source) == list(target):
         return None
-    if sorted(source) != sorted(target):
-        return False
-    return match_classes(source, target).dataset_to_model
+    index = {name: label for label, name in enumerate(source) if label > 0}
+    order = torch.tensor([0] + [index.get(name, -1) for name in target[1:]], dtype=torch.int64)
+    return order if bool((order[1:] >= 0).any()) else False
 
 
 def relate_classes(

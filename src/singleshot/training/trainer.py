@@ -99,12 +99,13 @@ class Trainer:
         checkpoint = load_checkpoint(resume) if resume else None
         if checkpoint is not None and "training" not in checkpoint:
             raise ValueError(f"{resume}: has no training state to resume (a bare model checkpoint)")
-        model = self._model(checkpoint, resume)
+        init_notes: list[str] = []
+        model = self._model(checkpoint, resume, init_notes)
         self.amp_dtype = resolve_amp(config.amp, self.device)
         self.train_dataset, val_classes, notes = relate_classes(
             model, self.train_dataset, self.val_dataset, class_map
         )
-        self.class_notes = root_notes + notes
+        self.class_notes = root_notes + init_notes + notes
         self.evaluator = evaluator or functools.partial(
             default_evaluator, classes=val_classes, workers=config.workers
         )
@@ -126,10 +127,10 @@ class Trainer:
             self.ddp_model = DistributedDataParallel(self.model, device_ids=ids)
 
     # -- set-up ---------------------------------------------------------------------------
-    def _model(self, checkpoint: dict[str, Any] | None, resume: Any) -> SSD:
+    def _model(self, checkpoint: dict[str, Any] | None, resume: Any, notes: list[str]) -> SSD:
         if checkpoint is not None:
             return model_from_checkpoint(checkpoint, resume)
-        model = build_training_model(self.config, self.train_dataset.classes)
+        model = build_training_model(self.config, self.train_dataset.classes, notes)
         model.category_ids = dataset_category_ids(self.train_dataset, model.num_classes)
         return model
 
