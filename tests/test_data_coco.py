@@ -90,6 +90,9 @@ def good_images():
         (annotation(9, 2, 1, [1, 1, 5]), "annotation 9: 'bbox' must be [x, y, width, height]"),
         (annotation(9, 2, 1, [1, "a", 5, 5]), "annotation 9: 'bbox' has a non-numeric value"),
         (annotation(9, 2, 1, [25, 1, 5, 5]), "lies outside the 20x20 image"),
+        (annotation(9, 2, 1, [1, 1, float("inf"), 5]), "annotation 9: 'bbox' is not finite"),
+        (annotation(9, 2, 1, [1, 1, 10**400, 5]), "annotation 9: 'bbox' is not finite"),
+        (annotation(9, 2, 1, [1, 1, 5, 5], iscrowd=2), "annotation 9: 'iscrowd' must be 0 or 1, got 2"),
     ],
 )
 def test_invalid_annotations_name_the_file(tmp_path, bad, reason):
@@ -139,6 +142,30 @@ def test_missing_image(tmp_path):
         ("{not json", "malformed JSON"),
         ('{"images": []}', "missing the 'categories' list"),
         ("[]", "JSON object"),
+        ('{"images": [], "annotations": [], "categories": [{"id": ' + "9" * 5000 + "}]}", "malformed JSON"),
+        (
+            '{"images": [], "annotations": {}, "categories": [{"id": 1, "name": "a"}]}',
+            "'annotations' is not a list",
+        ),
+        ('{"images": [], "annotations": [], "categories": []}', "no categories"),
+        (
+            '{"images": [], "annotations": [], "categories": [{"name": "a"}]}',
+            "category 0 has no integer 'id'",
+        ),
+        (
+            json.dumps({"images": [], "annotations": [], "categories": [{"id": 1, "name": "a"}] * 2}),
+            "category id 1 appears twice",
+        ),
+        (
+            json.dumps(
+                {
+                    "images": [{"id": 3, "file_name": "a.jpg"}] * 2,
+                    "annotations": [],
+                    "categories": [{"id": 1, "name": "a"}],
+                }
+            ),
+            "image id 3 appears twice",
+        ),
     ],
 )
 def test_malformed_json_always_raises(tmp_path, text, reason):
@@ -147,6 +174,27 @@ def test_malformed_json_always_raises(tmp_path, text, reason):
     for skip in (False, True):
         with pytest.raises(ValueError, match=f"instances.json: .*{reason}"):
             COCODataset(tmp_path, path, skip_invalid=skip)
+
+
+def test_missing_annotation_file_is_named(tmp_path):
+    with pytest.raises(ValueError, match=r"absent\.json: annotation file not found"):
+        COCODataset(tmp_path, tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(
+    "entry, reason",
+    [({"file_name": "b.jpg", "width": 20, "height": 20}, "image entry 1 has no integer 'id'"),
+     ({"id": 2, "width": 20, "height": 20}, "image 2: no 'file_name'")],
+)  # fmt: skip
+def test_image_entries_without_id_or_file_name(tmp_path, entry, reason):
+    image_dir, path = make_coco(tmp_path, good_images(), [annotation(1, 1, 1, [1, 1, 5, 5])])
+    data = json.loads(path.read_text())
+    data["images"][1] = entry
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"instances_val.json: {reason}"):
+        COCODataset(image_dir, path)
+    ds = COCODataset(image_dir, path, skip_invalid=True)
+    assert len(ds) == 1 and reason in ds.skipped[0][1]
 
 
 def test_open_dataset_coco_layouts(tmp_path):

@@ -273,6 +273,10 @@ def test_bad_int8_requests_are_clear_errors(fitted, tmp_path, capsys):
          f"{tmp_path / 'empty'}: no images to calibrate with"),
         (["--format", "onnx", "--int8", "--calibration", str(data), "--float-layers", "tail", out],
          "--float-layers 'tail'"),
+        (["--format", "onnx", "--int8", "--calibration", str(tmp_path / "absent"), out],
+         f"{tmp_path / 'absent'}: calibration data must be a folder of images or a dataset root"),
+        (["--format", "onnx", "--int8", "--calibration", str(data), "--calibration-split", "val", out],
+         f"{data}: no split 'val' in this voc dataset (found: test, train)"),
     ]  # fmt: skip
     (tmp_path / "empty" / "sub").mkdir(parents=True)
     (tmp_path / "empty" / "sub" / "readme.txt").write_text("no images here")

@@ -87,6 +87,16 @@ def test_stop_names_the_file_and_keeps_the_last_checkpoint(voc_copy, tmp_path):
     assert load_checkpoint(run / "last.pt")["training"]["iteration"] == 2
 
 
+def test_skip_with_every_image_gone_stops_naming_the_first_reason(voc_copy, tmp_path):
+    trainer = Trainer(config(voc_copy, tmp_path / "run", on_bad_sample="skip"), progress=False)
+    paths = [trainer.train_dataset.image_path(k) for k in range(len(trainer.train_dataset))]
+    for path in paths:
+        path.write_bytes(b"not an image any more")
+    with pytest.raises(BadSampleError, match=r"none of the 8 training images can be read; first: .*\.jpg"):
+        trainer.run()
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
 @pytest.mark.parametrize("policy", ["stop", "skip"])
 def test_cli_image_that_passes_the_quick_check_but_does_not_decode(voc_copy, tmp_path, capsys, policy):
     # The quick check reads the header and the end marker only; the pixels are damaged.

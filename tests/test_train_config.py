@@ -245,3 +245,35 @@ def test_default_loader_workers(monkeypatch):
     assert default_workers("cuda") == 3  # 16 cores / 4 processes, one kept for each process
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
     assert default_workers("cuda") == 8
+
+
+BAD_SETTINGS = [
+    ("optimizer.name=adam", "optimizer.name must be 'sgd' or 'adamw', got 'adam'"),
+    ("optimizer.lr=0", "optimizer.lr must be > 0, got 0"),
+    ("optimizer.weight_decay=-1", "optimizer.weight_decay must be >= 0"),
+    ("schedule.name=step", "schedule.name must be multistep, cosine or constant, got 'step'"),
+    ("schedule.milestones=[20, 10]", "schedule.milestones must be increasing, got [20, 10]"),
+    ("schedule.warmup_factor=2", "warmup_factor in (0, 1]"),
+    ("schedule.follow_time_budget=true", "schedule.follow_time_budget needs the cosine schedule"),
+    ("batch_size=0", "batch_size and iterations must be >= 1"),
+    ("on_nonfinite=ignore", "on_nonfinite must be one of"),
+    ("dist_timeout_minutes=0", "dist_timeout_minutes must be > 0, got 0"),
+    ("on_bad_sample=drop", "on_bad_sample must be one of"),
+    ("channels_last=maybe", "channels_last must be true, false or auto, got 'maybe'"),
+    ("workers=-1", "workers must be >= 0, got -1"),
+    ("log_every=0", "log_every and checkpoint_every must be >= 1, eval_every >= 0"),
+    ("eval_metric=map50", "eval_metric must be voc07, voc12 or coco, got 'map50'"),
+    ("clip_grad_norm=0", "clip_grad_norm must be > 0, got 0"),
+    ("max_minutes=0", "max_minutes must be > 0, got 0"),
+    ("ema_decay=1", "ema_decay must be in (0, 1) (e.g. 0.9998), got 1"),
+    ("ema_tau=-1", "ema_tau must be >= 0"),
+    ("images=/data/train2017", "images and annotations go together"),
+]
+
+
+@pytest.mark.parametrize(("setting", "message"), BAD_SETTINGS)
+def test_each_inconsistent_setting_is_named(setting, message):
+    config = apply_overrides(TrainConfig(schedule=ScheduleConfig(name="multistep")), [setting])
+    with pytest.raises(ValueError) as error:
+        config.validate()
+    assert message in str(error.value)

@@ -1,11 +1,14 @@
 """ssd.pytorch and torchvision SSD weights -> singleshot: same outputs, anchors and detections."""
 
+import importlib.util
+
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 import singleshot
+from ci import require
 from singleshot import weights
 from singleshot.boxes import cxcywh_to_xyxy
 from singleshot.inference import preprocess
@@ -237,3 +240,32 @@ def test_ssd_pytorch_errors():
         weights.convert_model(bad, "ssd.pytorch")
     with pytest.raises(ValueError, match="3 class names"):
         weights.convert_model(state, "ssd.pytorch", class_names=["__background__", "a", "b"])
+
+
+def test_weights_saved_inside_a_training_checkpoint_are_found(tmp_path):
+    # Training scripts save {"state_dict": ...} or {"model": ...} beside their own state.
+    state = {"vgg.0.weight": torch.arange(6.0).view(2, 3), "vgg.0.bias": torch.ones(2)}
+    for key in ("state_dict", "model"):
+        torch.save({key: state, "epoch": 12, "optimizer": {"lr": 0.1}}, tmp_path / f"{key}.pth")
+        read = weights.read_state_dict(tmp_path / f"{key}.pth")
+        assert read.keys() == state.keys() and all(torch.equal(read[k], state[k]) for k in state)
+    torch.save({"epoch": 12, "model": {"layers": 3}}, tmp_path / "no_weights.pth")
+    with pytest.raises(ValueError, match=r"no_weights\.pth: expected a state dict"):
+        weights.read_state_dict(tmp_path / "no_weights.pth")
+    with pytest.raises(ValueError, match=r"absent\.pth: no such file"):
+        weights.read_state_dict(tmp_path / "absent.pth")
+
+
+def test_damaged_safetensors_and_archives_without_checksums(tmp_path):
+    require(importlib.util.find_spec("safetensors") is not None, "safetensors")
+    (tmp_path / "broken.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not a header")
+    with pytest.raises(ValueError, match=r"broken\.safetensors: not a readable safetensors file"):
+        weights.read_state_dict(tmp_path / "broken.safetensors")
+    # torch.save can write archives without CRC-32s (0 in the zip): they load, unchecked
+    state = {"w": torch.arange(4.0)}
+    torch.serialization.set_crc32_options(False)
+    try:
+        torch.save(state, tmp_path / "no_crc.pt")
+    finally:
+        torch.serialization.set_crc32_options(True)
+    assert torch.equal(weights.read_state_dict(tmp_path / "no_crc.pt")["w"], state["w"])
