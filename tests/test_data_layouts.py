@@ -275,6 +275,27 @@ def test_ultralytics_yaml_path_outside_the_folder_and_missing_split(tmp_path):
     assert data.is_dir()
 
 
+@pytest.mark.parametrize(("format", "name"), [("voc", "Pascal VOC"), ("coco", "COCO"), ("yolo", "YOLO")])
+def test_a_format_given_for_a_folder_without_its_files_says_no_split_was_found(tmp_path, format, name):
+    (tmp_path / "empty").mkdir()
+    assert describe_layout(tmp_path / "empty", format) == f"{name} (format given)"
+    with pytest.raises(ValueError) as error:
+        open_dataset(tmp_path / "empty", format=format, split="train")
+    assert str(error.value) == (
+        f"{tmp_path / 'empty'}: no split 'train' in this {format} dataset (found: none) in the {name} layout"
+    )
+
+
+def test_bad_dataset_arguments_are_named(tmp_path):
+    (tmp_path / "notes.txt").write_text("a file, not a dataset")
+    with pytest.raises(ValueError, match=r"unknown dataset format 'pascal'; expected one of \('voc', 'coco'"):
+        open_dataset(tmp_path, format="pascal")
+    with pytest.raises(ValueError, match=r"notes\.txt: not a folder"):
+        open_dataset(tmp_path / "notes.txt", format="voc")
+    with pytest.raises(ValueError, match=r"nowhere: no such image folder \(--images\)"):
+        open_coco(tmp_path / "nowhere", tmp_path / "notes.txt")
+
+
 def test_open_coco_explicit_files(tmp_path):
     source = write("coco", tmp_path / "src")
     dataset = open_coco(source / "images" / "test", source / "annotations" / "instances_test.json")

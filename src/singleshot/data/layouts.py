@@ -275,7 +275,8 @@ def _open_label_studio_yolo(root: Path, split: str, **options: Any) -> Detection
 
 
 def _yolo_splits(root: Path) -> list[str]:
-    return sorted(p.name for p in (root / "images").iterdir() if p.is_dir())
+    images = root / "images"
+    return sorted(p.name for p in images.iterdir() if p.is_dir()) if images.is_dir() else []
 
 
 def _open_yolo(root: Path, split: str, **options: Any) -> DetectionDataset:

@@ -107,8 +107,9 @@ def open_dataset(
     layout = _layout(path, format)
     available = layout.splits(path)
     if split not in available:
+        found = ", ".join(available) or "none"
         raise ValueError(
-            f"{path}: no split {split!r} in this {layout.format} dataset (found: {', '.join(available)}) "
+            f"{path}: no split {split!r} in this {layout.format} dataset (found: {found}) "
             f"in the {layout.name} layout"
         )
     return layout.open(path, split, transforms=transforms, skip_invalid=skip_invalid, **options)
