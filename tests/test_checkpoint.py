@@ -182,6 +182,32 @@ def test_category_ids_must_be_integers(compact, tmp_path):
         singleshot.load(tmp_path / "bad.pt")
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("postprocess", [1, 2], "postprocess must be a mapping, got [1, 2]"),
+        ("postprocess", {"top_k": 5}, "postprocess has unknown settings: top_k"),
+        (
+            "postprocess",
+            {"score_threshold": float("nan")},
+            "postprocess score_threshold must be a number, got nan",
+        ),
+        ("postprocess", {"nms_threshold": "high"}, "postprocess nms_threshold must be a number, got 'high'"),
+        ("postprocess", {"pre_nms_top_k": 0}, "postprocess pre_nms_top_k must be a positive integer, got 0"),
+        ("postprocess", {"clip": "yes"}, "postprocess clip must be true or false, got 'yes'"),
+        ("image_mean", [float("nan"), 1.0, 1.0], "image_mean must be three numbers, got [nan, 1.0, 1.0]"),
+    ],
+)
+def test_edited_settings_in_a_checkpoint_are_named(compact, tmp_path, field, value, message):
+    checkpoint = torch.load(save_checkpoint(tmp_path / "c.pt", compact), weights_only=True)
+    recorded = checkpoint["model"][field]
+    checkpoint["model"][field] = {**recorded, **value} if isinstance(value, dict) else value
+    torch.save(checkpoint, tmp_path / "edited.pt")
+    with pytest.raises(ValueError) as error:
+        singleshot.load(tmp_path / "edited.pt")
+    assert str(error.value) == f"{tmp_path / 'edited.pt'}: cannot rebuild the model it describes: {message}"
+
+
 def write_safetensors_by_hand(path, tensors, metadata):
     """The safetensors layout (u64 header size, JSON header, raw little-endian data), written out."""
     header, blobs, offset = {"__metadata__": metadata}, [], 0
