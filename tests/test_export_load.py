@@ -133,6 +133,12 @@ def test_openvino_ir_carries_the_metadata_and_float32_weights(model, files, tmp_
         export_openvino(model, tmp_path / "model.onnx")
     with pytest.raises(ValueError, match=r"high.onnx: an ONNX file converts as it is"):
         export_openvino(files["onnx-0.5"], tmp_path / "again.xml", with_postprocess=True)
+    (tmp_path / "garbage.onnx").write_bytes(b"\x08\x07garbage, not a protobuf")
+    with pytest.raises(ValueError, match=r"garbage\.onnx: OpenVINO cannot convert it: "):
+        onnx_to_openvino(tmp_path / "garbage.onnx", tmp_path / "garbage.xml")
+    with pytest.raises(FileNotFoundError, match=r"absent\.onnx: no such file"):
+        onnx_to_openvino(tmp_path / "absent.onnx", tmp_path / "absent.xml")
+    assert not (tmp_path / "garbage.xml").exists() and not (tmp_path / "absent.xml").exists()
     if openvino_runs():
         for path in (xml, own, files["onnx-0.5"]):
             detector = OpenVinoDetector(path)
