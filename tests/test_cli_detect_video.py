@@ -214,8 +214,10 @@ def test_missing_pyav_is_named_before_any_work(checkpoint, tmp_path, monkeypatch
 
 def test_ctrl_c_on_a_live_stream_keeps_what_was_done(checkpoint, served, tmp_path):
     folder, url = served
-    frames = 500
-    write_video(folder / "long.ts", frames, fps=FPS, format="mpegts")  # sent slowly: 15 s and more
+    # Sent slowly: 90 s and more, so that Ctrl-C comes well before the end even when the
+    # command starts slowly (with 500 frames, 15 s, a busy machine once saw the stream end first).
+    frames = 3000
+    write_video(folder / "long.ts", frames, fps=FPS, format="mpegts")
     out = tmp_path / "out"
     process = subprocess.Popen(detect_command(checkpoint, out, "--source", f"{url}/slow/long.ts"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip

@@ -178,9 +178,15 @@ def test_eval_reports_bad_inputs(tmp_path, checkpoint, capsys):
     code = main(["eval", "--checkpoint", str(tmp_path / "missing.pt"), "--data", str(data)])
     assert code == 1
     assert "missing.pt" in capsys.readouterr().err
-    code = main(["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--batch-size", "0"])
-    assert code == 1
-    assert "--batch-size" in capsys.readouterr().err
+    base = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "o")]
+    for extra, message in [
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--workers", "-1"], "--workers must be >= 0"),
+        (["--device", "tpu:x"], "--device tpu:x: "),
+    ]:
+        assert main(base + extra) == 1
+        assert f"singleshot eval: error: {message}" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def model_made_coco(root, checkpoint, categories, rename=None):

@@ -96,6 +96,12 @@ def test_flags_override_the_recipe_and_set_overrides_the_flags():
     assert config.data == ["VOC2007", "VOC2012"] and config.val_split is None
 
 
+def test_no_command_prints_the_commands(capsys):
+    assert main([]) == 2
+    text = capsys.readouterr().out
+    assert text.startswith("usage: singleshot") and all(name in text for name in ("train", "eval", "export"))
+
+
 def test_help_explains_every_option(capsys):
     parser = build_parser()
     subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
