@@ -17,6 +17,7 @@ import torch
 import singleshot
 from singleshot.checkpoint import load_checkpoint
 from singleshot.data.synthetic import SYNTH_CLASSES, write_dataset
+from test_cli_reproducible import assert_same_run, run_to_end
 
 # A 6-cycle: its inverse is another order, so a mapping applied the wrong way round shows.
 ROTATED = [*SYNTH_CLASSES[1:], SYNTH_CLASSES[0]]
@@ -45,27 +46,22 @@ def recategorised(coco, target, order, rename=None):
     return target
 
 
-def train(out, *data, extra=()):
-    command = [
+def train_command(out, *data, extra=()):
+    return [
         sys.executable, "-m", "singleshot.cli", "train", "--model", "ssd160_compact",
         "--data", *map(str, data), "--out", str(out), "--batch-size", "4", "--iterations", "3",
         "--train-split", "train", "--val-split", "none", "--workers", "0", "--device", "cpu", "--seed", "3",
         "--no-progress", "--set", "optimizer.lr=0.01", *extra,
     ]  # fmt: skip
-    return subprocess.run(command, capture_output=True, text=True, timeout=600)
+
+
+def train(out, *data, extra=()):
+    return subprocess.run(train_command(out, *data, extra=extra), capture_output=True, text=True, timeout=600)
 
 
 def trained(out, *data, extra=()):
-    done = train(out, *data, extra=extra)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    done = run_to_end(train_command(out, *data, extra=extra))
     return done.stdout + done.stderr
-
-
-def assert_same_weights(a, b):
-    a, b = load_checkpoint(a)["state_dict"], load_checkpoint(b)["state_dict"]
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} of {len(a)} tensors differ: {different[:4]}"
 
 
 def test_a_root_in_another_order_trains_as_the_first_roots_order(coco, tmp_path):
@@ -75,7 +71,7 @@ def test_a_root_in_another_order_trains_as_the_first_roots_order(coco, tmp_path)
     trained(tmp_path / "same", coco, coco)
     log = trained(tmp_path / "mixed", coco, rotated)
     assert "classes matched by name" in log and str(rotated) in log
-    assert_same_weights(tmp_path / "same" / "last.pt", tmp_path / "mixed" / "last.pt")
+    assert_same_run(tmp_path / "same" / "last.pt", tmp_path / "mixed" / "last.pt")
     model = singleshot.load(tmp_path / "mixed" / "last.pt")
     assert model.class_names == ["__background__", *SYNTH_CLASSES]  # the first root's order
 
@@ -84,7 +80,7 @@ def test_a_root_in_another_order_trains_as_the_first_roots_order(coco, tmp_path)
     trained(tmp_path / "rotated_first", rotated, coco)
     assert singleshot.load(tmp_path / "rotated_first" / "last.pt").class_names[1:] == ROTATED
     with pytest.raises(AssertionError, match="tensors differ"):
-        assert_same_weights(tmp_path / "same" / "last.pt", tmp_path / "rotated_first" / "last.pt")
+        assert_same_run(tmp_path / "same" / "last.pt", tmp_path / "rotated_first" / "last.pt")
 
 
 def class_channels_in(state, order, names):
@@ -142,7 +138,7 @@ def test_class_map_relates_renamed_classes(coco, tmp_path):
     class_map.write_text("".join(f"{new}: {old}\n" for old, new in renamed.items()))
     trained(tmp_path / "same", coco, coco)
     trained(tmp_path / "mapped", coco, other, extra=["--class-map", str(class_map)])
-    assert_same_weights(tmp_path / "same" / "last.pt", tmp_path / "mapped" / "last.pt")
+    assert_same_run(tmp_path / "same" / "last.pt", tmp_path / "mapped" / "last.pt")
 
     unmapped = train(tmp_path / "unmapped", coco, other)
     assert unmapped.returncode != 0 and "Traceback" not in unmapped.stderr
