@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import io
 import math
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -27,12 +28,15 @@ NAMES = ["__background__", "cat", "dog"]
 _MODEL = singleshot.build_model("ssd160_compact", num_classes=3, class_names=NAMES)
 
 
-def _checkpoint_bytes(legacy: bool) -> bytes:
-    buffer = io.BytesIO()
-    if legacy:
-        torch.save(load_checkpoint(_SAVED), buffer, _use_new_zipfile_serialization=False)
-        return buffer.getvalue()
-    return _SAVED.read_bytes()
+def _saved_checkpoint() -> tuple[bytes, bytes, dict]:
+    """The zip file's bytes, the same checkpoint as a legacy pickle's bytes, and what it holds;
+    the file itself is written to a scratch folder that is removed again."""
+    with tempfile.TemporaryDirectory(prefix="singleshot-fuzz-") as scratch:
+        saved = save_checkpoint(Path(scratch) / "valid.pt", _MODEL, {"iteration": 3})
+        state = load_checkpoint(saved)
+        buffer = io.BytesIO()
+        torch.save(state, buffer, _use_new_zipfile_serialization=False)
+        return saved.read_bytes(), buffer.getvalue(), state
 
 
 @pytest.fixture(scope="module")
@@ -40,9 +44,7 @@ def folder(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("checkpoints")
 
 
-_SAVED = save_checkpoint(Path(__import__("tempfile").mkdtemp()) / "valid.pt", _MODEL, {"iteration": 3})
-ZIP, LEGACY = _checkpoint_bytes(False), _checkpoint_bytes(True)
-STATE = load_checkpoint(_SAVED)
+ZIP, LEGACY, STATE = _saved_checkpoint()
 
 
 def same_weights(model, state: dict) -> bool:

@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import torch
 
-from .fileio import is_safetensors_file, read_safetensors, torch_load_data
+from .fileio import atomic_write, is_safetensors_file, read_safetensors, torch_load_data, torch_save_to
 from .models.build import build_ssd, describe
 from .models.spec import Part, SSDSpec, read_fields
 from .models.ssd import SSD
@@ -92,36 +90,9 @@ def model_metadata(model: SSD) -> dict[str, Any]:
     }
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
-    """Call ``write(handle)`` (its result is ignored) on a temporary file beside ``path``, fsync
-    it, then rename it over ``path``: a failure or crash at any point leaves the previous file
-    (if any) as it was."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except OSError:
-        pass
-    return path
-
-
 def atomic_save(obj: Any, path: str | os.PathLike) -> Path:
     """`torch.save` to a temporary file beside ``path``, fsync it, then rename over ``path``."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    return atomic_write(path, lambda handle: torch_save_to(obj, handle))
 
 
 def save_checkpoint(path: str | os.PathLike, model: SSD, training: dict[str, Any] | None = None) -> Path:

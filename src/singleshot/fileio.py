@@ -1,21 +1,113 @@
-"""Reading tensor files safely: ``torch.load`` with ``weights_only=True`` and safetensors.
+"""Reading tensor files safely (``torch.load`` with ``weights_only=True``, safetensors) and
+writing any file atomically.
 
-Format-neutral readers shared by singleshot checkpoints (`singleshot.checkpoint`) and
-foreign weight files (`singleshot.weights`): data only, never code.
+Format-neutral readers shared by singleshot checkpoints (`singleshot.checkpoint`) and foreign
+weight files (`singleshot.weights`): data only, never code. Checkpoints, downloads and exports
+are written with `atomic_write`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import tempfile
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import torch
 from torch import Tensor
 
-__all__ = ["is_safetensors_file", "read_safetensors", "torch_load_data"]
+__all__ = [
+    "atomic_write",
+    "atomic_write_text",
+    "naming_failed_writes",
+    "is_safetensors_file",
+    "read_safetensors",
+    "torch_load_data",
+    "torch_save_to",
+]
+
+
+@contextlib.contextmanager
+def naming_failed_writes(path: str | os.PathLike) -> Iterator[None]:
+    """Re-raise an OSError that names no file (a failed write: a full disk, a size limit) as
+    one naming ``path``: "[Errno 28] No space left on device: 'PATH'"."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None and error.errno is not None:
+            raise OSError(error.errno, error.strerror, str(path)) from error
+        raise
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
+    """Call ``write(handle)`` (its result is ignored) on a temporary file beside ``path``, fsync
+    it, then rename it over ``path``: a failure or crash at any point leaves the previous file
+    (if any) as it was.
+
+    Raises:
+        OSError: the file could not be written (a full disk, a size limit, no permission);
+            the error names ``path`` where the system's did not.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with naming_failed_writes(path), os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """`atomic_write` of ``text`` in UTF-8."""
+    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
+
+
+class _KeepWriteError:
+    """``handle``'s ``write`` and ``flush``, remembering the OSError a write raised."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def torch_save_to(obj: Any, handle: BinaryIO) -> None:
+    """`torch.save` ``obj`` into the open file ``handle``; a failed write raises the file's own
+    OSError (torch's zip writer reports it as a RuntimeError, "unexpected pos", that says not why)."""
+    kept = _KeepWriteError(handle)
+    try:
+        torch.save(obj, cast(BinaryIO, kept))  # it calls only write and flush
+    except RuntimeError:
+        if kept.error is not None:
+            raise kept.error from None
+        raise
 
 
 def is_safetensors_file(path: str | os.PathLike) -> bool:

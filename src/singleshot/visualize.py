@@ -14,6 +14,8 @@ from PIL import Image
 from torch import Tensor
 from torchvision.utils import draw_bounding_boxes
 
+from .fileio import naming_failed_writes
+
 __all__ = ["class_color", "label_name", "detection_labels", "draw_detections", "save_image"]
 
 
@@ -94,5 +96,11 @@ def save_image(image: Tensor, path: str | os.PathLike, quality: int = 90) -> Pat
     if array.shape[2] == 1:
         array = array[:, :, 0]
     options: dict[str, Any] = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
-    Image.fromarray(array).save(path, **options)
+    with naming_failed_writes(path):
+        try:
+            Image.fromarray(array).save(path, **options)
+        except OSError as error:
+            if error.filename is None:  # a failed write (a full disk): Pillow leaves the partial file
+                path.unlink(missing_ok=True)
+            raise
     return path

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_malloc()
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, OSError) as error:  # bad input, or a file that cannot be read or written
         print(f"singleshot {args.command}: error: {error}", file=sys.stderr)
         return 1
 

@@ -320,6 +320,7 @@ def _print_summary(
     args: argparse.Namespace, document: dict[str, Any], rows: list[dict], maps: dict[str, float] | None
 ) -> None:
     from ..benchmark import format_benchmark_table
+    from ..fileio import atomic_write_text
 
     print(format_benchmark_table(rows, maps, args.metric))
     timing = document["timing"]
@@ -330,6 +331,5 @@ def _print_summary(
         + (f"; load average {load[0][0]:.2f} at the start, {load[1][0]:.2f} at the end" if all(load) else "")
     )
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(document, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(document, indent=2) + "\n")
     print(f"wrote {out}")

@@ -207,6 +207,7 @@ def detect_images(
 
     from tqdm import tqdm
 
+    from ..fileio import atomic_write_text
     from ..pipeline import predict_files
 
     names = dict(zip(paths, output_names(paths)))
@@ -228,7 +229,7 @@ def detect_images(
     progress.close()
 
     json_path = out / "detections.json"
-    json_path.write_text(json.dumps(results))
+    atomic_write_text(json_path, json.dumps(results))
     print(f"{done} images, {len(results)} detections (score > {args.threshold}) -> {json_path}")
     if skipped:
         print(f"skipped {len(skipped)} unreadable image(s):", file=sys.stderr)

@@ -135,6 +135,7 @@ def _report(
     args: argparse.Namespace, reference: Path, quantized: Path, dataset: Any, calibration: str
 ) -> None:
     from ..export.compare import format_int8_report, int8_report
+    from ..fileio import atomic_write_text
 
     report = int8_report(
         reference, quantized, dataset, metric=args.val_metric, threads=args.threads,
@@ -148,5 +149,5 @@ def _report(
         report["int8"]["file"] = str(args.output)
         report["int8"]["measured_as"] = "the int8 ONNX file converted to this IR, in ONNX Runtime"
     out = report_path(args.output)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {out}")

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..categories import category_lookup, coco_results, plain_id
+from ..fileio import atomic_write_text
 from .plots import class_name
 
 if TYPE_CHECKING:
@@ -103,9 +104,7 @@ def write_coco_results(
     """Save detections as a COCO results JSON file (see `detections_to_coco_results`)."""
     results = detections_to_coco_results(detections, image_ids, label_to_category_id, decimals=decimals)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results))
-    return path
+    return atomic_write_text(path, json.dumps(results))
 
 
 @contextlib.contextmanager

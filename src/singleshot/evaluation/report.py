@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..fileio import atomic_write_text
 from .plots import class_name
 
 __all__ = ["REQUIRED_KEYS", "metrics_document", "write_metrics"]
@@ -86,5 +87,4 @@ def write_metrics(
     """Write `metrics_document` to ``path`` (indented JSON, one trailing newline); return the path."""
     path = Path(path)
     document = metrics_document(result, class_names, **context)
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
+    return atomic_write_text(path, json.dumps(document, indent=2) + "\n")

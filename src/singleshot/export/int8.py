@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
+from ..fileio import atomic_write
 from .calibration import ImageBatches
 
 if TYPE_CHECKING:
@@ -178,8 +179,7 @@ def quantize_onnx(
         "calibration_images": len(calibration),
     }
     onnx.helper.set_model_props(quantized, {"singleshot": json.dumps(meta)})
-    onnx.save_model(quantized, str(path))
-    return path
+    return atomic_write(path, lambda handle: handle.write(quantized.SerializeToString()))
 
 
 def _singleshot_metadata(path: Path) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..fileio import atomic_write
 from .graph import DetectorGraph
 
 if TYPE_CHECKING:
@@ -127,8 +128,7 @@ def export_onnx(
     proto = program.model_proto
     meta = export_metadata(model, with_postprocess, params)
     onnx.helper.set_model_props(proto, {"singleshot": json.dumps(meta)})
-    onnx.save_model(proto, str(path))
-    return path
+    return atomic_write(path, lambda handle: handle.write(proto.SerializeToString()))
 
 
 def _graph_module(

@@ -75,9 +75,22 @@ def onnx_to_openvino(
         raise ValueError(f"{onnx_path}: OpenVINO cannot convert it: {error}") from None
     metadata = read_metadata(model, onnx_path)
     model.set_rt_info(json.dumps(metadata), [METADATA_KEY])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ov.save_model(model, str(path), compress_to_fp16=compress_to_fp16)
+    _save_ir(ov, model, path, compress_to_fp16)
     return path
+
+
+def _save_ir(ov: Any, model: Any, path: Path, compress_to_fp16: bool) -> None:
+    """``ov.save_model`` into a scratch folder beside ``path``, then both files renamed into
+    place: a failed write (a full disk) leaves no partial IR and the previous one as it was."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{path.stem}.", dir=path.parent) as scratch:
+        staged = Path(scratch) / path.name
+        try:
+            ov.save_model(model, str(staged), compress_to_fp16=compress_to_fp16)
+        except RuntimeError as error:  # OpenVINO reports a failed write as "iostream error"
+            raise OSError(f"{path}: OpenVINO could not write the IR: {error}") from None
+        os.replace(staged.with_suffix(".bin"), path.with_suffix(".bin"))
+        os.replace(staged, path)
 
 
 def export_openvino(

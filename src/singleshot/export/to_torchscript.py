@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..fileio import atomic_write
 from .graph import DetectorGraph, TorchNMS
 from .to_onnx import export_metadata, postprocess_settings
 
@@ -59,8 +60,9 @@ def export_torchscript(
         warnings.simplefilter("ignore", FutureWarning)
         scripted = _script(model, example, with_postprocess, params, freeze)
         meta = export_metadata(model, with_postprocess, params)
-        torch.jit.save(scripted, str(path), _extra_files={METADATA_FILE: json.dumps(meta)})
-    return path
+        # through a Python file: saved to a path, a failed write (a full disk) aborts the process
+        extra = {METADATA_FILE: json.dumps(meta)}
+        return atomic_write(path, lambda handle: torch.jit.save(scripted, handle, _extra_files=extra))
 
 
 def _script(

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from ..fileio import atomic_write_text
 from .config import apply_overrides, apply_values, load_recipe
 from .logging import format_duration, plot_losses
 from .trainer import train
@@ -105,7 +106,7 @@ def prepare_data(out: Path, num_train: int, num_test: int, size: int, seed: int,
     out.mkdir(parents=True, exist_ok=True)
     marker.unlink(missing_ok=True)
     write_dataset(out, "voc", num_train, num_test, size=size, seed=seed, overwrite=True, progress=progress)
-    marker.write_text(json.dumps(params))
+    atomic_write_text(marker, json.dumps(params))
     return out
 
 
@@ -234,5 +235,5 @@ def run_demo(options: DemoOptions) -> DemoSummary:
         follows_clock_from=result.follows_clock_from,
     )
     _write_metrics(out, data, result, metrics, config, train_set, test_set)
-    (out / "summary.txt").write_text(summary.text() + "\n")
+    atomic_write_text(out / "summary.txt", summary.text() + "\n")
     return summary

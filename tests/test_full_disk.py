@@ -1,0 +1,182 @@
+"""Writing where the disk is full: exports and checkpoints fail with an error naming the file,
+without a traceback or a crash, and leave the file that was there before as it was.
+
+The commands run in subprocesses under a file-size limit (RLIMIT_FSIZE). The kernel refuses a
+write past it with EFBIG ("File too large") as it refuses one on a full disk with ENOSPC;
+Python ignores SIGXFSZ, so the write fails instead of killing the process.
+"""
+
+from __future__ import annotations
+
+import errno
+import importlib.util
+import io
+import resource
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import singleshot
+from ci import openvino_runs, require
+from singleshot.checkpoint import load_checkpoint, save_checkpoint
+from singleshot.data.synthetic import write_dataset
+from singleshot.export import export_onnx, load_detector
+from singleshot.fileio import atomic_write, torch_save_to
+from singleshot.visualize import save_image
+
+LIMIT = 1 << 20  # bytes; an ssd160_compact checkpoint or export is about 5 MB
+PREVIOUS = b"the previous file"
+CLASSES = ["__background__", "cat", "dog"]
+
+
+def cli_on_a_full_disk(*args, code=None):
+    """``singleshot ARGS`` (or ``python -c CODE``) in a subprocess that cannot write past LIMIT."""
+
+    def cap_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+
+    command = ["-c", code] if code else ["-m", "singleshot.cli", *map(str, args)]
+    return subprocess.run(
+        [sys.executable, *command], preexec_fn=cap_file_size, capture_output=True, text=True, timeout=600
+    )
+
+
+def assert_failed_naming(done, path, command="export"):
+    assert done.returncode == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"singleshot {command}: error: ") and str(path) in last, last
+    assert "File too large" in last, last
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    model = singleshot.build_model("ssd160_compact", class_names=CLASSES)
+    return save_checkpoint(tmp_path_factory.mktemp("model") / "model.pt", model)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "name", "flags"), [("torchscript", "model.pt", ()), ("onnx", "nms.onnx", ("--with-postprocess",))]
+)
+def test_export_onto_a_full_disk_names_the_file_and_keeps_the_previous_one(
+    checkpoint, tmp_path, fmt, name, flags
+):
+    out = tmp_path / name
+    out.write_bytes(PREVIOUS)
+    done = cli_on_a_full_disk("export", "--checkpoint", checkpoint, "--format", fmt, *flags, out)
+    assert_failed_naming(done, out)
+    assert out.read_bytes() == PREVIOUS
+    assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no partial or temporary file
+
+    # the control: with room to write, the same command replaces the file with the export
+    done = subprocess.run(
+        [sys.executable, "-m", "singleshot.cli", "export", "--checkpoint", str(checkpoint), "--format", fmt,
+         *flags, str(out)], capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert out.stat().st_size > LIMIT
+    assert load_detector(out).class_names == CLASSES
+
+
+def test_openvino_ir_onto_a_full_disk_names_the_file_and_keeps_the_previous_one(checkpoint, tmp_path):
+    require(importlib.util.find_spec("openvino") is not None, "openvino")
+    onnx_file = export_onnx(singleshot.load(checkpoint), tmp_path / "model.onnx")
+    xml, weights = tmp_path / "ir.xml", tmp_path / "ir.bin"
+    xml.write_bytes(PREVIOUS)
+    weights.write_bytes(PREVIOUS + b" (weights)")
+    convert = (
+        f"from singleshot.export import onnx_to_openvino; onnx_to_openvino({str(onnx_file)!r}, {str(xml)!r})"
+    )
+    done = cli_on_a_full_disk(code=convert)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"OSError: {xml}: OpenVINO could not write the IR"), last
+    assert xml.read_bytes() == PREVIOUS and weights.read_bytes() == PREVIOUS + b" (weights)"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.bin", "ir.xml", "model.onnx"]
+
+    done = subprocess.run([sys.executable, "-c", convert], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert weights.stat().st_size > LIMIT
+    if openvino_runs():  # not with oneDNN forced below SSE4.2
+        assert load_detector(xml).class_names == CLASSES
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.bin", "ir.xml", "model.onnx"]
+
+
+def test_training_onto_a_full_disk_stops_naming_the_checkpoint_and_keeps_the_last_one(tmp_path):
+    voc = write_dataset(tmp_path / "voc", "voc", num_train=8, num_test=4, size=64, seed=0, progress=False)
+    run = tmp_path / "run"
+    first = subprocess.run(
+        [sys.executable, "-m", "singleshot.cli", "train", "--model", "ssd160_compact", "--data", str(voc),
+         "--out", str(run), "--batch-size", "4", "--train-split", "train", "--val-split", "none",
+         "--workers", "0", "--device", "cpu", "--iterations", "2", "--no-progress"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    saved = (run / "last.pt").read_bytes()
+
+    done = cli_on_a_full_disk("train", "--out", run, "--resume", "--iterations", "4", "--no-progress")
+    assert_failed_naming(done, run / "last.pt", command="train")
+    assert (run / "last.pt").read_bytes() == saved
+    assert load_checkpoint(run / "last.pt")["training"]["iteration"] == 2  # resumable from there
+    assert sorted(p.name for p in run.iterdir()) == ["last.pt", "log.jsonl"]
+
+
+def test_detect_onto_a_full_disk_names_the_drawn_image(checkpoint, tmp_path):
+    noise = torch.randint(0, 256, (3, 700, 900), generator=torch.Generator().manual_seed(0)).byte()
+    image = save_image(noise, tmp_path / "noise.png")  # drawn again as a PNG, noise cannot fit
+    assert image.stat().st_size > LIMIT
+    out = tmp_path / "detections"
+    done = cli_on_a_full_disk("detect", "--model", checkpoint, "--out", out, "--no-progress", image)
+    assert_failed_naming(done, out / "noise.png", command="detect")
+    assert list(out.iterdir()) == []
+
+
+class FillingFile(io.RawIOBase):
+    """A writable file that takes ``room`` bytes, then fails as a full disk does."""
+
+    def __init__(self, room: int) -> None:
+        self.room = room
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        if len(data) > self.room:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        self.room -= len(data)
+        return len(data)
+
+
+def test_torch_save_to_raises_the_files_own_error():
+    state = {"weights": torch.zeros(1000, 100)}
+    with pytest.raises(OSError) as caught:
+        torch_save_to(state, FillingFile(room=10_000))
+    assert caught.value.errno == errno.ENOSPC
+
+    with pytest.raises(RuntimeError, match="unexpected pos"):  # what torch.save alone reports
+        torch.save(state, FillingFile(room=10_000))
+    torch_save_to(state, FillingFile(room=1 << 30))  # with room, it writes
+
+
+def test_atomic_write_names_the_file_the_system_did_not(tmp_path):
+    target = tmp_path / "out.bin"
+
+    def fill(handle):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError) as caught:
+        atomic_write(target, fill)
+    assert caught.value.errno == errno.ENOSPC and caught.value.filename == str(target)
+    assert str(caught.value) == f"[Errno 28] No space left on device: '{target}'"
+    assert list(tmp_path.iterdir()) == []
+
+    missing = tmp_path / "missing"
+
+    def open_missing(handle):
+        missing.open()
+
+    with pytest.raises(FileNotFoundError) as caught:  # an error naming its own file is kept
+        atomic_write(target, open_missing)
+    assert caught.value.filename == str(missing)
