@@ -31,16 +31,21 @@ PREVIOUS = b"the previous file"
 CLASSES = ["__background__", "cat", "dog"]
 
 
-def cli_on_a_full_disk(*args, code=None):
-    """``singleshot ARGS`` (or ``python -c CODE``) in a subprocess that cannot write past LIMIT."""
+def python(*args, room=None):
+    """``python ARGS`` in a subprocess; with ``room`` (bytes), no file it writes can grow past it."""
 
     def cap_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, LIMIT))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (room, room))
 
-    command = ["-c", code] if code else ["-m", "singleshot.cli", *map(str, args)]
     return subprocess.run(
-        [sys.executable, *command], preexec_fn=cap_file_size, capture_output=True, text=True, timeout=600
-    )
+        [sys.executable, *map(str, args)], preexec_fn=cap_file_size if room else None,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+
+
+def singleshot_command(*args, room=None):
+    """``singleshot ARGS``, as a user runs it (see `python`)."""
+    return python("-m", "singleshot.cli", *args, room=room)
 
 
 def assert_failed_naming(done, path, command="export"):
@@ -65,16 +70,13 @@ def test_export_onto_a_full_disk_names_the_file_and_keeps_the_previous_one(
 ):
     out = tmp_path / name
     out.write_bytes(PREVIOUS)
-    done = cli_on_a_full_disk("export", "--checkpoint", checkpoint, "--format", fmt, *flags, out)
+    done = singleshot_command("export", "--checkpoint", checkpoint, "--format", fmt, *flags, out, room=LIMIT)
     assert_failed_naming(done, out)
     assert out.read_bytes() == PREVIOUS
     assert sorted(p.name for p in tmp_path.iterdir()) == [name]  # no partial or temporary file
 
     # the control: with room to write, the same command replaces the file with the export
-    done = subprocess.run(
-        [sys.executable, "-m", "singleshot.cli", "export", "--checkpoint", str(checkpoint), "--format", fmt,
-         *flags, str(out)], capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    done = singleshot_command("export", "--checkpoint", checkpoint, "--format", fmt, *flags, out)
     assert done.returncode == 0, done.stderr
     assert out.stat().st_size > LIMIT
     assert load_detector(out).class_names == CLASSES
@@ -89,14 +91,14 @@ def test_openvino_ir_onto_a_full_disk_names_the_file_and_keeps_the_previous_one(
     convert = (
         f"from singleshot.export import onnx_to_openvino; onnx_to_openvino({str(onnx_file)!r}, {str(xml)!r})"
     )
-    done = cli_on_a_full_disk(code=convert)
+    done = python("-c", convert, room=LIMIT)
     assert done.returncode == 1
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith(f"OSError: {xml}: OpenVINO could not write the IR"), last
     assert xml.read_bytes() == PREVIOUS and weights.read_bytes() == PREVIOUS + b" (weights)"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ir.bin", "ir.xml", "model.onnx"]
 
-    done = subprocess.run([sys.executable, "-c", convert], capture_output=True, text=True, timeout=600)
+    done = python("-c", convert)
     assert done.returncode == 0, done.stderr
     assert weights.stat().st_size > LIMIT
     if openvino_runs():  # not with oneDNN forced below SSE4.2
@@ -107,16 +109,17 @@ def test_openvino_ir_onto_a_full_disk_names_the_file_and_keeps_the_previous_one(
 def test_training_onto_a_full_disk_stops_naming_the_checkpoint_and_keeps_the_last_one(tmp_path):
     voc = write_dataset(tmp_path / "voc", "voc", num_train=8, num_test=4, size=64, seed=0, progress=False)
     run = tmp_path / "run"
-    first = subprocess.run(
-        [sys.executable, "-m", "singleshot.cli", "train", "--model", "ssd160_compact", "--data", str(voc),
-         "--out", str(run), "--batch-size", "4", "--train-split", "train", "--val-split", "none",
-         "--workers", "0", "--device", "cpu", "--iterations", "2", "--no-progress"],
-        capture_output=True, text=True, timeout=600,
+    first = singleshot_command(
+        "train", "--model", "ssd160_compact", "--data", voc, "--out", run, "--batch-size", "4",
+        "--train-split", "train", "--val-split", "none", "--workers", "0", "--device", "cpu",
+        "--iterations", "2", "--no-progress",
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
     saved = (run / "last.pt").read_bytes()
 
-    done = cli_on_a_full_disk("train", "--out", run, "--resume", "--iterations", "4", "--no-progress")
+    done = singleshot_command(
+        "train", "--out", run, "--resume", "--iterations", "4", "--no-progress", room=LIMIT
+    )
     assert_failed_naming(done, run / "last.pt", command="train")
     assert (run / "last.pt").read_bytes() == saved
     assert load_checkpoint(run / "last.pt")["training"]["iteration"] == 2  # resumable from there
@@ -128,7 +131,9 @@ def test_detect_onto_a_full_disk_names_the_drawn_image(checkpoint, tmp_path):
     image = save_image(noise, tmp_path / "noise.png")  # drawn again as a PNG, noise cannot fit
     assert image.stat().st_size > LIMIT
     out = tmp_path / "detections"
-    done = cli_on_a_full_disk("detect", "--model", checkpoint, "--out", out, "--no-progress", image)
+    done = singleshot_command(
+        "detect", "--model", checkpoint, "--out", out, "--no-progress", image, room=LIMIT
+    )
     assert_failed_naming(done, out / "noise.png", command="detect")
     assert list(out.iterdir()) == []
 
@@ -180,3 +185,15 @@ def test_atomic_write_names_the_file_the_system_did_not(tmp_path):
     with pytest.raises(FileNotFoundError) as caught:  # an error naming its own file is kept
         atomic_write(target, open_missing)
     assert caught.value.filename == str(missing)
+
+
+def test_a_folder_where_the_file_should_go_is_named(checkpoint, tmp_path):
+    out = tmp_path / "model.onnx"
+    out.mkdir()
+    with pytest.raises(IsADirectoryError, match="a folder is there, not a file") as caught:
+        atomic_write(out, lambda handle: handle.write(b"x"))
+    assert caught.value.filename == str(out) and list(tmp_path.iterdir()) == [out]
+
+    done = singleshot_command("export", "--checkpoint", checkpoint, "--format", "torchscript", out)
+    assert done.returncode == 1
+    assert done.stderr == f"singleshot export: error: [Errno 21] a folder is there, not a file: '{out}'\n"

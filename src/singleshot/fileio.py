@@ -9,6 +9,7 @@ are written with `atomic_write`.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import pickle
 import tempfile
@@ -53,6 +54,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
             the error names ``path`` where the system's did not.
     """
     path = Path(path)
+    if path.is_dir():  # else found only by the final rename, naming the temporary file
+        raise IsADirectoryError(errno.EISDIR, "a folder is there, not a file", str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:

@@ -16,7 +16,7 @@ from torchvision.utils import draw_bounding_boxes
 
 from .fileio import naming_failed_writes
 
-__all__ = ["class_color", "label_name", "detection_labels", "draw_detections", "save_image"]
+__all__ = ["class_color", "label_name", "detection_labels", "draw_detections", "save_image", "save_picture"]
 
 
 def class_color(label: int) -> tuple[int, int, int]:
@@ -96,11 +96,18 @@ def save_image(image: Tensor, path: str | os.PathLike, quality: int = 90) -> Pat
     if array.shape[2] == 1:
         array = array[:, :, 0]
     options: dict[str, Any] = {"quality": quality} if path.suffix.lower() in (".jpg", ".jpeg") else {}
+    return save_picture(Image.fromarray(array), path, **options)
+
+
+def save_picture(picture: Image.Image, path: str | os.PathLike, **options: Any) -> Path:
+    """``picture.save(path, **options)``; a failed write (a full disk) raises an OSError
+    naming ``path`` and leaves no partial file."""
+    path = Path(path)
     with naming_failed_writes(path):
         try:
-            Image.fromarray(array).save(path, **options)
+            picture.save(path, **options)
         except OSError as error:
-            if error.filename is None:  # a failed write (a full disk): Pillow leaves the partial file
+            if error.filename is None:  # Pillow leaves what it had written
                 path.unlink(missing_ok=True)
             raise
     return path

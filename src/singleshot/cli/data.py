@@ -274,6 +274,7 @@ def run_show(args: argparse.Namespace) -> int:
     from ..data import open_dataset
     from ..data.show import sample_grid
     from ..presets import get_preset
+    from ..visualize import save_picture
 
     if args.num < 1:
         raise ValueError(f"--num must be at least 1, got {args.num}")
@@ -301,7 +302,7 @@ def run_show(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    save_picture(grid, out)
     print(f"wrote {len(indices)} samples{' (augmented)' if augment else ''} to {out}")
     return 0
 
