@@ -21,6 +21,7 @@ import torch
 import singleshot
 from ci import openvino_runs, require
 from singleshot.checkpoint import load_checkpoint, save_checkpoint
+from singleshot.data import open_dataset
 from singleshot.data.synthetic import write_dataset
 from singleshot.export import export_onnx, load_detector
 from singleshot.fileio import atomic_write, torch_save_to
@@ -136,6 +137,21 @@ def test_detect_onto_a_full_disk_names_the_drawn_image(checkpoint, tmp_path):
     )
     assert_failed_naming(done, out / "noise.png", command="detect")
     assert list(out.iterdir()) == []
+
+
+def test_dataset_writing_onto_a_full_disk_names_the_file_and_leaves_no_partial_one(tmp_path):
+    out = tmp_path / "synth"
+    synth = ("data", "synth", "--format", "coco", "--num-train", 300, "--num-test", 1, "--size", 32, out)
+    done = singleshot_command(*synth, room=20_000)  # each image fits; the train split's annotations do not
+    annotations = out / "annotations" / "instances_train.json"
+    assert_failed_naming(done, annotations, command="data")
+    assert len(list((out / "images" / "train").iterdir())) == 300
+    assert list(annotations.parent.iterdir()) == []
+
+    done = singleshot_command(*synth, "--overwrite")
+    assert done.returncode == 0, done.stderr
+    assert annotations.stat().st_size > 20_000
+    assert len(open_dataset(out, split="train")) == 300
 
 
 class FillingFile(io.RawIOBase):

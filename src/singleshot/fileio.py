@@ -33,13 +33,16 @@ __all__ = [
 
 
 @contextlib.contextmanager
-def naming_failed_writes(path: str | os.PathLike) -> Iterator[None]:
+def naming_failed_writes(path: str | os.PathLike, remove_partial: bool = False) -> Iterator[None]:
     """Re-raise an OSError that names no file (a failed write: a full disk, a size limit) as
-    one naming ``path``: "[Errno 28] No space left on device: 'PATH'"."""
+    one naming ``path``: "[Errno 28] No space left on device: 'PATH'". With ``remove_partial``,
+    the block writes ``path`` itself, and what it wrote of it is deleted."""
     try:
         yield
     except OSError as error:
         if error.filename is None and error.errno is not None:
+            if remove_partial:
+                Path(path).unlink(missing_ok=True)
             raise OSError(error.errno, error.strerror, str(path)) from error
         raise
 

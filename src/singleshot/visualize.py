@@ -103,11 +103,6 @@ def save_picture(picture: Image.Image, path: str | os.PathLike, **options: Any) 
     """``picture.save(path, **options)``; a failed write (a full disk) raises an OSError
     naming ``path`` and leaves no partial file."""
     path = Path(path)
-    with naming_failed_writes(path):
-        try:
-            picture.save(path, **options)
-        except OSError as error:
-            if error.filename is None:  # Pillow leaves what it had written
-                path.unlink(missing_ok=True)
-            raise
+    with naming_failed_writes(path, remove_partial=True):  # Pillow leaves what it had written
+        picture.save(path, **options)
     return path

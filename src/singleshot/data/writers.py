@@ -31,6 +31,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image
 
+from ..fileio import naming_failed_writes
+
 __all__ = ["DatasetWriter", "VOCWriter", "COCOWriter", "YOLOWriter", "make_writer", "voc_xml", "OUTPUTS"]
 
 # What each format writes at the top of OUT (used to clear an earlier run).
@@ -92,7 +94,13 @@ def voc_xml(
 def _save_jpeg(image: np.ndarray, path: Path, quality: int) -> None:
     """Save uint8 (H, W, 3) RGB as JPEG (same pixels and quality -> same bytes)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image, "RGB").save(path, format="JPEG", quality=quality)
+    with naming_failed_writes(path, remove_partial=True):
+        Image.fromarray(image, "RGB").save(path, format="JPEG", quality=quality)
+
+
+def _write_text(path: Path, text: str) -> None:
+    with naming_failed_writes(path, remove_partial=True):
+        path.write_text(text, encoding="utf-8")
 
 
 class DatasetWriter:
@@ -133,7 +141,7 @@ class DatasetWriter:
         """Write what depends on the whole split (lists, JSON)."""
 
     def _write_classes(self) -> None:
-        (self.out / "classes.txt").write_text("".join(f"{c}\n" for c in self.classes), encoding="utf-8")
+        _write_text(self.out / "classes.txt", "".join(f"{c}\n" for c in self.classes))
 
 
 class VOCWriter(DatasetWriter):
@@ -159,7 +167,7 @@ class VOCWriter(DatasetWriter):
         document = voc_xml(
             f"{name}.jpg", image.shape[0], image.shape[1], boxes, labels, self.classes, difficult, truncated
         )
-        (self.out / "Annotations" / f"{name}.xml").write_text(document, encoding="utf-8")
+        _write_text(self.out / "Annotations" / f"{name}.xml", document)
         self.ids[split].append(name)
 
     def declare_split(self, split: str) -> None:
@@ -168,7 +176,7 @@ class VOCWriter(DatasetWriter):
     def close(self) -> None:
         for split, ids in self.ids.items():
             text = "".join(f"{i}\n" for i in ids)
-            (self.out / "ImageSets" / "Main" / f"{split}.txt").write_text(text, encoding="utf-8")
+            _write_text(self.out / "ImageSets" / "Main" / f"{split}.txt", text)
         self._write_classes()
 
 
@@ -225,7 +233,7 @@ class COCOWriter(DatasetWriter):
                 "categories": categories,
             }
             path = self.out / "annotations" / f"instances_{split}.json"
-            path.write_text(json.dumps(document, separators=(",", ":")), encoding="utf-8")
+            _write_text(path, json.dumps(document, separators=(",", ":")))
 
 
 class YOLOWriter(DatasetWriter):
@@ -250,7 +258,7 @@ class YOLOWriter(DatasetWriter):
             lines.append(f"{int(label) - 1} {cx:.8f} {cy:.8f} {w:.8f} {h:.8f}\n")
         path = self.out / "labels" / split / f"{name}.txt"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text("".join(lines), encoding="utf-8")
+        _write_text(path, "".join(lines))
 
     def declare_split(self, split: str) -> None:
         for kind in ("images", "labels"):
