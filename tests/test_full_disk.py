@@ -11,7 +11,10 @@ from __future__ import annotations
 import errno
 import importlib.util
 import io
+import json
+import os
 import resource
+import stat
 import subprocess
 import sys
 
@@ -22,7 +25,7 @@ import singleshot
 from ci import openvino_runs, require
 from singleshot.checkpoint import load_checkpoint, save_checkpoint
 from singleshot.data import open_dataset
-from singleshot.data.synthetic import write_dataset
+from singleshot.data.synthetic import SYNTH_CLASSES, write_dataset
 from singleshot.export import export_onnx, load_detector
 from singleshot.fileio import atomic_write, torch_save_to
 from singleshot.visualize import save_image
@@ -139,6 +142,20 @@ def test_detect_onto_a_full_disk_names_the_drawn_image(checkpoint, tmp_path):
     assert list(out.iterdir()) == []
 
 
+def test_eval_onto_a_full_disk_keeps_the_metrics_and_names_the_plot(tmp_path):
+    voc = write_dataset(tmp_path / "voc", "voc", num_train=1, num_test=4, size=64, seed=0, progress=False)
+    model = singleshot.build_model("ssd160_compact", class_names=["__background__", *SYNTH_CLASSES])
+    checkpoint = save_checkpoint(tmp_path / "model.pt", model)
+    out = tmp_path / "eval"
+    evaluate = ("eval", "--checkpoint", checkpoint, "--data", voc, "--out", out, "--workers", 0,
+                "--no-progress")  # fmt: skip
+    done = singleshot_command(*evaluate, room=8000)
+    assert_failed_naming(done, out / "pr_curves.png", command="eval")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json"]
+    metrics = json.loads((out / "metrics.json").read_text())  # whole, written before the plot
+    assert metrics["num_images"] == 4 and set(metrics["ap"]) <= set(SYNTH_CLASSES)
+
+
 def test_dataset_writing_onto_a_full_disk_names_the_file_and_leaves_no_partial_one(tmp_path):
     out = tmp_path / "synth"
     synth = ("data", "synth", "--format", "coco", "--num-train", 300, "--num-test", 1, "--size", 32, out)
@@ -213,3 +230,17 @@ def test_a_folder_where_the_file_should_go_is_named(checkpoint, tmp_path):
     done = singleshot_command("export", "--checkpoint", checkpoint, "--format", "torchscript", out)
     assert done.returncode == 1
     assert done.stderr == f"singleshot export: error: [Errno 21] a folder is there, not a file: '{out}'\n"
+
+
+def test_atomic_write_gives_a_new_files_permissions_or_keeps_the_previous_ones(tmp_path):
+    umask = os.umask(0o027)
+    try:
+        fresh = atomic_write(tmp_path / "fresh.json", lambda handle: handle.write(b"{}"))
+        assert stat.S_IMODE(fresh.stat().st_mode) == 0o640  # 0o666 less the umask, not mkstemp's 0o600
+    finally:
+        os.umask(umask)
+    kept = tmp_path / "kept.json"
+    kept.write_bytes(b"[]")
+    kept.chmod(0o604)
+    atomic_write(kept, lambda handle: handle.write(b"{}"))
+    assert stat.S_IMODE(kept.stat().st_mode) == 0o604 and kept.read_bytes() == b"{}"

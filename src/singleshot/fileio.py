@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import pickle
+import stat
 import tempfile
 import zipfile
 from collections.abc import Callable, Iterator
@@ -50,7 +51,7 @@ def naming_failed_writes(path: str | os.PathLike, remove_partial: bool = False) 
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(handle)`` (its result is ignored) on a temporary file beside ``path``, fsync
     it, then rename it over ``path``: a failure or crash at any point leaves the previous file
-    (if any) as it was.
+    (if any) as it was. The file gets the previous file's permissions, or a new file's.
 
     Raises:
         OSError: the file could not be written (a full disk, a size limit, no permission);
@@ -59,12 +60,14 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     path = Path(path)
     if path.is_dir():  # else found only by the final rename, naming the temporary file
         raise IsADirectoryError(errno.EISDIR, "a folder is there, not a file", str(path))
+    mode = stat.S_IMODE(path.stat().st_mode) if path.exists() else _new_file_mode()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with naming_failed_writes(path), os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()
+            os.fchmod(handle.fileno(), mode)  # mkstemp's file is private (0600)
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -79,6 +82,20 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -
     except OSError:
         pass
     return path
+
+
+def _new_file_mode() -> int:
+    """The mode ``open`` gives a new file: 0o666 less the umask (read from /proc, since
+    ``os.umask`` can only be read by setting it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+from ..fileio import atomic_write
+
 __all__ = ["plot_pr_curves", "format_table", "class_name"]
 
 ClassNames = Sequence[str] | Mapping[int, str] | None
@@ -76,10 +78,7 @@ def plot_pr_curves(
     if labels:
         axes.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=7, ncol=columns, frameon=False)
     figure.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, format="png")
-    return path
+    return atomic_write(path, lambda handle: figure.savefig(handle, format="png"))
 
 
 def _array(values: Any) -> np.ndarray:

@@ -30,6 +30,8 @@ from typing import Any
 
 from tqdm import tqdm
 
+from ..fileio import atomic_write
+
 __all__ = ["RunLogger", "read_log", "plot_losses", "format_duration"]
 
 
@@ -160,6 +162,4 @@ def plot_losses(log_path: str | os.PathLike, out_path: str | os.PathLike) -> Pat
     ax_lr.set_xlabel("iteration")
     ax_lr.grid(True, alpha=0.3)
     fig.tight_layout()
-    out_path = Path(out_path)
-    fig.savefig(out_path, dpi=100)
-    return out_path
+    return atomic_write(out_path, lambda handle: fig.savefig(handle, dpi=100, format="png"))
