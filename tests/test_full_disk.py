@@ -28,6 +28,7 @@ from singleshot.data import open_dataset
 from singleshot.data.synthetic import SYNTH_CLASSES, write_dataset
 from singleshot.export import export_onnx, load_detector
 from singleshot.fileio import atomic_write, torch_save_to
+from singleshot.training.logging import read_log
 from singleshot.visualize import save_image
 
 LIMIT = 1 << 20  # bytes; an ssd160_compact checkpoint or export is about 5 MB
@@ -116,18 +117,28 @@ def test_training_onto_a_full_disk_stops_naming_the_checkpoint_and_keeps_the_las
     first = singleshot_command(
         "train", "--model", "ssd160_compact", "--data", voc, "--out", run, "--batch-size", "4",
         "--train-split", "train", "--val-split", "none", "--workers", "0", "--device", "cpu",
-        "--iterations", "2", "--no-progress",
+        "--iterations", "2", "--log-every", "1", "--no-progress",
     )  # fmt: skip
     assert first.returncode == 0, first.stderr
     saved = (run / "last.pt").read_bytes()
 
-    done = singleshot_command(
-        "train", "--out", run, "--resume", "--iterations", "4", "--no-progress", room=LIMIT
-    )
+    resume = ("train", "--out", run, "--resume", "--iterations", "4", "--no-progress")
+    done = singleshot_command(*resume, room=LIMIT)
     assert_failed_naming(done, run / "last.pt", command="train")
     assert (run / "last.pt").read_bytes() == saved
     assert load_checkpoint(run / "last.pt")["training"]["iteration"] == 2  # resumable from there
     assert sorted(p.name for p in run.iterdir()) == ["last.pt", "log.jsonl"]
+
+    log = (run / "log.jsonl").read_bytes()  # room for no more log lines: the log is named
+    done = singleshot_command(*resume, room=len(log) + 10)
+    assert_failed_naming(done, run / "log.jsonl", command="train")
+    assert (run / "last.pt").read_bytes() == saved
+    assert not (run / "log.jsonl").read_bytes().endswith(b"\n")  # the cut-off record
+
+    done = singleshot_command(*resume)  # with room again, the run resumes from iteration 2
+    assert done.returncode == 0, done.stderr
+    # the failed runs' records of iterations 3 and 4, and the cut-off one, are gone
+    assert [r["iteration"] for r in read_log(run / "log.jsonl", kind="train")] == [1, 2, 3, 4]
 
 
 def test_detect_onto_a_full_disk_names_the_drawn_image(checkpoint, tmp_path):

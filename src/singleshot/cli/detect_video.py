@@ -88,12 +88,15 @@ def _run_frames(
 ) -> None:
     """Detect in batches (one frame at a time from a live source), write each frame's line and
     picture, and count them in ``run``."""
+    from ..fileio import naming_failed_writes
+
     for batch in _batches(frames, 1 if run.live else args.batch_size):
         detections = model.predict([frame.image for frame in batch], score_threshold=args.threshold)
         for frame, det in zip(batch, detections):
             if run.writer is not None:  # the picture first: every line's frame is in the video
                 run.writer.write(det.plot(score_threshold=0.0), frame.time)
-            run.lines.write(_frame_record(frame, det, label_map))
+            with naming_failed_writes(run.lines.name):
+                run.lines.write(_frame_record(frame, det, label_map))
             run.detections += len(det["scores"])
             run.frames += 1
         progress.update(len(batch))

@@ -30,7 +30,7 @@ from typing import Any
 
 from tqdm import tqdm
 
-from ..fileio import atomic_write
+from ..fileio import atomic_write, naming_failed_writes
 
 __all__ = ["RunLogger", "read_log", "plot_losses", "format_duration"]
 
@@ -49,6 +49,10 @@ class RunLogger:
     """Writes the JSONL log (appending, so a resumed run continues it), TensorBoard events and
     the progress bar. Inactive (writes nothing) on processes other than rank 0.
 
+    A run resumed at iteration ``start`` first cuts from the log what its interrupted run
+    wrote after that checkpoint (it writes those iterations again), and a last line left
+    without its newline (a kill or a full disk in the middle of a record).
+
     Args:
         out: run folder.
         total: the run's last iteration; start: the iteration it starts (or resumes) at.
@@ -66,6 +70,7 @@ class RunLogger:
         if not active:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        _trim_log(self.path, start)
         self._file = self.path.open("a", encoding="utf-8")
         try:  # optional dependency
             from torch.utils.tensorboard import SummaryWriter
@@ -81,8 +86,9 @@ class RunLogger:
         if not self.active:
             return
         assert self._file is not None
-        self._file.write(json.dumps(record, sort_keys=False) + "\n")
-        self._file.flush()
+        with naming_failed_writes(self.path):
+            self._file.write(json.dumps(record, sort_keys=False) + "\n")
+            self._file.flush()
         if self._tensorboard is not None:
             step = int(record.get("iteration", 0))
             prefix = record.get("kind", "train")
@@ -113,8 +119,34 @@ class RunLogger:
             self._tensorboard.close()
             self._tensorboard = None
         if self._file is not None:
-            self._file.close()
-            self._file = None
+            file, self._file = self._file, None
+            with naming_failed_writes(self.path):  # a write that failed is tried again here
+                file.close()
+
+
+def _trim_log(path: Path, start: int) -> None:
+    """Cut the log's last line if it lacks its newline, and, resuming at ``start`` > 0, the
+    records of later iterations (see `RunLogger`)."""
+    if not path.is_file():
+        return
+    text = path.read_bytes()
+    lines = text.splitlines(keepends=True)
+    if lines and not lines[-1].endswith(b"\n"):
+        lines.pop()
+    if start > 0:
+        lines = [line for line in lines if _iteration(line) <= start]
+    kept = b"".join(lines)
+    if kept != text:
+        atomic_write(path, lambda handle: handle.write(kept))
+
+
+def _iteration(line: bytes) -> int:
+    """A log line's iteration; 0 for a line that names none (kept by `_trim_log`)."""
+    try:
+        iteration = json.loads(line).get("iteration", 0)
+    except (ValueError, AttributeError):
+        return 0
+    return iteration if isinstance(iteration, int) else 0
 
 
 def read_log(path: str | os.PathLike, kind: str | None = None) -> list[dict[str, Any]]:
