@@ -203,7 +203,8 @@ def test_resume_on_cuda_is_exact_with_the_deterministic_setting(tmp_path):
 def test_ddp_with_nccl_under_torchrun_equals_a_plain_run(tmp_path):
     """One process under torchrun, its process group on NCCL: the step's all-reduce, the
     evaluation's gather and broadcast, and a DDP-wrapped step run on NCCL."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, PYTHONPATH=path, TMPDIR=str(tmp_path))  # torchrun's folders
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
                str(TESTS / "ddp_cuda_worker.py"), str(tmp_path)]  # fmt: skip
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)

@@ -32,7 +32,7 @@ TESTS = Path(__file__).parent
 def test_two_process_ddp_equals_one_process_on_the_combined_batch(tmp_path, model):
     require(dist.is_available() and dist.is_gloo_available(), "torch.distributed with gloo")
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, TMPDIR=str(tmp_path))  # torchrun's folders
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(TESTS / "ddp_worker.py"), str(tmp_path), model,
@@ -137,7 +137,7 @@ def test_ddp_evaluation_shares_the_images_and_scores_as_one_process(tmp_path):
     process evaluating the same weights, on every rank, in the log and from a direct call."""
     require(dist.is_available() and dist.is_gloo_available(), "torch.distributed with gloo")
     path = os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=path, TMPDIR=str(tmp_path))  # torchrun's folders
     command = [
         sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
         str(TESTS / "ddp_eval_worker.py"), str(tmp_path),
