@@ -18,7 +18,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 from torch import nn
 
 from ..cache import cache_dir, cpu_identity, cpu_name
+from ..fileio import atomic_write_text
 from .decision import LayoutDecision
 
 __all__ = [
@@ -117,17 +117,9 @@ def store_decision(key: dict[str, Any], decision: LayoutDecision) -> Path | None
     cache folder is not writable (the decision still holds for this process)."""
     path = decision_path(key)
     record = {"key": key, "decision": {**decision.to_dict(), "cache_file": None}}
-    temporary = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, prefix=".layout-", suffix=".tmp",
-                                         delete=False, encoding="utf-8") as handle:  # fmt: skip
-            temporary = Path(handle.name)
-            json.dump(record, handle, indent=1)
-        os.replace(temporary, path)
+        atomic_write_text(path, json.dumps(record, indent=1))
     except OSError as error:
-        if temporary is not None:
-            temporary.unlink(missing_ok=True)
         warnings.warn(f"{path}: cannot cache the layout decision ({error})", stacklevel=2)
         return None
     return path
