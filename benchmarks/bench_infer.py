@@ -15,7 +15,9 @@ scaling to the image's pixels):
   PyTorch with channels-last convolutions and, for reference, contiguous NCHW;
 - predict on ``model.optimize_for_inference()`` with its defaults (the default CPU path of
   Python users and of ``detect`` / ``eval``: BatchNorm folded, Winograd where it applies and
-  its kernels build, the memory format a cached trial picks), converted once before timing;
+  its kernels build, the memory format a cached trial picks, each Winograd convolution's tile
+  schedules timed at batches 8 and 1), converted once before timing; and the same copy with the tile
+  schedules of the fixed rule that came before the timed choice (the same outputs);
 - TorchScript: the network traced, frozen and passed through ``optimize_for_inference``
   (oneDNN weight prepacking and conv fusions), then `detect` in PyTorch;
 - ONNX Runtime: the whole detector exported with `singleshot.export.export_onnx(...,
@@ -165,6 +167,20 @@ def optimized_network(model):
     return optimized
 
 
+def untuned(optimized):
+    """A copy of ``optimized`` whose Winograd convolutions schedule their tiles by the fixed
+    rule, as before the timed choice (`singleshot.winograd.schedule`): the same outputs."""
+    import copy
+
+    from singleshot.winograd import WinogradConv2d
+
+    plain = copy.deepcopy(optimized)
+    for module in plain.modules():
+        if isinstance(module, WinogradConv2d):
+            module.schedules = {}
+    return plain
+
+
 def winograd_network(model):
     import copy
 
@@ -187,7 +203,10 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
 
     paths["predict, eager (channels-last)"] = network_then_detect(ours, ours)
     paths["predict, eager (NCHW)"] = network_then_detect(lambda x: _nchw(ours, x), ours)
-    paths["predict, optimize_for_inference() (default)"] = network_then_detect(optimized_network(ours), ours)
+    optimized = optimized_network(ours)
+    paths["predict, optimize_for_inference() (default)"] = network_then_detect(optimized, ours)
+    if optimized.optimizations.winograd_schedules:
+        paths["the same, tile schedules by rule (untimed)"] = network_then_detect(untuned(optimized), ours)
     if args.model == "ssdlite320_coco":
         from singleshot.fastpath import fuse_for_inference
 

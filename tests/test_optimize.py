@@ -144,7 +144,7 @@ def test_the_copy_predicts_the_originals_detections(compiler, name, images, monk
     before = state(model)
     expected = model.predict(images, score_threshold=0.01, max_detections=None)
     threshold = gap_threshold(expected)
-    fast = model.optimize_for_inference()
+    fast = model.optimize_for_inference(batch_size=len(images))  # the tile schedules are timed at it
     report = fast.optimizations
     norms, linears, winograd = EXPECTED[name]
     norm_count = sum(isinstance(m, nn.BatchNorm2d) for m in model.modules())
@@ -170,7 +170,7 @@ def test_the_head_predictors_by_winograd_are_the_wide_ones_on_large_maps(compile
     # SSD300 with VOC's 21 classes: conf 4 x 21 on 38x38, loc 6 x 4 and conf 6 x 21 on 19x19 and
     # 10x10; loc.0 has 16 outputs, and the maps from 5x5 down are too small
     model = singleshot.build_model("ssd300_voc", num_classes=21)
-    fast = model.optimize_for_inference(channels_last=True)
+    fast = model.optimize_for_inference(channels_last=True, batch_size=1)  # its tuning is the quickest
     heads = [name for name in fast.optimizations.winograd_convs if name.startswith("head.")]
     assert heads == ["head.loc.1", "head.loc.2", "head.conf.0", "head.conf.1", "head.conf.2"]
     assert list(fast.optimizations.winograd_convs[: len(VGG_BACKBONE_WINOGRAD)]) == VGG_BACKBONE_WINOGRAD

@@ -11,11 +11,17 @@ folder serves several machines.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import platform
+import warnings
 from pathlib import Path
+from typing import Any
 
-__all__ = ["cache_dir", "cpu_identity", "cpu_name"]
+from .fileio import atomic_write_text
+
+__all__ = ["cache_dir", "cpu_identity", "cpu_name", "keyed_path", "read_keyed", "write_keyed"]
 
 
 def cache_dir() -> Path:
@@ -43,3 +49,51 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.partition(":")[2].strip()
     return platform.machine() or "unknown CPU"
+
+
+def keyed_path(prefix: str, key: dict[str, Any]) -> Path:
+    """``<cache>/<prefix>-<16 hex digits of the key's hash>.json``: where a measured choice that
+    depends on ``key`` (plain JSON data) is kept; the file may not exist."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return cache_dir() / f"{prefix}-{digest}.json"
+
+
+def read_keyed(path: Path, key: dict[str, Any], field: str, what: str) -> dict[str, Any] | None:
+    """The record (a JSON object under ``field``; ``what`` names it in warnings) written by
+    `write_keyed` to ``path`` for ``key``, or
+    None: no file; a file that cannot be read, is corrupt or holds another key is ignored with
+    a warning naming it and the reason (the next `write_keyed` replaces it)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    except OSError as error:
+        warnings.warn(f"{path}: cannot read the cached {what} ({error}); measuring again", stacklevel=3)
+        return None
+    try:
+        data = json.loads(text)
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        if data.get("key") != key:
+            raise ValueError("its key is not this trial's")
+        record = data.get(field)
+        if not isinstance(record, dict):
+            raise ValueError(f"it holds no {what}")
+    except ValueError as error:  # json.JSONDecodeError is a ValueError
+        warnings.warn(f"{path}: ignoring a corrupt cached {what} ({error}); measuring again", stacklevel=3)
+        return None
+    return record
+
+
+def write_keyed(
+    path: Path, key: dict[str, Any], field: str, what: str, record: dict[str, Any]
+) -> Path | None:
+    """Write ``record`` (JSON data) under ``field`` with ``key`` to ``path`` atomically, so a
+    reader never sees half of it; the path, or None with a warning naming ``what`` when the
+    cache folder is not writable."""
+    try:
+        atomic_write_text(path, json.dumps({"key": key, field: record}, indent=1))
+    except OSError as error:
+        warnings.warn(f"{path}: cannot cache the {what} ({error})", stacklevel=3)
+        return None
+    return path

@@ -25,6 +25,10 @@ The conversions, in this order, each applied to the copy only:
    at ``batch_size`` finds faster on this machine (`singleshot.layout.choose_memory_format`,
    cached per machine and model); channels-last without a trial when Winograd runs (its
    kernels read that layout). A layout changes only the convolutions' summation order.
+4. For each Winograd convolution, the tile schedules that run fastest at ``batch_size`` and
+   at one image on this machine (`singleshot.winograd.schedule.tune_winograd`: timed once
+   per machine and layer shape, then cached); other batches take the nearest one's. They
+   change no bit of the result.
 
 So the copy's ``(loc, conf)`` equal the original's in eval mode to float32 rounding, and its
 `predict` gives the same detections, scores and boxes within that rounding (a detection
@@ -88,6 +92,9 @@ class InferenceOptimizations:
         winograd_fallback: why Winograd, on by default, did not run (the kernel build's
             error); None when it ran or was not on.
         layout: the memory format the copy runs in, and why (a trial's timings, or forced).
+        winograd_schedules: (module name, batch size, block_tiles) of each tile schedule of a
+            Winograd convolution chosen by timing (`singleshot.winograd.schedule`); empty when
+            none was.
     """
 
     device: str
@@ -97,6 +104,7 @@ class InferenceOptimizations:
     winograd_convs: tuple[str, ...]
     winograd_fallback: str | None
     layout: LayoutDecision
+    winograd_schedules: tuple[tuple[str, int, int], ...] = ()
 
     def describe(self) -> str:
         """One line, e.g. ``cpu, torch.float32: BatchNorm folded into 14 convolutions, 10 convolutions
@@ -141,8 +149,9 @@ def optimize_for_inference(
             any other device or dtype (ValueError); False: off.
         channels_last: the memory format. None: the faster in a timed trial (cached per
             machine), channels-last without one when Winograd runs; True / False: forced.
-        batch_size: the images per `predict` call the copy will run; the trial times
-            forward passes of that many images.
+        batch_size: the images per `predict` call the copy will run; the layout trial and
+            the Winograd schedules time forward passes of that many images (the schedules
+            also of one image).
         dtype: the dtype to run in (None: the model's); the BatchNorm folding is done in
             the model's dtype before the cast (e.g. ``torch.float16`` on CUDA).
 
@@ -171,7 +180,8 @@ def optimize_for_inference(
     copied.eval()  # the modules the conversions put in (Identity, FusedReLU) start in train mode
     layout = inference_layout(copied, batch_size, channels_last)
     apply_memory_format(copied, layout)
-    done = (tuple(fused), tuple(linears), tuple(converted), fallback, layout)
+    schedules = _tune_winograd(copied, batch_size) if converted else ()
+    done = (tuple(fused), tuple(linears), tuple(converted), fallback, layout, schedules)
     copied.optimizations = InferenceOptimizations(str(device), str(dtype), *done)
     return copied
 
@@ -223,6 +233,20 @@ def _winograd_head(model: SSD) -> list[str]:
                 predictors[level] = WinogradConv2d(conv)
                 converted.append(f"head.{kind}.{level}")
     return converted
+
+
+def _tune_winograd(model: SSD, batch_size: int) -> tuple[tuple[str, int, int], ...]:
+    """Each Winograd convolution's fastest tile schedules at ``batch_size`` images and at one
+    (a single image, the commonest call), timed on this machine or cached
+    (`singleshot.winograd.schedule.tune_winograd`): (module name, batch, block_tiles)."""
+    from .winograd.schedule import tune_winograd
+
+    size = model.image_size
+    return tuple(
+        (name, batch, tiles)
+        for batch in sorted({1, batch_size})
+        for name, tiles in tune_winograd(model, (batch, 3, size, size)).items()
+    )
 
 
 def inference_layout(model: SSD, batch_size: int = 8, channels_last: bool | None = None) -> LayoutDecision:

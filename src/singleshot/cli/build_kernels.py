@@ -1,5 +1,6 @@
 """``singleshot build-kernels``: build, list or clear the Winograd C kernels of CPU inference (and
-list or clear the cached memory-format decisions, the other per-machine tuning in the cache)."""
+list or clear the per-machine tuning cached beside them: memory-format decisions and Winograd
+tile schedules)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "this step they are built on first use. Then print the cache, the compiler, the kernel "
             "key (a hash of the source, compiler, flags and CPU) and the built files, and the "
             "cached memory-format decisions (channels-last or NCHW, timed once per machine and "
-            "model by train, detect and eval; see singleshot.layout)."
+            "model by train, detect and eval; see singleshot.layout) and Winograd tile schedules "
+            "(timed once per machine and layer shape by detect and eval; see "
+            "singleshot.winograd.schedule)."
         ),
     )
     group = parser.add_mutually_exclusive_group()
@@ -26,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     group.add_argument(
         "--clear",
         action="store_true",
-        help="delete the built kernels and the cached layout decisions (nothing else in the cache)",
+        help="delete the built kernels, cached layout decisions and tile schedules (nothing else)",
     )
     parser.set_defaults(func=run)
 
@@ -35,6 +38,7 @@ def run(args: argparse.Namespace) -> int:
     from ..layout import clear_decisions
     from ..winograd.build import KernelBuildError, build_kernels
     from ..winograd.cache import cache_dir, clear_kernels
+    from ..winograd.schedule import clear_schedules
 
     if args.clear:
         removed = clear_kernels()
@@ -43,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"{len(removed)} built kernel file(s) removed from {cache_dir()}")
         decisions = clear_decisions()
         print(f"{len(decisions)} cached layout decision(s) removed")
+        print(f"{len(clear_schedules())} cached Winograd tile schedule(s) removed")
         return 0
     if not args.list:
         try:
@@ -76,6 +81,7 @@ def describe() -> None:
         mark = "  <- this CPU and compiler" if path == current else ""
         print(f"  {path.name}  {path.stat().st_size // 1024} KiB{mark}")
     describe_layouts()
+    describe_schedules()
 
 
 def describe_layouts() -> None:
@@ -93,3 +99,23 @@ def describe_layouts() -> None:
             print(f"  {path.name}  unreadable ({error}): measured again on next use")
             continue
         print(f"  {path.name}  {decision.display_name} ({decision.mode}: {decision.describe_trial()})")
+
+
+def describe_schedules() -> None:
+    """Print the cached Winograd tile schedules: file, layer input and outputs, the choice."""
+    import json
+
+    from ..winograd.schedule import list_schedules
+
+    files = list_schedules()
+    print(f"schedules: {len(files)} cached Winograd tile schedule(s)")
+    for path in files:
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+            key, tiles = data["key"], data["schedule"]["block_tiles"]
+            layer = f"input {tuple(key['input'])} -> {key['out_channels']} channels, {key['threads']} threads"
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            print(f"  {path.name}  unreadable ({error}): measured again on next use")
+            continue
+        choice = "shared chunks" if tiles == 0 else f"blocks of {tiles} tiles"
+        print(f"  {path.name}  {layer}: {choice}")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import warnings
 from collections.abc import Sequence
@@ -26,8 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cache import cache_dir, cpu_identity, cpu_name
-from ..fileio import atomic_write_text
+from ..cache import cache_dir, cpu_identity, cpu_name, keyed_path, read_keyed, write_keyed
 from .decision import LayoutDecision
 
 __all__ = [
@@ -80,32 +78,21 @@ def decision_key(
 
 def decision_path(key: dict[str, Any]) -> Path:
     """The cache file for ``key`` (it may not exist)."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
-    return cache_dir() / f"layout-{digest}.json"
+    return keyed_path("layout", key)
 
 
 def cached_decision(key: dict[str, Any]) -> LayoutDecision | None:
     """The decision cached for ``key`` (source "cached"), or None: no file, or an unreadable
     one (a warning names it and the reason; the next `store_decision` replaces it)."""
     path = decision_path(key)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-    except OSError as error:
-        warnings.warn(f"{path}: cannot read the cached layout decision ({error}); measuring again",
-                      stacklevel=2)  # fmt: skip
+    record = read_keyed(path, key, "decision", "layout decision")
+    if record is None:
         return None
     try:
-        data = json.loads(text)
-        if not isinstance(data, dict):
-            raise ValueError("not a JSON object")
-        if data.get("key") != key:
-            raise ValueError("its key is not this trial's")
-        decision = LayoutDecision.from_dict(data.get("decision"))
+        decision = LayoutDecision.from_dict(record)
         if decision.seconds is None:
             raise ValueError("it holds no trial timings")
-    except ValueError as error:  # json.JSONDecodeError is a ValueError
+    except ValueError as error:
         warnings.warn(f"{path}: ignoring a corrupt cached layout decision ({error}); measuring again",
                       stacklevel=2)  # fmt: skip
         return None
@@ -115,14 +102,8 @@ def cached_decision(key: dict[str, Any]) -> LayoutDecision | None:
 def store_decision(key: dict[str, Any], decision: LayoutDecision) -> Path | None:
     """Write ``decision`` for ``key`` atomically; the file, or None (with a warning) when the
     cache folder is not writable (the decision still holds for this process)."""
-    path = decision_path(key)
-    record = {"key": key, "decision": {**decision.to_dict(), "cache_file": None}}
-    try:
-        atomic_write_text(path, json.dumps(record, indent=1))
-    except OSError as error:
-        warnings.warn(f"{path}: cannot cache the layout decision ({error})", stacklevel=2)
-        return None
-    return path
+    record = {**decision.to_dict(), "cache_file": None}
+    return write_keyed(decision_path(key), key, "decision", "layout decision", record)
 
 
 def list_decisions() -> list[Path]:

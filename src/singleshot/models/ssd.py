@@ -186,11 +186,13 @@ class SSD(nn.Module):
         to float32 rounding; this model is left as it was (train, save and export it, not the copy).
 
         On a float32 CPU model: BatchNorm folded and squeeze-excitation convolutions as matrix
-        products (``fuse``), VGG16's 3x3 convolutions with 128+ channels by Winograd's
-        F(4x4, 3x3) (``winograd``; without a C compiler, direct convolutions and a warning),
-        and the memory format a timed trial at ``batch_size`` finds faster (``channels_last``;
-        cached per machine). On other devices and dtypes only the memory format is chosen
-        unless ``fuse=True``. The copy's ``optimizations`` says what was done. See
+        products (``fuse``), VGG16's 3x3 convolutions with 64+ channels and the head's wide
+        predictors by Winograd's F(4x4, 3x3) (``winograd``; without a C compiler, direct
+        convolutions and a warning), the memory format a timed trial at ``batch_size`` finds
+        faster (``channels_last``; cached per machine), and each Winograd convolution's fastest
+        tile schedule at ``batch_size`` (timed once per machine; the same result whichever). On
+        other devices and dtypes only the memory format is chosen unless ``fuse=True``. The
+        copy's ``optimizations`` says what was done. See
         `singleshot.optimize.optimize_for_inference` for the arguments and each conversion's
         exactness.
         """

@@ -9,7 +9,8 @@ An optional accelerator: `singleshot.winograd.conv` has the method,
 `singleshot.winograd.ops` the operator ``torch.ops.singleshot.winograd_conv3x3`` around
 the C kernels (tile transforms and products), `singleshot.winograd.build` and `singleshot.winograd.cache` how
 they are compiled (once per machine, with its C compiler; ``singleshot build-kernels``)
-and cached, `singleshot.winograd.module` the model conversion and its undoing.
+and cached, `singleshot.winograd.module` the model conversion and its undoing, and
+`singleshot.winograd.schedule` the timed choice of each convolution's tile schedule.
 """
 
 from .build import KernelBuildError, build_kernels, load_kernels

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .build import load_kernels
-from .ops import winograd_conv3x3_op
+from .ops import BY_RULE, check_block_tiles, winograd_conv3x3_op
 
 __all__ = [
     "FILTER_TRANSFORM",
@@ -105,10 +105,14 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, relu: boo
     return conv_packed(x, pack_filters(u), bias, relu)
 
 
-def conv_packed(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    """`winograd_conv3x3` with filters already packed (36, C * K) by `pack_filters`."""
+def conv_packed(
+    x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, block_tiles: int = BY_RULE
+) -> Tensor:
+    """`winograd_conv3x3` with filters already packed (36, C * K) by `pack_filters`, its tiles
+    scheduled as ``block_tiles`` says (`singleshot.winograd.ops.winograd_conv3x3_op`)."""
+    check_block_tiles(block_tiles)  # before the dispatcher, whose type errors are RuntimeErrors
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     if bias is not None:
         bias = bias.detach().float().contiguous()
-    return winograd_conv3x3_op(x, filters, bias, relu)
+    return winograd_conv3x3_op(x, filters, bias, relu, block_tiles)

@@ -9,6 +9,7 @@ holding the very same parameters.
 
 from __future__ import annotations
 
+import math
 from typing import TypeGuard
 
 import torch
@@ -16,7 +17,7 @@ from torch import Tensor, nn
 
 from .build import load_kernels
 from .conv import conv_packed, pack_filters, transform_weight
-from .ops import NOT_EXPORTABLE
+from .ops import BY_RULE, NOT_EXPORTABLE
 
 __all__ = ["FusedReLU", "WinogradConv2d", "is_winograd_eligible", "revert_winograd", "use_winograd"]
 
@@ -56,7 +57,11 @@ class WinogradConv2d(nn.Module):
     memory. ``weight`` (K, C, 3, 3) and ``bias`` (K,) are the convolution's parameters;
     ``u`` (36, C * K), the transformed filters packed for this CPU (`pack_filters`), is
     computed from them, again after ``load_state_dict``; call `refresh` after changing
-    ``weight`` any other way.
+    ``weight`` any other way. ``schedules`` maps a batch size to how the kernels schedule
+    the tiles at that batch (``block_tiles`` of `singleshot.winograd.ops.winograd_conv3x3_op`),
+    as `singleshot.winograd.schedule.tune_winograd` timed them; a batch runs with the
+    schedule of the nearest batch size timed (`block_tiles`), `BY_RULE` while none was.
+    Speed only: the result is the same.
     """
 
     u: Tensor
@@ -66,6 +71,7 @@ class WinogradConv2d(nn.Module):
         if not is_winograd_eligible(conv):
             raise ValueError(f"Winograd needs a 3x3, stride-1, padding-1, ungrouped, undilated conv: {conv}")
         self.in_channels, self.out_channels, self.relu = conv.in_channels, conv.out_channels, relu
+        self.schedules: dict[int, int] = {}
         self.weight = conv.weight
         self.bias = conv.bias
         self.register_buffer("u", pack_filters(transform_weight(conv.weight)), persistent=False)
@@ -82,7 +88,15 @@ class WinogradConv2d(nn.Module):
             raise RuntimeError("WinogradConv2d is for inference: it has no backward")
         if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export():
             raise RuntimeError(NOT_EXPORTABLE)
-        return conv_packed(x.float(), self.u, self.bias, self.relu)
+        return conv_packed(x.float(), self.u, self.bias, self.relu, self.block_tiles(x.shape[0]))
+
+    def block_tiles(self, batch: int) -> int:
+        """The tile schedule for ``batch`` images: the one timed at the nearest batch size in
+        ``schedules`` (by ratio; the larger of two as near), or `BY_RULE` if none was timed."""
+        if not self.schedules:
+            return BY_RULE
+        nearest = min(self.schedules, key=lambda timed: (abs(math.log(timed / max(batch, 1))), -timed))
+        return self.schedules[nearest]
 
     def to_conv2d(self) -> nn.Conv2d:
         """The plain convolution, holding this module's ``weight`` and ``bias`` parameters."""
@@ -93,7 +107,8 @@ class WinogradConv2d(nn.Module):
         return conv.train(self.training)
 
     def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, relu={self.relu}"
+        timed = f", schedules={self.schedules}" if self.schedules else ""
+        return f"{self.in_channels}, {self.out_channels}, relu={self.relu}{timed}"
 
 
 def use_winograd(model: nn.Module, min_channels: int = 128) -> list[str]:

@@ -32,10 +32,13 @@ from .build import kernels_use_openmp, load_kernels
 __all__ = [
     "BLOCKS_MAX_FILTERS",
     "BLOCK_TILES",
+    "BY_RULE",
     "CHUNK_ELEMENTS",
+    "SHARED_CHUNKS",
     "NOT_EXPORTABLE",
     "TILE",
     "check_arguments",
+    "check_block_tiles",
     "winograd_conv3x3_op",
 ]
 
@@ -52,6 +55,12 @@ CHUNK_ELEMENTS = 65536
 # 0.6x-0.9x (their transformed filters, 19+ MB, no longer stay in the shared cache either).
 BLOCKS_MAX_FILTERS = 256 * 256
 BLOCK_TILES = 6  # one register block of the products (fewer stalls than 12-96 tiles, measured)
+# The operator's ``block_tiles``: n > 0 runs per-thread blocks of n tiles, SHARED_CHUNKS the
+# shared chunks, BY_RULE the choice above. Every schedule gives the same bits (each output is
+# summed in one order), only its speed differs, and which is fastest depends on the CPU's
+# caches: `singleshot.winograd.schedule` times them on the machine.
+SHARED_CHUNKS = 0
+BY_RULE = -1
 
 NOT_EXPORTABLE = (
     "a model converted by use_winograd cannot be exported to TorchScript or ONNX (its C kernels are "
@@ -117,13 +126,24 @@ def _chunk_tiles(channels: int, out_channels: int) -> int:
     return max(32, CHUNK_ELEMENTS // max(channels, out_channels))
 
 
-def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None) -> int:
+def check_block_tiles(block_tiles: object) -> None:
+    """Raise `ValueError` unless ``block_tiles`` is an int: tiles per block (> 0),
+    `SHARED_CHUNKS` or `BY_RULE`."""
+    if isinstance(block_tiles, bool) or not isinstance(block_tiles, int) or block_tiles < BY_RULE:
+        raise ValueError(
+            f"block_tiles must be tiles per block (> 0), {SHARED_CHUNKS} (shared chunks) or {BY_RULE} "
+            f"(by the rule), got {block_tiles!r}"
+        )
+
+
+def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None, block_tiles: int = BY_RULE) -> int:
     """Raise `ValueError` unless the C kernels can read these tensors as laid out; returns K.
 
     x: (B, C, H, W) float32 CPU, channels-last contiguous; filters: (36, C * K) float32 CPU
     contiguous, from `singleshot.winograd.conv.pack_filters`; bias: None or (K,) float32 CPU
-    contiguous.
+    contiguous; block_tiles: as `check_block_tiles` wants.
     """
+    check_block_tiles(block_tiles)
     if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(
             f"expected a float32 CPU (B, C, H, W) input, got {x.dtype} {tuple(x.shape)} on {x.device}"
@@ -184,10 +204,18 @@ def _on_python_threads(
 
 
 def _on_openmp(
-    kernels: ctypes.CDLL, x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, y: Tensor, threads: int
+    kernels: ctypes.CDLL,
+    x: Tensor,
+    filters: Tensor,
+    bias: Tensor | None,
+    relu: bool,
+    y: Tensor,
+    threads: int,
+    block_tiles: int = BY_RULE,
 ) -> None:
-    """The convolution in one C call on PyTorch's OpenMP threads: in per-thread blocks for
-    narrow layers (`BLOCKS_MAX_FILTERS`), else in shared chunks."""
+    """The convolution in one C call on PyTorch's OpenMP threads: in per-thread blocks of
+    ``block_tiles`` tiles, or in shared chunks (`SHARED_CHUNKS`); by default (`BY_RULE`)
+    blocks of `BLOCK_TILES` for narrow layers (`BLOCKS_MAX_FILTERS`), else chunks."""
     images, channels, height, width = x.shape
     out_channels = y.shape[1]
     head = (
@@ -198,9 +226,11 @@ def _on_openmp(
         y.data_ptr(),
     )
     shape = (images, height, width, channels, out_channels)
-    if channels * out_channels <= BLOCKS_MAX_FILTERS:
-        scratch = torch.empty(threads * 36 * BLOCK_TILES * (channels + out_channels))
-        kernels.winograd_convolution_blocks(*head, scratch.data_ptr(), *shape, BLOCK_TILES, threads)
+    if block_tiles == BY_RULE:
+        block_tiles = BLOCK_TILES if channels * out_channels <= BLOCKS_MAX_FILTERS else SHARED_CHUNKS
+    if block_tiles > 0:
+        scratch = torch.empty(threads * 36 * block_tiles * (channels + out_channels))
+        kernels.winograd_convolution_blocks(*head, scratch.data_ptr(), *shape, block_tiles, threads)
         return
     total = images * -(-height // TILE) * -(-width // TILE)
     chunk = min(_chunk_tiles(channels, out_channels), total)
@@ -209,25 +239,31 @@ def _on_openmp(
 
 
 @torch.library.custom_op("singleshot::winograd_conv3x3", mutates_args=())
-def winograd_conv3x3_op(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
+def winograd_conv3x3_op(
+    x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, block_tiles: int = BY_RULE
+) -> Tensor:
     """3x3 convolution, stride 1, zero padding 1, by F(4x4, 3x3), plus bias, then ReLU if ``relu``.
 
     x (B, C, H, W) channels-last, filters (36, C * K) packed, bias (K,) or None (see
-    `check_arguments`) -> (B, K, H, W) float32, channels-last.
+    `check_arguments`) -> (B, K, H, W) float32, channels-last. ``block_tiles``: how the
+    OpenMP build schedules the tiles (n > 0: per-thread blocks of n tiles; `SHARED_CHUNKS`;
+    `BY_RULE`), the same result whichever; kernels without OpenMP always run in chunks.
     """
-    out_channels = check_arguments(x, filters, bias)
+    out_channels = check_arguments(x, filters, bias, block_tiles)
     kernels = load_kernels()
     images, _, height, width = x.shape
     y = torch.empty(images, out_channels, height, width, memory_format=torch.channels_last)
     threads = max(1, torch.get_num_threads())
-    run = _on_openmp if kernels_use_openmp() else _on_python_threads
-    run(kernels, x, filters, bias, relu, y, threads)
+    if kernels_use_openmp():
+        _on_openmp(kernels, x, filters, bias, relu, y, threads, block_tiles)
+    else:
+        _on_python_threads(kernels, x, filters, bias, relu, y, threads)
     return y
 
 
 @winograd_conv3x3_op.register_fake
-def _(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool) -> Tensor:
-    out_channels = check_arguments(x, filters, bias)
+def _(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, block_tiles: int = BY_RULE) -> Tensor:
+    out_channels = check_arguments(x, filters, bias, block_tiles)
     if torch.onnx.is_in_onnx_export():  # read here, at run time: Dynamo folds it to False in forward
         raise RuntimeError(NOT_EXPORTABLE)
     shape = (x.shape[0], out_channels, x.shape[2], x.shape[3])
