@@ -60,9 +60,9 @@ def keyed_path(prefix: str, key: dict[str, Any]) -> Path:
 
 def read_keyed(path: Path, key: dict[str, Any], field: str, what: str) -> dict[str, Any] | None:
     """The record (a JSON object under ``field``; ``what`` names it in warnings) written by
-    `write_keyed` to ``path`` for ``key``, or
-    None: no file; a file that cannot be read, is corrupt or holds another key is ignored with
-    a warning naming it and the reason (the next `write_keyed` replaces it)."""
+    `write_keyed` to ``path`` for ``key``, or None: no file; a file that cannot be read, is
+    corrupt or holds another key is ignored with a warning naming it and the reason (the next
+    `write_keyed` replaces it)."""
     try:
         text = path.read_text(encoding="utf-8")
     except (FileNotFoundError, NotADirectoryError):

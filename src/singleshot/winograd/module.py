@@ -117,7 +117,9 @@ def use_winograd(model: nn.Module, min_channels: int = 128) -> list[str]:
     ``nn.Sequential`` is fused and becomes `FusedReLU` (an identity).
 
     For inference on the CPU in float32. The state dict keeps its keys and tensors, so the
-    model can still be saved; `revert_winograd` undoes the conversion. Builds the C kernels
+    model can still be saved; `revert_winograd` undoes the conversion. The tiles are
+    scheduled by the fixed rule until `singleshot.winograd.schedule.tune_winograd` times the
+    schedules on this machine (`optimize_for_inference` does both). Builds the C kernels
     first (raises `KernelBuildError` without a compiler), so a model is never left half converted.
 
     Returns:

@@ -226,13 +226,14 @@ def _on_openmp(
         y.data_ptr(),
     )
     shape = (images, height, width, channels, out_channels)
+    total = images * -(-height // TILE) * -(-width // TILE)
     if block_tiles == BY_RULE:
         block_tiles = BLOCK_TILES if channels * out_channels <= BLOCKS_MAX_FILTERS else SHARED_CHUNKS
     if block_tiles > 0:
+        block_tiles = min(block_tiles, total)  # a block never holds more tiles than there are
         scratch = torch.empty(threads * 36 * block_tiles * (channels + out_channels))
         kernels.winograd_convolution_blocks(*head, scratch.data_ptr(), *shape, block_tiles, threads)
         return
-    total = images * -(-height // TILE) * -(-width // TILE)
     chunk = min(_chunk_tiles(channels, out_channels), total)
     transformed, products = torch.empty(36, chunk, channels), torch.empty(36, chunk, out_channels)
     kernels.winograd_convolution(*head, transformed.data_ptr(), products.data_ptr(), *shape, chunk, threads)
