@@ -176,3 +176,41 @@ def test_build_kernels_lists_and_clears_the_cached_schedules(own_cache, capsys):
     assert main(["build-kernels", "--clear"]) == 0
     assert "3 cached Winograd tile schedule(s) removed" in capsys.readouterr().out
     assert sorted(p.name for p in own_cache.iterdir()) == ["download.pt"]
+
+
+def test_detect_times_the_schedules_on_first_use_and_reads_them_after(own_cache, tmp_path):
+    # what a user sees: the first `singleshot detect` on a machine times each batch size's
+    # schedules once (a note on stderr), the next reads them, and the detections are the same
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from singleshot.checkpoint import save_checkpoint
+    from singleshot.winograd.schedule import list_schedules
+
+    torch.manual_seed(0)
+    checkpoint = save_checkpoint(tmp_path / "model.pt", build_model("ssd160_compact", num_classes=4).eval())
+    images = tmp_path / "images"
+    images.mkdir()
+    generator = np.random.default_rng(0)
+    for index in range(3):
+        Image.fromarray(generator.integers(0, 256, (70, 90, 3), dtype=np.uint8)).save(images / f"{index}.png")
+
+    def detect(out: str) -> tuple[str, str]:
+        command = [sys.executable, "-m", "singleshot.cli", "detect", "--checkpoint", str(checkpoint),
+                   str(images), "--out", str(tmp_path / out), "--batch-size", "2", "--threshold", "0.01",
+                   "--no-progress"]  # fmt: skip
+        done = subprocess.run(command, env=dict(os.environ), capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stderr
+        return done.stderr, (tmp_path / out / "detections.json").read_text()
+
+    stderr, first = detect("first")
+    for batch in (1, 2):
+        assert stderr.count(f"timing the Winograd tile schedules once for this CPU at {batch} image(s)") == 1
+    assert len(list_schedules()) == 2 * 3  # the compact model's 3 layer shapes, at both batch sizes
+    stderr, second = detect("second")
+    assert "timing the Winograd" not in stderr
+    assert json.loads(first) == json.loads(second) and json.loads(first)
