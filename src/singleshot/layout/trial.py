@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor, nn
@@ -47,9 +47,10 @@ MAX_ROUNDS = 10
 # timer(layout, step) -> seconds that one call of ``step`` took (``step`` runs the layout's
 # model once and waits for the device); a fake timer may return numbers without calling it.
 Timer = Callable[[str, Callable[[], None]], float]
+Choice = TypeVar("Choice", bound=Hashable)  # what `measure_layouts` times: layouts, or other alternatives
 
 
-def time_step(layout: str, step: Callable[[], None]) -> float:
+def time_step(layout: object, step: Callable[[], object]) -> float:
     """The default timer: wall-clock seconds of one call of ``step``."""
     start = time.perf_counter()
     step()
@@ -135,17 +136,19 @@ def _synchronize(device: torch.device) -> None:
 
 
 def measure_layouts(
-    steps: dict[str, Callable[[], None]],
-    timer: Timer = time_step,
+    steps: dict[Choice, Callable[[], Any]],
+    timer: Callable[[Choice, Callable[[], Any]], float] = time_step,
     budget_s: float = TRIAL_SECONDS,
     min_rounds: int = MIN_ROUNDS,
     max_rounds: int = MAX_ROUNDS,
-) -> dict[str, float]:
-    """{layout: its fastest timed step in seconds}, timed as the module docstring says."""
+) -> dict[Choice, float]:
+    """{layout: its fastest timed step in seconds}, timed as the module docstring says. The
+    steps may be any alternatives keyed by any name (`singleshot.winograd.schedule` times its
+    tile schedules with it)."""
     order = list(steps)
     for name in order:  # warm-up, not counted
         timer(name, steps[name])
-    times: dict[str, list[float]] = {name: [] for name in order}
+    times: dict[Choice, list[float]] = {name: [] for name in order}
     spent = 0.0
     rounds = 0
     while rounds < max_rounds and (rounds < min_rounds or spent < budget_s):

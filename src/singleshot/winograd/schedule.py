@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ..cache import cache_dir, cpu_identity, keyed_path, read_keyed, write_keyed
+from ..layout.trial import measure_layouts, time_step
 from .build import kernels_use_openmp
 from .cache import SOURCE
 from .conv import conv_packed, panel_width
@@ -39,7 +39,6 @@ __all__ = [
     "clear_schedules",
     "list_schedules",
     "schedule_key",
-    "time_call",
     "tune_winograd",
 ]
 
@@ -49,14 +48,7 @@ ROUNDS = 3  # timed calls per candidate, after one untimed; its fastest counts
 PATTERN = "winograd-schedule-*.json"  # the cached choices, in the singleshot cache
 
 # timer(block_tiles, call) -> the seconds one run of ``call`` took (a fake may not call it)
-ScheduleTimer = Callable[[int, Callable[[], Tensor]], float]
-
-
-def time_call(block_tiles: int, call: Callable[[], Tensor]) -> float:
-    """The default timer: wall-clock seconds of one call."""
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
+ScheduleTimer = Callable[[int, Callable[[], object]], float]
 
 
 def schedule_key(x_shape: Sequence[int], out_channels: int) -> dict[str, object]:
@@ -101,7 +93,8 @@ def tune_winograd(
             inference layout and on the CPU; only their ``schedules`` change.
         input_shape: the batch the model will run, (B, C, H, W) as its forward takes it.
         use_cache: read and write the cached choices; False times every layer.
-        timer: ``timer(block_tiles, call) -> seconds`` (default `time_call`).
+        timer: ``timer(block_tiles, call) -> seconds`` (default: the wall-clock time of the
+            call, `singleshot.layout.trial.time_step`).
     """
     names = {module: name for name, module in model.named_modules() if isinstance(module, WinogradConv2d)}
     if not names or not kernels_use_openmp():
@@ -120,7 +113,7 @@ def tune_winograd(
                 print(f"singleshot: timing the Winograd tile schedules once for this CPU at {x.shape[0]} "
                       f"image(s) per batch (cached in {cache_dir()})", file=sys.stderr)  # fmt: skip
             measured.append(names[module])
-            tiles = _fastest(module, x, timer or time_call, path if use_cache else None, key)
+            tiles = _fastest(module, x, timer or time_step, path if use_cache else None, key)
         module.schedules[int(x.shape[0])] = chosen[names[module]] = tiles
 
     handles = [module.register_forward_pre_hook(before) for module in names]
@@ -155,20 +148,14 @@ def _fastest(
 
 
 def _time_candidates(module: WinogradConv2d, x: Tensor, timer: ScheduleTimer) -> dict[int, float]:
-    """{block_tiles: its fastest of `ROUNDS` timed runs on ``x``}, the candidates in turns."""
+    """{block_tiles: its fastest of `ROUNDS` timed runs on ``x``}: the candidates in turns, after
+    an untimed round, as the layout trial times its layouts (`singleshot.layout.trial`)."""
     x = x.contiguous(memory_format=torch.channels_last)
 
     def call(tiles: int) -> Callable[[], Tensor]:
         return lambda: conv_packed(x, module.u, module.bias, module.relu, tiles)
 
-    times: dict[int, list[float]] = {tiles: [] for tiles in CANDIDATES}
-    for round_ in range(ROUNDS + 1):
-        order = CANDIDATES if round_ % 2 == 0 else CANDIDATES[::-1]
-        for tiles in order:
-            seconds = float(timer(tiles, call(tiles)))
-            if round_ > 0:  # the first round builds nothing but warms the caches: untimed
-                times[tiles].append(seconds)
-    return {tiles: min(values) for tiles, values in times.items()}
+    return measure_layouts({tiles: call(tiles) for tiles in CANDIDATES}, timer, 0.0, ROUNDS, ROUNDS)
 
 
 def list_schedules() -> list[Path]:
