@@ -17,7 +17,9 @@ scaling to the image's pixels):
   Python users and of ``detect`` / ``eval``: BatchNorm folded, Winograd where it applies and
   its kernels build, the memory format a cached trial picks, each Winograd convolution's tile
   schedules timed at batches 8 and 1), converted once before timing; and the same copy with the tile
-  schedules of the fixed rule that came before the timed choice (the same outputs);
+  schedules of the fixed rule that came before the timed choice, and with the 2x2 max poolings
+  after conv1_2, conv2_2 and conv3_3 run apart instead of in their output transform (both
+  giving the same outputs);
 - TorchScript: the network traced, frozen and passed through ``optimize_for_inference``
   (oneDNN weight prepacking and conv fusions), then `detect` in PyTorch;
 - ONNX Runtime: the whole detector exported with `singleshot.export.export_onnx(...,
@@ -181,6 +183,25 @@ def untuned(optimized):
     return plain
 
 
+def pools_apart(optimized):
+    """A copy of ``optimized`` whose Winograd convolutions write their full-size outputs for
+    ``nn.MaxPool2d`` modules to pool, as before the pooling ran in the output transform
+    (`singleshot.winograd.ops.POOL_FLOOR`): the same outputs."""
+    import copy
+
+    from singleshot.winograd import FusedMaxPool2d, WinogradConv2d
+    from singleshot.winograd.ops import NO_POOL
+
+    apart = copy.deepcopy(optimized)
+    for parent in list(apart.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, FusedMaxPool2d):
+                setattr(parent, name, child.to_max_pool())
+            elif isinstance(child, WinogradConv2d):
+                child.pool = NO_POOL
+    return apart
+
+
 def winograd_network(model):
     import copy
 
@@ -207,6 +228,9 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
     paths["predict, optimize_for_inference() (default)"] = network_then_detect(optimized, ours)
     if optimized.optimizations.winograd_schedules:
         paths["the same, tile schedules by rule (untimed)"] = network_then_detect(untuned(optimized), ours)
+    if any(getattr(module, "pool", 0) for module in optimized.modules()):
+        apart = pools_apart(optimized)
+        paths["the same, max pooling after the convolution"] = network_then_detect(apart, ours)
     if args.model == "ssdlite320_coco":
         from singleshot.fastpath import fuse_for_inference
 

@@ -16,15 +16,25 @@ and cached, `singleshot.winograd.module` the model conversion and its undoing, a
 from .build import KernelBuildError, build_kernels, load_kernels
 from .cache import cache_dir, clear_kernels, list_kernels
 from .conv import pack_filters, panel_width, transform_weight, winograd_conv3x3
-from .module import FusedReLU, WinogradConv2d, is_winograd_eligible, revert_winograd, use_winograd
+from .module import (
+    FusedMaxPool2d,
+    FusedReLU,
+    WinogradConv2d,
+    fusable_pool,
+    is_winograd_eligible,
+    revert_winograd,
+    use_winograd,
+)
 
 __all__ = [
+    "FusedMaxPool2d",
     "FusedReLU",
     "KernelBuildError",
     "WinogradConv2d",
     "build_kernels",
     "cache_dir",
     "clear_kernels",
+    "fusable_pool",
     "is_winograd_eligible",
     "list_kernels",
     "load_kernels",

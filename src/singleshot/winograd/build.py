@@ -174,7 +174,7 @@ def load_kernels() -> ctypes.CDLL:
     long, pointer, integer = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
     library.winograd_input_transform.argtypes = [pointer, pointer, *[long] * 9, integer]
     library.winograd_input_transform.restype = None
-    library.winograd_output_transform.argtypes = [pointer, pointer, pointer, integer, *[long] * 9, integer]
+    library.winograd_output_transform.argtypes = [*[pointer] * 3, *[integer] * 2, *[long] * 9, integer]
     library.winograd_output_transform.restype = None
     library.winograd_products.argtypes = [pointer, pointer, pointer, *[long] * 5, integer]
     library.winograd_products.restype = None
@@ -182,6 +182,7 @@ def load_kernels() -> ctypes.CDLL:
         pointer,
         pointer,
         pointer,
+        integer,
         integer,
         *[pointer] * 3,
         *[long] * 6,
@@ -192,6 +193,7 @@ def load_kernels() -> ctypes.CDLL:
         pointer,
         pointer,
         pointer,
+        integer,
         integer,
         pointer,
         pointer,

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from .build import load_kernels
-from .ops import BY_RULE, check_block_tiles, winograd_conv3x3_op
+from .ops import BY_RULE, NO_POOL, check_block_tiles, check_pool, winograd_conv3x3_op
 
 __all__ = [
     "FILTER_TRANSFORM",
@@ -106,13 +106,20 @@ def winograd_conv3x3(x: Tensor, u: Tensor, bias: Tensor | None = None, relu: boo
 
 
 def conv_packed(
-    x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, block_tiles: int = BY_RULE
+    x: Tensor,
+    filters: Tensor,
+    bias: Tensor | None,
+    relu: bool,
+    block_tiles: int = BY_RULE,
+    pool: int = NO_POOL,
 ) -> Tensor:
     """`winograd_conv3x3` with filters already packed (36, C * K) by `pack_filters`, its tiles
-    scheduled as ``block_tiles`` says (`singleshot.winograd.ops.winograd_conv3x3_op`)."""
+    scheduled as ``block_tiles`` says, its output max-pooled as ``pool`` says
+    (`singleshot.winograd.ops.winograd_conv3x3_op`)."""
     check_block_tiles(block_tiles)  # before the dispatcher, whose type errors are RuntimeErrors
+    check_pool(pool)
     if x.dim() == 4:
         x = x.contiguous(memory_format=torch.channels_last)
     if bias is not None:
         bias = bias.detach().float().contiguous()
-    return winograd_conv3x3_op(x, filters, bias, relu, block_tiles)
+    return winograd_conv3x3_op(x, filters, bias, relu, block_tiles, pool)

@@ -139,9 +139,26 @@ void winograd_input_transform(const float *restrict x, float *restrict chunk, lo
         input_tile(x, chunk, height, width, channels, tiles_h, tiles_w, tile, base, count);
 }
 
-/* One tile's block of n channels: Y = A^T M A, plus bias, then ReLU, stored where inside the map. */
+/* The side of a map of `size` after 2x2 max pooling with stride 2: POOL_FLOOR drops a last odd
+ * row or column, POOL_CEIL keeps it as a window of one (Caffe's and SSD's pool3); NO_POOL: `size`. */
+#define NO_POOL 0
+#define POOL_FLOOR 1
+#define POOL_CEIL 2
+static inline long pooled_size(long size, int pool) {
+    return pool == NO_POOL ? size : pool == POOL_CEIL ? (size + 1) / 2 : size / 2;
+}
+
+/* The larger of a and b as PyTorch's max pooling takes it: b replaces a only if greater or NaN. */
+static inline void keep_larger(float *restrict a, const float *restrict b, int n) {
+    for (int k = 0; k < n; k++)
+        a[k] = (b[k] > a[k] || b[k] != b[k]) ? b[k] : a[k];
+}
+
+/* One tile's block of n channels: Y = A^T M A, plus bias, then ReLU, stored where inside the map;
+ * or, with `pool`, each 2x2 window of the tile max-pooled (tiles start at even rows and columns,
+ * so no window crosses two tiles) and stored in the pooled map. */
 static inline __attribute__((always_inline)) void output_block(
-    const float *restrict in, float *restrict y, const float *restrict bias, int relu, long plane,
+    const float *restrict in, float *restrict y, const float *restrict bias, int relu, int pool, long plane,
     long image, long y0, long x0, long c0, long height, long width, long channels, int n) {
     float m[6][6][BLOCK], t[4][6][BLOCK], o[4][4][BLOCK];
     for (int p = 0; p < 36; p++)
@@ -150,22 +167,41 @@ static inline __attribute__((always_inline)) void output_block(
         output_rows(m[0][j], m[1][j], m[2][j], m[3][j], m[4][j], m[5][j], t[0][j], t[1][j], t[2][j], t[3][j], n);
     for (int i = 0; i < 4; i++)
         output_rows(t[i][0], t[i][1], t[i][2], t[i][3], t[i][4], t[i][5], o[i][0], o[i][1], o[i][2], o[i][3], n);
-    for (int i = 0; i < 4 && y0 + i < height; i++) {
-        for (int j = 0; j < 4 && x0 + j < width; j++) {
-            float *out = y + ((image * height + y0 + i) * width + x0 + j) * channels + c0;
+    const int rows = height - y0 < 4 ? (int)(height - y0) : 4, cols = width - x0 < 4 ? (int)(width - x0) : 4;
+    for (int i = 0; i < rows; i++) {
+        for (int j = 0; j < cols; j++) {
             float *value = o[i][j];
             if (bias)
                 for (int k = 0; k < n; k++) value[k] += bias[c0 + k];
             if (relu)
                 for (int k = 0; k < n; k++) value[k] = value[k] > 0.0f ? value[k] : 0.0f;
-            memcpy(out, value, n * sizeof(float));
+            if (pool == NO_POOL)
+                memcpy(y + ((image * height + y0 + i) * width + x0 + j) * channels + c0, value,
+                       n * sizeof(float));
+        }
+    }
+    if (pool == NO_POOL)
+        return;
+    const long pooled_h = pooled_size(height, pool), pooled_w = pooled_size(width, pool);
+    for (int i = 0; 2 * i < rows && y0 / 2 + i < pooled_h; i++) {
+        for (int j = 0; 2 * j < cols && x0 / 2 + j < pooled_w; j++) {
+            float *value = o[2 * i][2 * j]; /* the window's elements in row-major order, as PyTorch's */
+            if (2 * j + 1 < cols)
+                keep_larger(value, o[2 * i][2 * j + 1], n);
+            if (2 * i + 1 < rows) {
+                keep_larger(value, o[2 * i + 1][2 * j], n);
+                if (2 * j + 1 < cols)
+                    keep_larger(value, o[2 * i + 1][2 * j + 1], n);
+            }
+            memcpy(y + ((image * pooled_h + y0 / 2 + i) * pooled_w + x0 / 2 + j) * channels + c0, value,
+                   n * sizeof(float));
         }
     }
 }
 
 /* One tile's output transform, all channels, from the chunk starting at tile `base`. */
 static void output_tile(const float *restrict chunk, float *restrict y, const float *restrict bias, int relu,
-                        long height, long width, long channels, long tiles_h, long tiles_w, long tile,
+                        int pool, long height, long width, long channels, long tiles_h, long tiles_w, long tile,
                         long base, long count) {
     const long plane = count * channels, per_image = tiles_h * tiles_w;
     const long image = tile / per_image, rest = tile % per_image;
@@ -173,21 +209,23 @@ static void output_tile(const float *restrict chunk, float *restrict y, const fl
     const float *in = chunk + (tile - base) * channels;
     long c0 = 0;
     for (; c0 + BLOCK <= channels; c0 += BLOCK)
-        output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels, BLOCK);
+        output_block(in + c0, y, bias, relu, pool, plane, image, y0, x0, c0, height, width, channels, BLOCK);
     if (c0 < channels)
-        output_block(in + c0, y, bias, relu, plane, image, y0, x0, c0, height, width, channels,
+        output_block(in + c0, y, bias, relu, pool, plane, image, y0, x0, c0, height, width, channels,
                      (int)(channels - c0));
 }
 
 /* chunk (36, count, channels) of products -> y (images, height, width, channels):
  * Y = A^T M A per tile, plus bias (may be NULL), then ReLU when relu != 0; outputs
- * beyond the map's bottom and right edges are dropped. Threads as for the input transform. */
+ * beyond the map's bottom and right edges are dropped. With pool (POOL_FLOOR or POOL_CEIL)
+ * y is the 2x2, stride-2 max-pooled map (images, pooled_size(height), pooled_size(width),
+ * channels) instead. Threads as for the input transform. */
 void winograd_output_transform(const float *restrict chunk, float *restrict y, const float *restrict bias,
-                               int relu, long height, long width, long channels, long tiles_h,
+                               int relu, int pool, long height, long width, long channels, long tiles_h,
                                long tiles_w, long first, long last, long base, long count, int threads) {
     PARALLEL_OVER_TILES
     for (long tile = first; tile < last; tile++)
-        output_tile(chunk, y, bias, relu, height, width, channels, tiles_h, tiles_w, tile, base, count);
+        output_tile(chunk, y, bias, relu, pool, height, width, channels, tiles_h, tiles_w, tile, base, count);
 }
 
 /* The products: for each position p of the 6x6 tile, M_p (count, K) = V_p (count, C) U_p (C, K).
@@ -323,11 +361,12 @@ void winograd_products(const float *restrict chunk, const float *restrict filter
 /* The whole convolution, chunk after chunk of `chunk` tiles, in one parallel region of
  * `threads` OpenMP threads (serial without OpenMP): input transform, products and output
  * transform of each chunk, each step split between the threads. `transformed` and `products`
- * hold one chunk: (36, chunk, channels) and (36, chunk, out_channels) floats. Shapes as above. */
+ * hold one chunk: (36, chunk, channels) and (36, chunk, out_channels) floats. Shapes, and y
+ * with `pool`, as above. */
 void winograd_convolution(const float *restrict x, const float *restrict filters, const float *restrict bias,
-                          int relu, float *restrict y, float *restrict transformed, float *restrict products,
-                          long images, long height, long width, long channels, long out_channels, long chunk,
-                          int threads) {
+                          int relu, int pool, float *restrict y, float *restrict transformed,
+                          float *restrict products, long images, long height, long width, long channels,
+                          long out_channels, long chunk, int threads) {
     const long tiles_h = (height + 3) / 4, tiles_w = (width + 3) / 4, total = images * tiles_h * tiles_w;
     const long panels = (out_channels + PANEL - 1) / PANEL;
     (void)threads;
@@ -343,7 +382,8 @@ void winograd_convolution(const float *restrict x, const float *restrict filters
                 position_panel_products(transformed, filters, products, count, channels, out_channels, p, j);
         SHARE_TILES
         for (long tile = base; tile < base + count; tile++)
-            output_tile(products, y, bias, relu, height, width, out_channels, tiles_h, tiles_w, tile, base, count);
+            output_tile(products, y, bias, relu, pool, height, width, out_channels, tiles_h, tiles_w, tile, base,
+                        count);
     }
 }
 
@@ -351,10 +391,12 @@ void winograd_convolution(const float *restrict x, const float *restrict filters
  * three steps, in its own part of `scratch` (per thread (36, block, channels) transformed
  * inputs, then (36, block, out_channels) products: small enough to stay in the core's own
  * cache, where the shared chunks of winograd_convolution go through the shared cache). For
- * layers whose filters are small enough to stay in that cache too. Shapes as above. */
+ * layers whose filters are small enough to stay in that cache too. Shapes, and y with `pool`,
+ * as above. */
 void winograd_convolution_blocks(const float *restrict x, const float *restrict filters, const float *restrict bias,
-                                 int relu, float *restrict y, float *restrict scratch, long images, long height,
-                                 long width, long channels, long out_channels, long block, int threads) {
+                                 int relu, int pool, float *restrict y, float *restrict scratch, long images,
+                                 long height, long width, long channels, long out_channels, long block,
+                                 int threads) {
     const long tiles_h = (height + 3) / 4, tiles_w = (width + 3) / 4, total = images * tiles_h * tiles_w;
     const long panels = (out_channels + PANEL - 1) / PANEL, blocks = (total + block - 1) / block;
     (void)threads;
@@ -371,7 +413,8 @@ void winograd_convolution_blocks(const float *restrict x, const float *restrict 
                 for (long j = 0; j < panels; j++)
                     position_panel_products(transformed, filters, products, count, channels, out_channels, p, j);
             for (long tile = base; tile < base + count; tile++)
-                output_tile(products, y, bias, relu, height, width, out_channels, tiles_h, tiles_w, tile, base, count);
+                output_tile(products, y, bias, relu, pool, height, width, out_channels, tiles_h, tiles_w, tile,
+                            base, count);
         }
     }
 }

@@ -8,7 +8,9 @@ running C, so ``torch.export``, ``torch.compile`` and ``make_fx`` record one opa
 operator in their graphs instead of tracing into pointers.
 
 Three steps: the input transform, the 36 matrix products (C, register-blocked over the
-packed filters of `singleshot.winograd.conv.pack_filters`) and the output transform. Where
+packed filters of `singleshot.winograd.conv.pack_filters`) and the output transform, which
+can also max-pool each tile's 2x2 windows (``pool``: a convolution whose output feeds only
+a 2x2, stride-2 max pooling then never writes its full-size map). Where
 the kernels are built with OpenMP (`singleshot.winograd.build`) one C call runs them on
 PyTorch's own OpenMP threads (``torch.get_num_threads()``): for narrow layers each thread
 takes its own small blocks of tiles through all three steps (`BLOCKS_MAX_FILTERS`), for
@@ -34,11 +36,16 @@ __all__ = [
     "BLOCK_TILES",
     "BY_RULE",
     "CHUNK_ELEMENTS",
-    "SHARED_CHUNKS",
     "NOT_EXPORTABLE",
+    "NO_POOL",
+    "POOL_CEIL",
+    "POOL_FLOOR",
+    "SHARED_CHUNKS",
     "TILE",
     "check_arguments",
     "check_block_tiles",
+    "check_pool",
+    "pooled_size",
     "winograd_conv3x3_op",
 ]
 
@@ -61,6 +68,13 @@ BLOCK_TILES = 6  # one register block of the products (fewer stalls than 12-96 t
 # caches: `singleshot.winograd.schedule` times them on the machine.
 SHARED_CHUNKS = 0
 BY_RULE = -1
+
+# The operator's ``pool``: none, or a 2x2 max pooling with stride 2 and no padding of the
+# (biased, ReLU'd) output, whose last odd row or column POOL_FLOOR drops and POOL_CEIL keeps
+# as a window of one (``nn.MaxPool2d(2, 2)`` and ``nn.MaxPool2d(2, 2, ceil_mode=True)``).
+NO_POOL = 0
+POOL_FLOOR = 1
+POOL_CEIL = 2
 
 NOT_EXPORTABLE = (
     "a model converted by use_winograd cannot be exported to TorchScript or ONNX (its C kernels are "
@@ -136,14 +150,31 @@ def check_block_tiles(block_tiles: object) -> None:
         )
 
 
-def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None, block_tiles: int = BY_RULE) -> int:
+def check_pool(pool: object) -> None:
+    """Raise `ValueError` unless ``pool`` is `NO_POOL`, `POOL_FLOOR` or `POOL_CEIL`."""
+    if type(pool) is not int or pool not in (NO_POOL, POOL_FLOOR, POOL_CEIL):
+        raise ValueError(
+            f"pool must be {NO_POOL} (none), {POOL_FLOOR} (2x2 max pooling, floor) or {POOL_CEIL} "
+            f"(2x2 max pooling, ceil mode), got {pool!r}"
+        )
+
+
+def pooled_size(size: int, pool: int) -> int:
+    """A side of ``size`` outputs after ``pool`` (see `NO_POOL`)."""
+    return size if pool == NO_POOL else (size + 1) // 2 if pool == POOL_CEIL else size // 2
+
+
+def check_arguments(
+    x: Tensor, filters: Tensor, bias: Tensor | None, block_tiles: int = BY_RULE, pool: int = NO_POOL
+) -> int:
     """Raise `ValueError` unless the C kernels can read these tensors as laid out; returns K.
 
     x: (B, C, H, W) float32 CPU, channels-last contiguous; filters: (36, C * K) float32 CPU
     contiguous, from `singleshot.winograd.conv.pack_filters`; bias: None or (K,) float32 CPU
-    contiguous; block_tiles: as `check_block_tiles` wants.
+    contiguous; block_tiles: as `check_block_tiles` wants; pool: as `check_pool` wants.
     """
     check_block_tiles(block_tiles)
+    check_pool(pool)
     if x.dim() != 4 or x.dtype != torch.float32 or x.device.type != "cpu":
         raise ValueError(
             f"expected a float32 CPU (B, C, H, W) input, got {x.dtype} {tuple(x.shape)} on {x.device}"
@@ -153,6 +184,8 @@ def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None, block_tiles
             f"the input must be channels-last contiguous (x.contiguous(memory_format=torch.channels_last)), "
             f"got strides {x.stride()} for shape {tuple(x.shape)}"
         )
+    if pool != NO_POOL and min(pooled_size(x.shape[2], pool), pooled_size(x.shape[3], pool)) < 1:
+        raise ValueError(f"a {tuple(x.shape[2:])} map is too small for 2x2 max pooling without ceil mode")
     channels = x.shape[1]
     packed = (
         filters.dim() == 2 and filters.shape[0] == 36 and channels > 0 and filters.shape[1] % channels == 0
@@ -179,7 +212,14 @@ def check_arguments(x: Tensor, filters: Tensor, bias: Tensor | None, block_tiles
 
 
 def _on_python_threads(
-    kernels: ctypes.CDLL, x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, y: Tensor, threads: int
+    kernels: ctypes.CDLL,
+    x: Tensor,
+    filters: Tensor,
+    bias: Tensor | None,
+    relu: bool,
+    pool: int,
+    y: Tensor,
+    threads: int,
 ) -> None:
     """The convolution without OpenMP: chunk after chunk, each step split between this thread
     and helper threads."""
@@ -199,7 +239,7 @@ def _on_python_threads(
         _products(kernels.winograd_products, threads, transformed.data_ptr(), filters_ptr,
                   products.data_ptr(), count, channels, out_channels)  # fmt: skip
         _transform(kernels.winograd_output_transform, base, count, threads,
-                   products.data_ptr(), y_ptr, bias_ptr, int(relu), height, width, out_channels,
+                   products.data_ptr(), y_ptr, bias_ptr, int(relu), pool, height, width, out_channels,
                    tiles_h, tiles_w)  # fmt: skip
 
 
@@ -209,6 +249,7 @@ def _on_openmp(
     filters: Tensor,
     bias: Tensor | None,
     relu: bool,
+    pool: int,
     y: Tensor,
     threads: int,
     block_tiles: int = BY_RULE,
@@ -223,6 +264,7 @@ def _on_openmp(
         filters.data_ptr(),
         bias.data_ptr() if bias is not None else None,
         int(relu),
+        pool,
         y.data_ptr(),
     )
     shape = (images, height, width, channels, out_channels)
@@ -241,31 +283,46 @@ def _on_openmp(
 
 @torch.library.custom_op("singleshot::winograd_conv3x3", mutates_args=())
 def winograd_conv3x3_op(
-    x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, block_tiles: int = BY_RULE
+    x: Tensor,
+    filters: Tensor,
+    bias: Tensor | None,
+    relu: bool,
+    block_tiles: int = BY_RULE,
+    pool: int = NO_POOL,
 ) -> Tensor:
-    """3x3 convolution, stride 1, zero padding 1, by F(4x4, 3x3), plus bias, then ReLU if ``relu``.
+    """3x3 convolution, stride 1, zero padding 1, by F(4x4, 3x3), plus bias, then ReLU if ``relu``,
+    then 2x2 max pooling if ``pool`` says so (`NO_POOL`).
 
     x (B, C, H, W) channels-last, filters (36, C * K) packed, bias (K,) or None (see
-    `check_arguments`) -> (B, K, H, W) float32, channels-last. ``block_tiles``: how the
-    OpenMP build schedules the tiles (n > 0: per-thread blocks of n tiles; `SHARED_CHUNKS`;
-    `BY_RULE`), the same result whichever; kernels without OpenMP always run in chunks.
+    `check_arguments`) -> (B, K, H', W') float32, channels-last, H' = ``pooled_size(H, pool)``
+    and W' likewise. ``block_tiles``: how the OpenMP build schedules the tiles (n > 0:
+    per-thread blocks of n tiles; `SHARED_CHUNKS`; `BY_RULE`), the same result whichever;
+    kernels without OpenMP always run in chunks.
     """
-    out_channels = check_arguments(x, filters, bias, block_tiles)
+    out_channels = check_arguments(x, filters, bias, block_tiles, pool)
     kernels = load_kernels()
     images, _, height, width = x.shape
-    y = torch.empty(images, out_channels, height, width, memory_format=torch.channels_last)
+    shape = (images, out_channels, pooled_size(height, pool), pooled_size(width, pool))
+    y = torch.empty(shape, memory_format=torch.channels_last)
     threads = max(1, torch.get_num_threads())
     if kernels_use_openmp():
-        _on_openmp(kernels, x, filters, bias, relu, y, threads, block_tiles)
+        _on_openmp(kernels, x, filters, bias, relu, pool, y, threads, block_tiles)
     else:
-        _on_python_threads(kernels, x, filters, bias, relu, y, threads)
+        _on_python_threads(kernels, x, filters, bias, relu, pool, y, threads)
     return y
 
 
 @winograd_conv3x3_op.register_fake
-def _(x: Tensor, filters: Tensor, bias: Tensor | None, relu: bool, block_tiles: int = BY_RULE) -> Tensor:
-    out_channels = check_arguments(x, filters, bias, block_tiles)
+def _(
+    x: Tensor,
+    filters: Tensor,
+    bias: Tensor | None,
+    relu: bool,
+    block_tiles: int = BY_RULE,
+    pool: int = NO_POOL,
+) -> Tensor:
+    out_channels = check_arguments(x, filters, bias, block_tiles, pool)
     if torch.onnx.is_in_onnx_export():  # read here, at run time: Dynamo folds it to False in forward
         raise RuntimeError(NOT_EXPORTABLE)
-    shape = (x.shape[0], out_channels, x.shape[2], x.shape[3])
+    shape = (x.shape[0], out_channels, pooled_size(x.shape[2], pool), pooled_size(x.shape[3], pool))
     return torch.empty(shape, dtype=torch.float32, device=x.device, memory_format=torch.channels_last)

@@ -29,7 +29,7 @@ from .build import kernels_use_openmp
 from .cache import SOURCE
 from .conv import conv_packed, panel_width
 from .module import WinogradConv2d
-from .ops import SHARED_CHUNKS
+from .ops import NO_POOL, SHARED_CHUNKS
 
 __all__ = [
     "CANDIDATES",
@@ -51,13 +51,13 @@ PATTERN = "winograd-schedule-*.json"  # the cached choices, in the singleshot ca
 ScheduleTimer = Callable[[int, Callable[[], object]], float]
 
 
-def schedule_key(x_shape: Sequence[int], out_channels: int) -> dict[str, object]:
+def schedule_key(x_shape: Sequence[int], out_channels: int, pool: int = NO_POOL) -> dict[str, object]:
     """What the fastest schedule depends on, as plain JSON data: the CPU (model and flags), the
     kernels (their source, the instruction set PyTorch's ``ATEN_CPU_CAPABILITY`` lets them
-    use, their panel width), the thread count, and the layer's input shape (B, C, H, W) and
-    output channels."""
+    use, their panel width), the thread count, and the layer's input shape (B, C, H, W),
+    output channels and pooling (`singleshot.winograd.ops.NO_POOL`)."""
     return {
-        "version": 1,
+        "version": 2,
         "cpu": hashlib.sha256(cpu_identity().encode()).hexdigest()[:16],
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "kernels": hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16],
@@ -66,6 +66,7 @@ def schedule_key(x_shape: Sequence[int], out_channels: int) -> dict[str, object]
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         "input": [int(n) for n in x_shape],
         "out_channels": int(out_channels),
+        "pool": int(pool),
         "candidates": list(CANDIDATES),
     }
 
@@ -105,7 +106,7 @@ def tune_winograd(
     def before(module: nn.Module, args: tuple[Tensor, ...]) -> None:
         assert isinstance(module, WinogradConv2d)
         x = args[0].float()
-        key = schedule_key(x.shape, module.out_channels)
+        key = schedule_key(x.shape, module.out_channels, module.pool)
         path = keyed_path("winograd-schedule", key)
         tiles = _cached(path, key) if use_cache else None
         if tiles is None:
@@ -153,7 +154,7 @@ def _time_candidates(module: WinogradConv2d, x: Tensor, timer: ScheduleTimer) ->
     x = x.contiguous(memory_format=torch.channels_last)
 
     def call(tiles: int) -> Callable[[], Tensor]:
-        return lambda: conv_packed(x, module.u, module.bias, module.relu, tiles)
+        return lambda: conv_packed(x, module.u, module.bias, module.relu, tiles, module.pool)
 
     return measure_layouts({tiles: call(tiles) for tiles in CANDIDATES}, timer, 0.0, ROUNDS, ROUNDS)
 
