@@ -21,7 +21,16 @@ from typing import Any
 
 from .fileio import atomic_write_text
 
-__all__ = ["cache_dir", "cpu_identity", "cpu_name", "keyed_path", "read_keyed", "write_keyed"]
+__all__ = [
+    "cache_dir",
+    "cached_files",
+    "cpu_identity",
+    "cpu_name",
+    "keyed_path",
+    "read_keyed",
+    "remove_cached",
+    "write_keyed",
+]
 
 
 def cache_dir() -> Path:
@@ -31,6 +40,20 @@ def cache_dir() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "singleshot"
+
+
+def cached_files(pattern: str) -> list[Path]:
+    """The files in the cache root matching the glob ``pattern``, sorted by name."""
+    folder = cache_dir()
+    return sorted(folder.glob(pattern)) if folder.is_dir() else []
+
+
+def remove_cached(pattern: str) -> list[Path]:
+    """Delete the files in the cache root matching ``pattern`` (nothing else); returns them."""
+    removed = cached_files(pattern)
+    for path in removed:
+        path.unlink(missing_ok=True)
+    return removed
 
 
 def cpu_identity() -> str:

@@ -16,11 +16,12 @@ The conversions, in this order, each applied to the copy only:
    by Winograd's F(4x4, 3x3) (`singleshot.winograd.use_winograd` on ``model.backbone``), and
    the head's 3x3 predictors with 256+ inputs and 24+ outputs on maps of 10x10 and more
    (SSD300's conf on 38x38, loc and conf on 19x19 and 10x10; on smaller maps a 4x4 tile is
-   mostly padding), C
-   kernels built once with the machine's compiler:
-   float32 arithmetic in another order, whose rounding error can reach 16x the direct
-   convolution's (still ~1e-6 relative). Default: on for a float32 model on the CPU; without
-   a compiler the copy keeps direct convolutions and a `WinogradUnavailableWarning` says why.
+   mostly padding), C kernels built once with the machine's compiler; the ReLU after each,
+   and the 2x2 max pooling after conv1_2, conv2_2 and conv3_3, run in its output transform
+   (exact: pooling there or after gives the same bits). Float32 arithmetic in another order,
+   whose rounding error can reach 16x the direct convolution's (still ~1e-6 relative).
+   Default: on for a float32 model on the CPU; without a compiler the copy keeps direct
+   convolutions and a `WinogradUnavailableWarning` says why.
 3. The memory format (channels-last or NCHW) that a short timed trial of the converted copy
    at ``batch_size`` finds faster on this machine (`singleshot.layout.choose_memory_format`,
    cached per machine and model); channels-last without a trial when Winograd runs (its

@@ -25,7 +25,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cache import cache_dir, cpu_identity, cpu_name, keyed_path, read_keyed, write_keyed
+from ..cache import (
+    cached_files,
+    cpu_identity,
+    cpu_name,
+    keyed_path,
+    read_keyed,
+    remove_cached,
+    write_keyed,
+)
 from .decision import LayoutDecision
 
 __all__ = [
@@ -108,14 +116,9 @@ def store_decision(key: dict[str, Any], decision: LayoutDecision) -> Path | None
 
 def list_decisions() -> list[Path]:
     """The cached layout decisions, sorted by name (every machine and model seen)."""
-    folder = cache_dir()
-    return sorted(folder.glob(PATTERN)) if folder.is_dir() else []
+    return cached_files(PATTERN)
 
 
 def clear_decisions() -> list[Path]:
     """Delete the cached layout decisions (nothing else in the cache); returns what was deleted."""
-    removed = []
-    for path in list_decisions():
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    return remove_cached(PATTERN)

@@ -13,7 +13,7 @@ import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..cache import cache_dir, cpu_identity, cpu_name
+from ..cache import cache_dir, cached_files, cpu_identity, cpu_name, remove_cached
 
 __all__ = [
     "FLAGS",
@@ -48,8 +48,7 @@ def kernel_path(compiler: str, flags: Sequence[str] = FLAGS) -> Path:
 
 def list_kernels() -> list[Path]:
     """The built libraries in the cache, sorted by name (for every compiler and CPU seen)."""
-    folder = cache_dir()
-    return sorted(folder.glob(PATTERN)) if folder.is_dir() else []
+    return cached_files(PATTERN)
 
 
 def clear_kernels() -> list[Path]:
@@ -57,8 +56,4 @@ def clear_kernels() -> list[Path]:
 
     A process that already loaded one keeps its mapped copy; the next process rebuilds.
     """
-    removed = []
-    for path in list_kernels():
-        path.unlink(missing_ok=True)
-        removed.append(path)
-    return removed
+    return remove_cached(PATTERN)

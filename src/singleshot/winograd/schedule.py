@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..cache import cache_dir, cpu_identity, keyed_path, read_keyed, write_keyed
+from ..cache import cache_dir, cached_files, cpu_identity, keyed_path, read_keyed, remove_cached, write_keyed
 from ..layout.trial import measure_layouts, time_step
 from .build import kernels_use_openmp
 from .cache import SOURCE
@@ -161,13 +161,9 @@ def _time_candidates(module: WinogradConv2d, x: Tensor, timer: ScheduleTimer) ->
 
 def list_schedules() -> list[Path]:
     """The cached schedule choices, sorted by name (every machine and layer shape seen)."""
-    folder = cache_dir()
-    return sorted(folder.glob(PATTERN)) if folder.is_dir() else []
+    return cached_files(PATTERN)
 
 
 def clear_schedules() -> list[Path]:
     """Delete the cached schedule choices (nothing else in the cache); returns what was deleted."""
-    removed = list_schedules()
-    for path in removed:
-        path.unlink(missing_ok=True)
-    return removed
+    return remove_cached(PATTERN)
