@@ -306,10 +306,18 @@ static inline __attribute__((always_inline)) void block_product(
 /* One panel's products for all `count` tiles, DEPTH channels at a time (the panel's DEPTH rows,
  * 16 KB with AVX-512, stay in L1 while every tile uses them; the partial sums also round
  * better than one long sum): ROWS tiles at a time, then the remaining rows. A narrower last
- * panel (`width` < PANEL) is first copied into PANEL-wide rows padded with zeros. */
+ * panel (`width` < PANEL) is first copied into PANEL-wide rows padded with zeros.
+ *
+ * With `prefetch`, each ROWS-tile block also asks for its share of the next DEPTH rows of the
+ * filters (the rest of this panel, then the next panel, which follows it in memory) to be
+ * brought into L2, so that they arrive while these rows serve the tiles: filters too large for
+ * the caches (36 x 512 x 512 floats, 37.7 MB) otherwise stall the first block of every DEPTH
+ * rows. Only for the shared chunks: the per-thread blocks run layers whose filters stay cached. */
 #define DEPTH 128
-static void panel_products(const float *restrict a, const float *restrict b, int width, long channels,
-                           float *restrict out, long ldo, long count) {
+#define LINE 64
+static inline __attribute__((always_inline)) void panel_products(
+    const float *restrict a, const float *restrict b, int width, long channels, float *restrict out, long ldo,
+    long count, int prefetch) {
     float padded[DEPTH * PANEL];
     for (long c0 = 0; c0 < channels; c0 += DEPTH) {
         const long depth = channels - c0 < DEPTH ? channels - c0 : DEPTH;
@@ -320,13 +328,20 @@ static void panel_products(const float *restrict a, const float *restrict b, int
             for (long c = 0; c < depth; c++) memcpy(padded + c * PANEL, bc + c * width, width * sizeof(float));
             bc = padded;
         }
-        long t = 0;
-        if (width == PANEL)
-            for (; t + ROWS <= count; t += ROWS)
+        const char *next = (const char *)(b + (c0 + depth) * width);
+        const long lines = prefetch ? (long)(DEPTH * PANEL * sizeof(float) / LINE) : 0;
+        const long share = (lines + count / ROWS) / (count / ROWS + 1);
+        long t = 0, fetched = 0;
+        for (; t + ROWS <= count; t += ROWS) {
+            for (long end = fetched + share; fetched < end && fetched < lines; fetched++)
+                __builtin_prefetch(next + fetched * LINE, 0, 2);
+            if (width == PANEL)
                 block_product(ac + t * channels, channels, bc, depth, out + t * ldo, ldo, ROWS, PANEL, more);
-        else
-            for (; t + ROWS <= count; t += ROWS)
+            else
                 block_product(ac + t * channels, channels, bc, depth, out + t * ldo, ldo, ROWS, width, more);
+        }
+        for (; fetched < lines; fetched++)
+            __builtin_prefetch(next + fetched * LINE, 0, 2);
         const float *at = ac + t * channels;
         float *ot = out + t * ldo;
         switch (count - t) { /* constant row counts again */
@@ -342,11 +357,15 @@ static void panel_products(const float *restrict a, const float *restrict b, int
 
 static void position_panel_products(const float *restrict chunk, const float *restrict filters,
                                     float *restrict products, long count, long channels, long out_channels,
-                                    long p, long j) {
+                                    long p, long j, int prefetch) {
     const long k0 = j * PANEL;
     const int width = (int)(out_channels - k0 < PANEL ? out_channels - k0 : PANEL);
-    panel_products(chunk + p * count * channels, filters + (p * out_channels + k0) * channels, width, channels,
-                   products + p * count * out_channels + k0, out_channels, count);
+    const float *a = chunk + p * count * channels, *b = filters + (p * out_channels + k0) * channels;
+    float *out = products + p * count * out_channels + k0;
+    if (prefetch)
+        panel_products(a, b, width, channels, out, out_channels, count, 1);
+    else
+        panel_products(a, b, width, channels, out, out_channels, count, 0);
 }
 
 void winograd_products(const float *restrict chunk, const float *restrict filters, float *restrict products,
@@ -355,7 +374,7 @@ void winograd_products(const float *restrict chunk, const float *restrict filter
     PARALLEL_OVER_PANELS
     for (long p = first; p < last; p++)
         for (long j = 0; j < panels; j++)
-            position_panel_products(chunk, filters, products, count, channels, out_channels, p, j);
+            position_panel_products(chunk, filters, products, count, channels, out_channels, p, j, 1);
 }
 
 /* The whole convolution, chunk after chunk of `chunk` tiles, in one parallel region of
@@ -379,7 +398,7 @@ void winograd_convolution(const float *restrict x, const float *restrict filters
         SHARE_PANELS
         for (long p = 0; p < 36; p++)
             for (long j = 0; j < panels; j++)
-                position_panel_products(transformed, filters, products, count, channels, out_channels, p, j);
+                position_panel_products(transformed, filters, products, count, channels, out_channels, p, j, 1);
         SHARE_TILES
         for (long tile = base; tile < base + count; tile++)
             output_tile(products, y, bias, relu, pool, height, width, out_channels, tiles_h, tiles_w, tile, base,
@@ -411,7 +430,8 @@ void winograd_convolution_blocks(const float *restrict x, const float *restrict 
                 input_tile(x, transformed, height, width, channels, tiles_h, tiles_w, tile, base, count);
             for (long p = 0; p < 36; p++)
                 for (long j = 0; j < panels; j++)
-                    position_panel_products(transformed, filters, products, count, channels, out_channels, p, j);
+                    position_panel_products(transformed, filters, products, count, channels, out_channels, p, j,
+                                            0);
             for (long tile = base; tile < base + count; tile++)
                 output_tile(products, y, bias, relu, pool, height, width, out_channels, tiles_h, tiles_w, tile,
                             base, count);
