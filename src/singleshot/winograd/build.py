@@ -33,6 +33,7 @@ __all__ = [
     "build_kernels",
     "cache_dir",
     "compile_flags",
+    "declare_signatures",
     "find_compiler",
     "kernel_flags",
     "kernels_use_openmp",
@@ -161,16 +162,9 @@ def build_kernels() -> tuple[Path, bool]:
     return target, True
 
 
-def load_kernels() -> ctypes.CDLL:
-    """The compiled kernels, built on first use; raises `KernelBuildError` when impossible."""
-    global _loaded, _openmp
-    if _loaded is not None:
-        return _loaded
-    target, _ = build_kernels()
-    try:
-        library = ctypes.CDLL(str(target))
-    except OSError as error:
-        raise KernelBuildError(f"could not load {target}: {error}") from None
+def declare_signatures(library: ctypes.CDLL) -> ctypes.CDLL:
+    """Give ``library``'s kernel functions (``kernels.c``) their C argument and result types;
+    returns it."""
     long, pointer, integer = ctypes.c_long, ctypes.c_void_p, ctypes.c_int
     library.winograd_input_transform.argtypes = [pointer, pointer, *[long] * 9, integer]
     library.winograd_input_transform.restype = None
@@ -205,6 +199,20 @@ def load_kernels() -> ctypes.CDLL:
     library.winograd_panel_width.restype = integer
     library.winograd_openmp.argtypes = []
     library.winograd_openmp.restype = integer
+    return library
+
+
+def load_kernels() -> ctypes.CDLL:
+    """The compiled kernels, built on first use; raises `KernelBuildError` when impossible."""
+    global _loaded, _openmp
+    if _loaded is not None:
+        return _loaded
+    target, _ = build_kernels()
+    try:
+        library = ctypes.CDLL(str(target))
+    except OSError as error:
+        raise KernelBuildError(f"could not load {target}: {error}") from None
+    declare_signatures(library)
     # one runtime: the library's libgomp.so.1 resolved to PyTorch's, not to a second pool
     _openmp = bool(library.winograd_openmp()) and len(openmp_runtimes()) == 1
     _loaded = library
