@@ -160,9 +160,10 @@ class WinogradConv2d(nn.Module):
 
 def use_winograd(model: nn.Module, min_channels: int = 128, fuse_pool: bool = True) -> list[str]:
     """Replace, in place, the eligible convolutions of ``model`` with at least ``min_channels``
-    input and output channels by `WinogradConv2d`; a ReLU right after one in the same
-    ``nn.Sequential`` is fused and becomes `FusedReLU` (an identity), and so is, with
-    ``fuse_pool``, a 2x2 max pooling right after either (`fusable_pool`; it becomes
+    input and output channels by `WinogradConv2d`; a ReLU right after one in the same plain
+    ``nn.Sequential`` (a subclass with a forward of its own may read the convolution's output
+    itself: nothing is fused there) is fused and becomes `FusedReLU` (an identity), and so is,
+    with ``fuse_pool``, a 2x2 max pooling right after either (`fusable_pool`; it becomes
     `FusedMaxPool2d`): the full-size output is then never written, only the pooled one.
 
     For inference on the CPU in float32. The state dict keeps its keys and tensors, so the
