@@ -205,19 +205,22 @@ def test_use_winograd_fuses_the_poolings_and_revert_gives_them_back(compiler, ce
         assert torch.equal(model(x), before(x))
 
 
-def test_poolings_outside_a_plain_sequential_are_left_alone(compiler):
+def test_nothing_is_fused_inside_a_sequential_with_its_own_forward(compiler):
     class Tapped(nn.Sequential):
         """A Sequential whose forward also returns the convolution's own output."""
 
         def forward(self, x):
             conv = self[0](x)
-            return conv, self[1](conv)
+            return conv, self[2](self[1](conv))
 
-    model = Tapped(nn.Conv2d(4, 4, 3, padding=1), nn.MaxPool2d(2, 2)).eval()
+    model = Tapped(nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2, 2)).eval()
     assert use_winograd(model, min_channels=1) == ["0"]
-    assert model[0].pool == NO_POOL and type(model[1]) is nn.MaxPool2d
-    conv, pooled = model(torch.randn(1, 4, 6, 6))
-    assert conv.shape == (1, 4, 6, 6) and pooled.shape == (1, 4, 3, 3)
+    assert model[0].pool == NO_POOL and not model[0].relu
+    assert type(model[1]) is nn.ReLU and type(model[2]) is nn.MaxPool2d
+    x = torch.randn(1, 4, 6, 6)
+    conv, pooled = model(x)
+    assert conv.shape == (1, 4, 6, 6) and (conv < 0).any()  # the convolution's own output, not its ReLU
+    assert torch.equal(pooled, F.max_pool2d(conv.relu(), 2, 2))
 
 
 def test_ssd300_runs_pool1_to_pool3_inside_conv1_2_to_conv3_3(compiler):
