@@ -228,7 +228,9 @@ def build_paths(tv, ours, args, folder: Path) -> dict[str, Callable]:
     paths["predict, optimize_for_inference() (default)"] = network_then_detect(optimized, ours)
     if optimized.optimizations.winograd_schedules:
         paths["the same, tile schedules by rule (untimed)"] = network_then_detect(untuned(optimized), ours)
-    if any(getattr(module, "pool", 0) for module in optimized.modules()):
+    from singleshot.winograd import FusedMaxPool2d
+
+    if any(isinstance(module, FusedMaxPool2d) for module in optimized.modules()):
         apart = pools_apart(optimized)
         paths["the same, max pooling after the convolution"] = network_then_detect(apart, ours)
     if args.model == "ssdlite320_coco":
