@@ -11,7 +11,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from singleshot.export import DetectorGraph, outputs_to_detections
+from singleshot.export import DetectorGraph, ForegroundScoresByProducts, outputs_to_detections
 from singleshot.export.onnx_ops import ONNX_TRANSLATIONS, OnnxNMS
 from singleshot.postprocess import detect
 
@@ -45,9 +45,11 @@ def make_inputs():
 
 
 def export_graph(priors, max_detections, path):
+    # the NMS and the softmax export_onnx builds the graph with
     graph = DetectorGraph(
         InputAsOutputs(), priors, CLASSES, score_threshold=THRESHOLD, nms_threshold=IOU,
         pre_nms_top_k=TOP_K, max_detections=max_detections, nms=OnnxNMS(IOU, THRESHOLD),
+        scores=ForegroundScoresByProducts(),
     ).eval()  # fmt: skip
     with torch.no_grad():
         program = torch.onnx.export(

@@ -1,5 +1,6 @@
-"""The exported post-processing's parts: `PriorDecoder` against `decode`, `surviving_scores`
-by hand and its ONNX translation in ONNX Runtime against PyTorch."""
+"""The exported post-processing's parts: `PriorDecoder` against `decode`, the foreground
+scores against a float64 softmax, `gather_rows` and `surviving_scores` by hand, and their
+ONNX translations in ONNX Runtime against PyTorch."""
 
 import math
 
@@ -9,7 +10,14 @@ import pytest
 import torch
 
 from singleshot.boxes import LOG_SIZE_CLAMP, decode
-from singleshot.export import PriorDecoder, TorchNMS, surviving_scores
+from singleshot.export import (
+    ForegroundScores,
+    ForegroundScoresByProducts,
+    PriorDecoder,
+    TorchNMS,
+    surviving_scores,
+)
+from singleshot.export.graph import gather_rows
 from singleshot.export.onnx_ops import ONNX_TRANSLATIONS, OnnxNMS
 
 
@@ -106,3 +114,79 @@ def test_surviving_scores_onnx_equals_pytorch(tmp_path):
             theirs = session.run(None, feeds)[0]
             assert ours.count_nonzero() > 0
             assert np.array_equal(theirs, ours.numpy())
+
+
+def test_gather_rows_by_hand():
+    # image 0: rows [0 1] [2 3] [4 5]; image 1: [6 7] [8 9] [10 11]
+    table = torch.arange(12.0).reshape(2, 3, 2)
+    index = torch.tensor([[2, 0, 2], [1, 1, 0]])
+    expected = torch.tensor([[[4.0, 5], [0, 1], [4, 5]], [[8, 9], [8, 9], [6, 7]]])
+    assert torch.equal(gather_rows(table, index), expected)
+    assert gather_rows(table, index[:, :0]).shape == (2, 0, 2)
+
+
+class GatherRowsGraph(torch.nn.Module):
+    def forward(self, table, index):
+        return gather_rows(table, index)
+
+
+def test_gather_rows_onnx_equals_pytorch_for_any_batch(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    table, index = torch.randn(3, 40, 4, generator=g), torch.randint(0, 40, (3, 25), generator=g)
+    batch, rows = torch.export.Dim("batch", min=1, max=64), torch.export.Dim("rows", min=2, max=10**5)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            GatherRowsGraph(), (table, index), dynamo=True, opset_version=18, input_names=["table", "index"],
+            dynamic_shapes=({0: batch, 1: rows}, {0: batch}),
+        )  # fmt: skip
+    program.save(str(tmp_path / "rows.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "rows.onnx"), providers=["CPUExecutionProvider"])
+    for b, r in [(3, 40), (1, 40), (2, 31)]:  # the export's shapes and others
+        chosen = index[:b] % r
+        theirs = session.run(None, {"table": table[:b, :r].numpy(), "index": chosen.numpy()})[0]
+        assert np.array_equal(theirs, gather_rows(table[:b, :r], chosen).numpy())
+        assert np.array_equal(theirs[b - 1, 0], table[b - 1, int(chosen[b - 1, 0])].numpy())
+
+
+def reference_scores(conf):
+    """Foreground softmax scores (B, C-1, P) in float64, written out as the formula."""
+    shifted = conf.double() - conf.double().max(dim=-1, keepdim=True).values
+    return (shifted.exp() / shifted.exp().sum(-1, keepdim=True)).transpose(1, 2)[:, 1:]
+
+
+def test_foreground_scores_by_hand():
+    # 1 image, 2 priors, 3 classes: exponentials (1, 1, 2) / 4 and (3, 1, 1) / 5
+    conf = torch.tensor([[[0.0, 0.0, math.log(2.0)], [math.log(3.0), 0.0, 0.0]]])
+    expected = torch.tensor([[[0.25, 0.2], [0.5, 0.2]]])  # (1, 2 foreground classes, 2 priors)
+    for module in (ForegroundScores(), ForegroundScoresByProducts()):
+        torch.testing.assert_close(module(conf), expected, atol=1e-7, rtol=0)
+
+
+def test_foreground_scores_by_products_equal_the_softmax():
+    g = torch.Generator().manual_seed(6)
+    conf = 8 * torch.randn(2, 500, 21, generator=g)
+    conf[0, :50] += 1000.0  # exp alone would overflow: the max is subtracted first
+    conf[1, :50] -= 1000.0
+    conf[1, 50:60, 3] = -math.inf  # a class ruled out
+    expected = reference_scores(conf)
+    products, softmax = ForegroundScoresByProducts()(conf), ForegroundScores()(conf)
+    assert products.shape == softmax.shape == (2, 20, 500)
+    assert torch.isfinite(products).all() and (products[1, 2, 50:60] == 0).all()
+    torch.testing.assert_close(products.double(), expected, atol=3e-7, rtol=1e-6)
+    assert torch.equal(softmax, torch.softmax(conf, -1).transpose(1, 2)[:, 1:])
+
+
+def test_foreground_scores_by_products_in_onnx_runtime(tmp_path):
+    g = torch.Generator().manual_seed(8)
+    conf = 6 * torch.randn(2, 300, 7, generator=g)
+    batch = torch.export.Dim("batch", min=1, max=64)
+    with torch.no_grad():
+        program = torch.onnx.export(
+            ForegroundScoresByProducts(), (conf,), dynamo=True, opset_version=18, input_names=["conf"],
+            dynamic_shapes=({0: batch},),
+        )  # fmt: skip
+    program.save(str(tmp_path / "scores.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "scores.onnx"), providers=["CPUExecutionProvider"])
+    for b in (2, 1):
+        theirs = session.run(None, {"conf": conf[:b].numpy()})[0]
+        np.testing.assert_allclose(theirs, reference_scores(conf[:b]).numpy(), atol=3e-7, rtol=1e-6)

@@ -20,6 +20,8 @@ return ``boxes`` (B, K, 4) xyxy as fractions of the input, ``scores`` (B, K), ``
 from .calibration import calibration_images
 from .graph import (
     DetectorGraph,
+    ForegroundScores,
+    ForegroundScoresByProducts,
     PriorDecoder,
     TorchNMS,
     multiclass_nms,
@@ -37,6 +39,8 @@ from .verify import verify_export
 
 __all__ = [
     "DetectorGraph",
+    "ForegroundScores",
+    "ForegroundScoresByProducts",
     "PriorDecoder",
     "TorchNMS",
     "multiclass_nms",

@@ -7,12 +7,13 @@ graph wants fixed shapes instead. `DetectorGraph` computes the same detections a
 1. decode every prior's box (B, P, 4) (`PriorDecoder`) and take the softmax scores per
    class (B, C-1, P);
 2. zero the scores at or below the threshold, then per image and class keep the
-   ``pre_nms_top_k`` best (TopK) and zero the rest: the top-k of the scores above the
-   threshold, as ``detect`` takes them;
+   ``pre_nms_top_k`` best (TopK), k of them: the top-k of the scores above the threshold,
+   as ``detect`` takes them, with zeros where a class has fewer;
 3. NMS per image and class with a score threshold (`surviving_scores`: ONNX's
-   NonMaxSuppression does exactly this on (B, P, 4) boxes and (B, C-1, P) scores), which
-   leaves the survivors' scores in place and zeros elsewhere, (B, C-1, P);
-4. take each image's ``max_detections`` best of that table (TopK over (C-1) * P): the
+   NonMaxSuppression does exactly this), each (image, class) its own batch entry of its k
+   candidates' boxes (B * (C-1), k, 4) and scores (B * (C-1), 1, k); the survivors keep their
+   scores, the rest become zeros;
+4. take each image's ``max_detections`` best of its (C-1) * k candidates (TopK): the
    non-zero ones are its detections.
 
 Outputs: ``boxes`` (B, K, 4) xyxy as fractions of the network input, ``scores`` (B, K),
@@ -20,7 +21,8 @@ Outputs: ``boxes`` (B, K, 4) xyxy as fractions of the network input, ``scores`` 
 first ``counts[b]`` rows, sorted by score, descending; the rest is zero padding.
 
 Candidates tied in score exactly at a top-k cut may be chosen differently from ``detect``
-(which keeps the lower prior index); with real-valued scores this does not happen in practice.
+(which keeps the lower prior index), and detections tied exactly in score may come in
+another order; with real-valued scores this does not happen in practice.
 
 ONNX Runtime spends a few microseconds on every node whatever its size, and more on
 slicing or broadcasting along a last axis of 4 or 7 elements; for the small models the
@@ -34,11 +36,21 @@ from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
+from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
 from ..boxes import LOG_SIZE_CLAMP, fractions_to_pixels
 
-__all__ = ["DetectorGraph", "PriorDecoder", "TorchNMS", "multiclass_nms", "surviving_scores"]
+__all__ = [
+    "DetectorGraph",
+    "ForegroundScores",
+    "ForegroundScoresByProducts",
+    "PriorDecoder",
+    "TorchNMS",
+    "gather_rows",
+    "multiclass_nms",
+    "surviving_scores",
+]
 
 
 def multiclass_nms(boxes: Tensor, scores: Tensor, iou_threshold: float, score_threshold: float) -> Tensor:
@@ -133,6 +145,38 @@ class PriorDecoder(nn.Module):
         return centres + torch.exp(log_sizes) * self.half_sizes
 
 
+class ForegroundScores(nn.Module):
+    """The foreground classes' softmax scores by ``torch.softmax``: bit for bit ``detect``'s.
+
+    forward: conf (B, P, C) logits -> (B, C-1, P) scores, class by class.
+    """
+
+    def forward(self, conf: Tensor) -> Tensor:
+        return torch.softmax(conf, dim=-1).transpose(1, 2)[:, 1:]
+
+
+class ForegroundScoresByProducts(nn.Module):
+    """`ForegroundScores` written for ONNX Runtime, which the ONNX export uses.
+
+    The same softmax, exp(x - max) / sum over the C classes of each prior, but each prior's
+    max is spread over its C logits, and the exponentials summed over the classes, by matrix
+    products with a row of ones: ONNX Runtime's Softmax works prior by prior on rows of C
+    values, and broadcasts along a last axis of C values element by element, both slowly
+    (on one thread the demo model's post-processing took 0.35 ms with them, 0.25 ms with
+    the products; benchmarks/README.md). The max is subtracted first, so no exponential overflows and
+    the sum is at least 1. The scores differ from ``torch.softmax``'s in the last bits
+    only (the sum's order).
+
+    forward: conf (B, P, C) logits -> (B, C-1, P) scores, class by class.
+    """
+
+    def forward(self, conf: Tensor) -> Tensor:
+        ones = torch.ones(1, conf.shape[-1], dtype=conf.dtype, device=conf.device)
+        spread = conf.amax(dim=-1, keepdim=True) @ ones  # (B, P, C): each prior's max, C times
+        exps = (conf - spread).exp().transpose(1, 2)  # (B, C, P)
+        return exps[:, 1:] / (ones @ exps)  # (B, C-1, P) over (B, 1, P)
+
+
 class DetectorGraph(nn.Module):
     """Normalised images in, final detections out (see the module docstring).
 
@@ -140,15 +184,20 @@ class DetectorGraph(nn.Module):
         network: maps x float (B, 3, S, S) (RGB 0-255 minus the image mean) to ``loc``
             (B, P, 4) and ``conf`` (B, P, C) logits; an SSD, or a traced copy of one.
         priors: (P, 4) cxcywh as fractions of the image.
-        nms: module (boxes (B, P, 4), scores (B, C-1, P)) -> the survivors' scores in
-            place, zeros elsewhere (B, C-1, P), as `surviving_scores`; None = `TorchNMS`
-            with the thresholds below.
+        nms: module (boxes (N, k, 4), scores (N, 1, k)) -> the survivors' scores in place,
+            zeros elsewhere (N, 1, k), as `surviving_scores`, where N = B * (C-1) and k =
+            min(pre_nms_top_k, P); None = `TorchNMS` with the thresholds below.
+        scores: module conf (B, P, C) logits -> foreground scores (B, C-1, P);
+            None = `ForegroundScores` (``detect``'s softmax bit for bit).
         score_threshold, nms_threshold, pre_nms_top_k, max_detections, clip, variances:
             as in `singleshot.postprocess.detect` (max_detections None = every survivor,
             i.e. K = (C-1) * pre_nms_top_k).
 
     forward: x (B, 3, S, S) -> boxes (B, K, 4), scores (B, K), labels int64 (B, K), counts int64 (B,).
     """
+
+    if TYPE_CHECKING:
+        candidate_labels: Tensor
 
     def __init__(
         self,
@@ -162,6 +211,7 @@ class DetectorGraph(nn.Module):
         clip: bool = False,
         variances: tuple[float, float] = (0.1, 0.2),
         nms: nn.Module | None = None,
+        scores: nn.Module | None = None,
     ) -> None:
         super().__init__()
         if not 0.0 <= score_threshold < 1.0:
@@ -179,6 +229,11 @@ class DetectorGraph(nn.Module):
         self.clip = bool(clip)
         self.score_threshold = float(score_threshold)
         self.nms = nms if nms is not None else TorchNMS(nms_threshold, score_threshold)
+        self.scores = scores if scores is not None else ForegroundScores()
+        # the label of each of an image's (C-1) * k candidates, class by class: one gather
+        # instead of an integer division, which exports as five nodes
+        labels = torch.arange(cap, device=priors.device) // self.top_k + 1
+        self.register_buffer("candidate_labels", labels, persistent=False)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         loc, conf = self.network(x)
@@ -189,24 +244,38 @@ class DetectorGraph(nn.Module):
         boxes = self.decoder(loc)
         if self.clip:
             boxes = boxes.clamp(0.0, 1.0)
-        scores = torch.softmax(conf, dim=-1).transpose(1, 2)[:, 1:]  # (B, C-1, P)
+        scores = self.scores(conf)  # (B, C-1, P)
         # Scores at or below the threshold never become detections, so zero them before the
         # top-k: most rows then hold few non-zero scores, and ONNX Runtime's TopK (a heap)
-        # rarely updates; its order is not needed before the scatter (benchmarks/README.md).
+        # rarely updates; NMS needs no order (benchmarks/README.md).
         passing = scores * (scores > self.score_threshold)
-        top_scores, top_index = passing.topk(self.top_k, dim=2, sorted=False)
-        candidates = torch.zeros_like(scores).scatter(2, top_index, top_scores)
+        top_scores, top_index = passing.topk(self.top_k, dim=2, sorted=False)  # (B, C-1, k)
+        candidates = gather_rows(boxes, top_index.flatten(1))  # (B, (C-1) * k, 4)
 
-        survivors = self.nms(boxes, candidates)  # (B, C-1, P): every non-zero is a detection
-        best, index = survivors.flatten(1).topk(self.max_out, dim=1)  # (B, K), sorted, descending
+        # NMS per image and class, each (image, class) its own batch entry of k candidates: the
+        # survivors' table is (C-1) * k wide per image instead of (C-1) * P, so the final
+        # top-k looks at the candidates only.
+        k = self.top_k
+        survivors = self.nms(candidates.reshape(-1, k, 4), top_scores.reshape(-1, 1, k))
+        survivors = survivors.reshape(top_scores.shape[0], -1)  # (B, (C-1) * k)
+        best, index = survivors.topk(self.max_out, dim=1)  # (B, K), sorted, descending
 
         valid = best > 0  # a survivor's score is above the threshold, so positive
-        prior = index % self.num_priors
-        out_boxes = boxes.gather(1, prior.unsqueeze(-1).expand(-1, -1, 4))
-        out_boxes = torch.where(valid.unsqueeze(-1), out_boxes, 0.0)
-        labels = torch.div(index, self.num_priors, rounding_mode="floor") + 1
-        out_labels = torch.where(valid, labels, 0)
+        out_boxes = torch.where(valid.unsqueeze(-1), gather_rows(candidates, index), 0.0)
+        out_labels = torch.where(valid, self.candidate_labels[index], 0)
         return out_boxes, best, out_labels, valid.sum(dim=1)
+
+
+def gather_rows(table: Tensor, index: Tensor) -> Tensor:
+    """``table[b, index[b, n]]`` for every b and n: (B, N, D) rows of a (B, R, D) table.
+
+    An embedding lookup in the (B * R, D) table: one ONNX ``Gather`` of whole rows, where a
+    ``gather`` along dimension 1 needs a (B, N, D) index and the ``Expand`` that makes it
+    (ONNX Runtime spent longer on that than on the gather itself).
+    """
+    batch, rows, width = table.shape
+    offsets = torch.arange(batch, device=index.device).unsqueeze(1) * rows  # (B, 1)
+    return F.embedding(index + offsets, table.reshape(-1, width))
 
 
 def outputs_to_detections(

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..fileio import atomic_write
-from .graph import DetectorGraph
+from .graph import DetectorGraph, ForegroundScoresByProducts
 
 if TYPE_CHECKING:
     from ..models.ssd import SSD
@@ -135,7 +135,8 @@ def _graph_module(
     model: SSD, with_postprocess: bool, params: dict[str, Any]
 ) -> tuple[torch.nn.Module, list[str]]:
     """(module to export, its output names): the network alone, or the whole `DetectorGraph`
-    with the NMS that exports as ONNX's NonMaxSuppression."""
+    with the NMS that exports as ONNX's NonMaxSuppression and the softmax written for ONNX
+    Runtime."""
     from .onnx_ops import OnnxNMS
 
     if not with_postprocess:
@@ -146,6 +147,7 @@ def _graph_module(
         model.num_classes,
         **params,
         nms=OnnxNMS(params["nms_threshold"], params["score_threshold"]),
+        scores=ForegroundScoresByProducts(),
     ).eval()
     return module, ["boxes", "scores", "labels", "counts"]
 
