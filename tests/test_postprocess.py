@@ -4,7 +4,7 @@ import torch
 from reference import reference_detect
 from singleshot import postprocess
 from singleshot.boxes import cxcywh_to_xyxy
-from singleshot.postprocess import detect, select_top_k_per_group
+from singleshot.postprocess import class_probabilities, detect, select_top_k_per_group
 from tolerances import rounding
 
 
@@ -29,7 +29,15 @@ def as_tuples(detection):
 
 @pytest.mark.parametrize(
     "top_k, max_det, clip, sparse",
-    [(200, None, False, False), (400, 200, True, False), (30, 50, False, True), (5, 7, True, False)],
+    # (200, 50, True, True): no row of the sparse scores holds more than 200 candidates, so
+    # the k-th-score pre-filter is skipped; the dense rows and top_k 30 and 5 take it
+    [
+        (200, None, False, False),
+        (400, 200, True, False),
+        (30, 50, False, True),
+        (5, 7, True, False),
+        (200, 50, True, True),
+    ],
 )
 def test_detect_equals_per_class_loop(top_k, max_det, clip, sparse):
     loc, scores, priors = random_outputs(top_k, sparse=sparse)
@@ -149,6 +157,23 @@ def test_the_kth_score_prefilter_changes_nothing_even_with_ties(monkeypatch, top
         assert all(torch.equal(det[key], ref[key]) for key in ("boxes", "scores", "labels"))
 
 
+def test_the_prefilter_is_skipped_only_where_no_row_has_more_than_k_candidates():
+    g = torch.Generator().manual_seed(13)
+    foreground = torch.rand(2, 3, 500, generator=g) * (torch.rand(2, 3, 500, generator=g) < 0.1)
+    above = foreground > 0.01
+    counts = above.sum(-1)
+    assert 30 < int(counts.max()) <= 80  # every row at most k = 80 candidates
+    assert torch.equal(postprocess._candidates(foreground, 0.01, 80), above)
+    foreground[1, 2] = torch.rand(500, generator=g)  # one row of ~490 candidates: its top 80 stay
+    above = foreground > 0.01
+    chosen = postprocess._candidates(foreground, 0.01, 80)
+    assert int(above[1, 2].sum()) > 400 and int(chosen[1, 2].sum()) == 80
+    best = foreground[1, 2].topk(80).indices
+    assert torch.equal(chosen[1, 2].nonzero().flatten(), best.sort().values)
+    chosen[1, 2], above[1, 2] = False, False
+    assert torch.equal(chosen, above)  # the other rows keep every candidate
+
+
 def test_a_nan_score_is_never_a_candidate_and_hides_no_other():
     loc, scores, priors = random_outputs(12, num_priors=300)
     poisoned = scores.clone()
@@ -160,3 +185,18 @@ def test_a_nan_score_is_never_a_candidate_and_hides_no_other():
         assert torch.equal(got["labels"], expected["labels"])
         assert torch.equal(got["scores"], expected["scores"])
         assert (got["labels"] == 2).any()
+
+
+@pytest.mark.parametrize("num_classes", [2, 6, 15, 16, 21, 91])
+def test_class_probabilities_are_the_softmax_over_the_classes(num_classes):
+    g = torch.Generator().manual_seed(num_classes)
+    conf = 6 * torch.randn(3, 700, num_classes, generator=g)
+    conf[0, :20] += 500.0  # far beyond exp's range: the softmax shifts by the max
+    probabilities = class_probabilities(conf)
+    assert probabilities.shape == conf.shape
+    exact = torch.softmax(conf.double(), dim=-1)
+    torch.testing.assert_close(probabilities.double(), exact, atol=3e-7, rtol=1e-6)
+    if num_classes < 16:  # across the priors: PyTorch's kernel along a short last dimension is slow
+        assert torch.equal(probabilities, torch.softmax(conf.transpose(1, 2), dim=1).transpose(1, 2))
+    else:
+        assert torch.equal(probabilities, torch.softmax(conf, dim=-1))

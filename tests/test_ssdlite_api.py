@@ -17,7 +17,7 @@ from singleshot.data import open_dataset
 from singleshot.evaluation import evaluate_model
 from singleshot.export import OnnxDetector, TorchScriptDetector, export_onnx, export_torchscript, runtime
 from singleshot.inference import preprocess
-from singleshot.postprocess import detect
+from singleshot.postprocess import class_probabilities, detect
 from test_cli_eval import CLASSES, write_voc
 from tolerances import network, rounding
 
@@ -79,7 +79,7 @@ def test_predict_uses_the_preset_normalisation_and_postprocessing(model, images)
     assert x.min() >= -1 and x.max() <= 1
     with torch.no_grad():
         loc, conf = model(x)
-    expected = detect(loc, conf.softmax(-1), model.priors, 0.001, 0.55, 300, 300, clip=True)
+    expected = detect(loc, class_probabilities(conf), model.priors, 0.001, 0.55, 300, 300, clip=True)
     for result, det, image in zip(results, expected, images):
         height, width = image.shape[-2:]
         assert len(result["scores"]) == 300  # score 0.001 keeps many: the cap of 300 binds

@@ -11,7 +11,7 @@ from .boxes import fractions_to_pixels
 from .detector import PredictionStages
 from .imageio import ImageLike, to_rgb_tensor
 from .models.spec import MODEL_DEFAULT, PostprocessConfig
-from .postprocess import detect
+from .postprocess import class_probabilities, detect
 from .results import Detections, attach_sources
 from .transforms import VGG_MEAN, preprocess, resize_bilinear  # re-exported: public API (README)
 
@@ -116,7 +116,7 @@ def _module_stages(model: SSD, settings: dict[str, Any]) -> PredictionStages:
     def finish(outputs: tuple[torch.Tensor, torch.Tensor], sizes: Sequence[tuple[int, int]]) -> list[dict]:
         loc, conf = outputs
         with torch.inference_mode():
-            scores = torch.softmax(conf.float(), dim=-1)
+            scores = class_probabilities(conf.float())
             detections = detect(loc.float(), scores, model.priors.float(), **settings)
         results = []
         for det, (height, width) in zip(detections, sizes):

@@ -40,6 +40,7 @@ from torch.nn import functional as F
 from torchvision.ops import batched_nms
 
 from ..boxes import LOG_SIZE_CLAMP, fractions_to_pixels
+from ..postprocess import class_probabilities
 
 __all__ = [
     "DetectorGraph",
@@ -146,17 +147,19 @@ class PriorDecoder(nn.Module):
 
 
 class ForegroundScores(nn.Module):
-    """The foreground classes' softmax scores by ``torch.softmax``: bit for bit ``detect``'s.
+    """The foreground classes' softmax scores by `singleshot.postprocess.class_probabilities`,
+    as `predict` takes them for ``detect``: bit for bit the same.
 
     forward: conf (B, P, C) logits -> (B, C-1, P) scores, class by class.
     """
 
     def forward(self, conf: Tensor) -> Tensor:
-        return torch.softmax(conf, dim=-1).transpose(1, 2)[:, 1:]
+        return class_probabilities(conf).transpose(1, 2)[:, 1:]
 
 
 class ForegroundScoresByProducts(nn.Module):
-    """`ForegroundScores` written for ONNX Runtime, which the ONNX export uses.
+    """The foreground classes' softmax scores written for ONNX Runtime, which the ONNX
+    export uses.
 
     The same softmax, exp(x - max) / sum over the C classes of each prior, but each prior's
     max is spread over its C logits, and the exponentials summed over the classes, by matrix
@@ -164,8 +167,7 @@ class ForegroundScoresByProducts(nn.Module):
     values, and broadcasts along a last axis of C values element by element, both slowly
     (on one thread the demo model's post-processing took 0.35 ms with them, 0.25 ms with
     the products; benchmarks/README.md). The max is subtracted first, so no exponential overflows and
-    the sum is at least 1. The scores differ from ``torch.softmax``'s in the last bits
-    only (the sum's order).
+    the sum is at least 1. The scores differ from `ForegroundScores`' in the last bits only.
 
     forward: conf (B, P, C) logits -> (B, C-1, P) scores, class by class.
     """
@@ -188,7 +190,7 @@ class DetectorGraph(nn.Module):
             zeros elsewhere (N, 1, k), as `surviving_scores`, where N = B * (C-1) and k =
             min(pre_nms_top_k, P); None = `TorchNMS` with the thresholds below.
         scores: module conf (B, P, C) logits -> foreground scores (B, C-1, P);
-            None = `ForegroundScores` (``detect``'s softmax bit for bit).
+            None = `ForegroundScores` (`predict`'s softmax bit for bit).
         score_threshold, nms_threshold, pre_nms_top_k, max_detections, clip, variances:
             as in `singleshot.postprocess.detect` (max_detections None = every survivor,
             i.e. K = (C-1) * pre_nms_top_k).
