@@ -35,8 +35,8 @@ def class_probabilities(conf: Tensor) -> Tensor:
     """The softmax over the classes: conf (B, P, C) logits -> (B, P, C) probabilities.
 
     PyTorch's CPU softmax along a last dimension shorter than its vector (16 floats with
-    AVX-512, 8 with AVX2) runs 4-17 times slower than across the priors: 0.23 against 0.04 ms
-    for the demo model's 3208 priors x 6 classes (benchmarks/README.md). With fewer
+    AVX-512, 8 with AVX2) runs 4-17 times slower than across the priors: 0.23 against 0.03 ms
+    for the demo model's 3208 priors x 7 classes (benchmarks/bench_postprocess.py). With fewer
     than 16 classes the softmax therefore runs along dimension 1 of the (B, C, P) transposed
     logits, vectorised across the priors, and the (B, P, C) view of that is returned. The
     same softmax either way, rounded differently in the last bits; `predict` and the
