@@ -82,8 +82,7 @@ def softmax_kernels(rounds: int) -> None:
 
 def predict_postprocessing(model: Any, outputs: list, rounds: int) -> None:
     print("2. predict's softmax + detect, ms per image: class_probabilities | last-dimension softmax")
-    settings = {key: getattr(model.postprocess, key) for key in
-                ("score_threshold", "nms_threshold", "pre_nms_top_k", "max_detections", "clip")}  # fmt: skip
+    settings = model.postprocess.to_dict()
     for batch in (1, 8):
         batches = [
             tuple(torch.cat(parts) for parts in zip(*outputs[i : i + batch])) for i in range(0, 8, batch)
@@ -124,8 +123,7 @@ def exported_postprocessing(model: Any, outputs: list, rounds: int, folder: Path
     print("3. the exported post-processing graph in ONNX Runtime, 1 thread, ms per image:"
           " softmax by products (the export's) | ONNX Softmax")  # fmt: skip
     priors, classes = len(model.priors), model.num_classes
-    settings = {key: getattr(model.postprocess, key) for key in
-                ("score_threshold", "nms_threshold", "pre_nms_top_k", "max_detections", "clip")}  # fmt: skip
+    settings = model.postprocess.to_dict()
     inputs = [torch.cat([loc.flatten(1), conf.flatten(1)], 1).numpy() for loc, conf in outputs]
     sessions = {}
     for name, scores in (("products", ForegroundScoresByProducts()), ("softmax", ForegroundScores())):

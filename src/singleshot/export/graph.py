@@ -166,8 +166,9 @@ class ForegroundScoresByProducts(nn.Module):
     products with a row of ones: ONNX Runtime's Softmax works prior by prior on rows of C
     values, and broadcasts along a last axis of C values element by element, both slowly
     (on one thread the demo model's post-processing took 0.29-0.42 ms with ONNX's Softmax,
-    0.24-0.36 ms with the products; benchmarks/bench_postprocess.py). The max is subtracted first, so no exponential overflows and
-    the sum is at least 1. The scores differ from `ForegroundScores`' in the last bits only.
+    0.24-0.36 ms with the products; benchmarks/bench_postprocess.py). The max is subtracted
+    first, so no exponential overflows and the sum is at least 1. The scores differ from
+    `ForegroundScores`' in the last bits only.
 
     forward: conf (B, P, C) logits -> (B, C-1, P) scores, class by class.
     """
