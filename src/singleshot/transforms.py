@@ -38,13 +38,19 @@ def resize_bilinear(image: Tensor, height: int, width: int) -> Tensor:
 
     Bilinear, ``align_corners=False``, no antialiasing (what SSD models are trained with,
     as in ssd.pytorch and torchvision), computed in float32. Training, evaluation and
-    prediction all resize with this function, so they see identical pixels.
+    prediction all resize with this function, so they see identical pixels, on one thread
+    or several (a data loader's workers run on one).
+
+    Each channel is resized as a one-channel image: for a three-channel image PyTorch's
+    CPU kernel takes another path on one thread than on several, 4x slower, whose pixels
+    differ in the last bits; one-channel images take the same path (the multi-threaded
+    one's pixels) on any number of threads.
     """
     if image.shape[-2:] == (height, width):
         return image.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
-    x = image.to(torch.float32)[None]
+    x = image.to(torch.float32)[:, None]  # (3, 1, h, w)
     x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False, antialias=False)
-    return x[0].contiguous()
+    return x[:, 0]
 
 
 def preprocess(
