@@ -15,6 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Subset
 
 from ..classes import ClassMatch, load_class_map, match_classes
+from ..data.transfer import pack_samples, unpack_samples
 from ..inference import predict
 from ..models.spec import MODEL_DEFAULT
 from .coco import evaluate_coco, evaluate_coco_file
@@ -245,13 +246,16 @@ def _run_model(
     """(detections, targets) of every image of ``dataset``, in order; targets gain ``size`` (H, W)."""
     from tqdm import tqdm
 
+    # workers send each batch in few tensors: one shared-memory file per tensor is slow to receive
+    collate = pack_samples if num_workers > 0 else _as_list
     loader = DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=_as_list
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate
     )
     detections: list[dict[str, Any]] = []
     targets: list[dict[str, Any]] = []
     with tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress) as bar:
-        for batch in loader:
+        for received in loader:
+            batch = unpack_samples(received) if num_workers > 0 else received
             # plain dicts: a `Detections` keeps its image, and a dataset's worth would stay in memory
             detections.extend(dict(d) for d in predict(model, [image for image, _ in batch], **options))
             for image, target in batch:

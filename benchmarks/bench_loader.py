@@ -1,0 +1,134 @@
+"""Evaluation's image loading: a batch sent from worker processes tensor by tensor, or packed.
+
+    .venv/bin/python benchmarks/bench_loader.py [--data runs/demo/data] [--split test]
+        [--workers 2] [--batch 8] [--rounds 5] [--model runs/demo/best.pt ...]
+
+`singleshot.evaluation.evaluate_model` reads and decodes the images in DataLoader worker
+processes. Every tensor a worker returns reaches the main process as a shared-memory file of
+its own, received over a socket; a sample is an image and its boxes, labels and difficult
+flags, four tensors. `singleshot.data.transfer.pack_samples` sends a batch as one tensor
+instead (the targets' tensors as numpy arrays, pickled with the batch).
+
+1. The loader alone: every image of ``--split`` through ``--workers`` workers, batches of
+   ``--batch``, with either collate function (the samples as a list, as before, and
+   `pack_samples` + `unpack_samples`), taking turns for ``--rounds`` rounds: the main
+   process's wall time per image, and its CPU time per image (what it spends receiving).
+2. With ``--model`` files (a checkpoint, or an exported .onnx run by ONNX Runtime on 2
+   threads): `evaluate_model` itself, which packs when it has workers, against the same
+   loop with the list collate (`_run_model` with ``pack_samples`` swapped for a list),
+   the two in turns: ms per image and the mAP of each (equal).
+
+Median over rounds; the CPU's name and load are printed with the figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from typing import Any
+from unittest import mock
+
+from torch.utils.data import DataLoader
+
+from singleshot.cache import cpu_name
+from singleshot.data import open_dataset
+from singleshot.data.transfer import pack_samples, unpack_samples
+from singleshot.evaluation import evaluate_model
+from singleshot.evaluation import run as evaluation_run
+
+
+def _as_list(batch: list[Any]) -> list[Any]:
+    return batch
+
+
+def _loader_pass(dataset: Any, packed: bool, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall, main-process CPU) seconds per image of one pass over ``dataset``."""
+    collate = pack_samples if packed else _as_list
+    loader = DataLoader(dataset, batch_size=args.batch, num_workers=args.workers, collate_fn=collate)
+    wall, cpu = time.perf_counter(), time.process_time()
+    count = 0
+    for received in loader:
+        batch = unpack_samples(received) if packed else received
+        count += len(batch)
+    return (time.perf_counter() - wall) / count, (time.process_time() - cpu) / count
+
+
+def bench_loader(dataset: Any, args: argparse.Namespace) -> None:
+    times: dict[str, list[tuple[float, float]]] = {"tensor by tensor": [], "packed": []}
+    for round_ in range(args.rounds):
+        order = list(times) if round_ % 2 == 0 else list(reversed(times))
+        for name in order:
+            times[name].append(_loader_pass(dataset, name == "packed", args))
+    print(f"1. the loader alone: {len(dataset)} images, {args.workers} workers, batches of {args.batch}")
+    for name, rows in times.items():
+        wall = statistics.median(r[0] for r in rows) * 1e3
+        cpu = statistics.median(r[1] for r in rows) * 1e3
+        print(f"   {name:17s} {wall:6.2f} ms per image elapsed, {cpu:6.2f} ms main-process CPU")
+
+
+def _load_model(path: str) -> Any:
+    if path.endswith(".onnx"):
+        from singleshot.export import OnnxDetector
+
+        return OnnxDetector(path, threads=2)
+    from singleshot.checkpoint import load
+
+    return load(path).optimize_for_inference()
+
+
+def bench_evaluate(dataset: Any, args: argparse.Namespace) -> None:
+    print(f"2. evaluate_model, {args.workers} workers, batches of {args.batch}")
+    for path in args.model:
+        model = _load_model(path)
+        times: dict[str, list[float]] = {"tensor by tensor": [], "packed": []}
+        maps = {}
+        evaluate_model(
+            model, dataset, "voc07", batch_size=args.batch, num_workers=args.workers, progress=False
+        )
+        for round_ in range(args.rounds):
+            for name in times if round_ % 2 == 0 else reversed(list(times)):
+                # the old loop: a plain list from the workers, received as it is
+                patches = [] if name == "packed" else [
+                    mock.patch.object(evaluation_run, "pack_samples", _as_list),
+                    mock.patch.object(evaluation_run, "unpack_samples", _as_list),
+                ]  # fmt: skip
+                for patch in patches:
+                    patch.start()
+                start = time.perf_counter()
+                result = evaluate_model(
+                    model, dataset, "voc07", batch_size=args.batch, num_workers=args.workers, progress=False
+                )
+                times[name].append((time.perf_counter() - start) / len(dataset))
+                for patch in patches:
+                    patch.stop()
+                maps[name] = result["map"]
+        cells = [
+            f"{name} {statistics.median(t) * 1e3:.2f} ms (mAP {100 * maps[name]:.2f})"
+            for name, t in times.items()
+        ]
+        print(f"   {os.path.basename(path)}: " + ", ".join(cells))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--data", default="runs/demo/data", help="a dataset root (default runs/demo/data)")
+    parser.add_argument("--split", default="test", help="its split (default test)")
+    parser.add_argument("--workers", type=int, default=2, help="loader worker processes (default 2)")
+    parser.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of turns (default 5)")
+    parser.add_argument("--model", nargs="*", default=[], help="checkpoints or .onnx files for section 2")
+    args = parser.parse_args()
+    dataset = open_dataset(args.data, split=args.split)
+    print(f"{cpu_name()}, load average {os.getloadavg()}")
+    bench_loader(dataset, args)
+    if args.model:
+        bench_evaluate(dataset, args)
+    print(f"load average at the end {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()
