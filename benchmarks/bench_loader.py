@@ -1,7 +1,8 @@
-"""Evaluation's image loading: a batch sent from worker processes tensor by tensor, or packed.
+"""Image loading in worker processes: a batch sent tensor by tensor, or in few tensors.
 
     .venv/bin/python benchmarks/bench_loader.py [--data runs/demo/data] [--split test]
         [--workers 2] [--batch 8] [--rounds 5] [--model runs/demo/best.pt ...]
+        [--train-size 160] [--train-batch 32] [--train-batches 20]
 
 `singleshot.evaluation.evaluate_model` reads and decodes the images in DataLoader worker
 processes. Every tensor a worker returns reaches the main process as a shared-memory file of
@@ -18,6 +19,12 @@ instead (the targets' tensors as numpy arrays, pickled with the batch).
    loop with the list collate (`_run_model` with ``pack_samples`` swapped for a list),
    the two in turns: ms per image and the mAP of each (equal).
 
+3. The training loader (`singleshot.training.data.make_train_loader`, `SSDAugmentation` at
+   ``--train-size``, batches of ``--train-batch``, ``--workers`` workers) over ``--train-batches``
+   batches, its collate making each key's target tensors views of one tensor
+   (`singleshot.data.collate.share_target_storage`) against one tensor per target and key
+   (each view cloned, as before): the main process's wall and CPU time per batch.
+
 Median over rounds; the CPU's name and load are printed with the figures.
 """
 
@@ -30,13 +37,18 @@ import time
 from typing import Any
 from unittest import mock
 
+import torch
 from torch.utils.data import DataLoader
 
 from singleshot.cache import cpu_name
 from singleshot.data import open_dataset
+from singleshot.data.augment import SSDAugmentation
+from singleshot.data.collate import collate
 from singleshot.data.transfer import pack_samples, unpack_samples
 from singleshot.evaluation import evaluate_model
 from singleshot.evaluation import run as evaluation_run
+from singleshot.training import data as training_data
+from singleshot.training.data import make_train_loader
 
 
 def _as_list(batch: list[Any]) -> list[Any]:
@@ -111,6 +123,44 @@ def bench_evaluate(dataset: Any, args: argparse.Namespace) -> None:
         print(f"   {os.path.basename(path)}: " + ", ".join(cells))
 
 
+def _separate_targets(batch: Any) -> Any:
+    """`collate`, then every target tensor a storage of its own (the collate before views)."""
+    x, targets = collate(batch)
+    return x, [{k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+
+
+def _train_pass(dataset: Any, shared: bool, args: argparse.Namespace) -> tuple[float, float]:
+    """(wall, main-process CPU) seconds per batch over ``--train-batches`` batches."""
+    transform = SSDAugmentation(size=args.train_size)
+    with mock.patch.object(training_data, "collate", collate if shared else _separate_targets):
+        loader = make_train_loader(dataset, transform, args.train_batch, seed=0, workers=args.workers)
+        batches = iter(loader)
+        next(batches)  # the workers started
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(args.train_batches):
+            next(batches)
+        result = (
+            (time.perf_counter() - wall) / args.train_batches,
+            (time.process_time() - cpu) / args.train_batches,
+        )
+        del batches
+    return result
+
+
+def bench_train_loader(data: str, args: argparse.Namespace) -> None:
+    dataset = open_dataset(data, split="train")
+    times: dict[str, list[tuple[float, float]]] = {"tensor by tensor": [], "views of one": []}
+    for round_ in range(args.rounds):
+        for name in times if round_ % 2 == 0 else reversed(list(times)):
+            times[name].append(_train_pass(dataset, name == "views of one", args))
+    size, batch = args.train_size, args.train_batch
+    print(f"3. the training loader: batches of {batch} at {size} px, {args.workers} workers")
+    for name, rows in times.items():
+        wall = statistics.median(r[0] for r in rows) * 1e3
+        cpu = statistics.median(r[1] for r in rows) * 1e3
+        print(f"   {name:17s} {wall:6.2f} ms per batch elapsed, {cpu:6.2f} ms main-process CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -121,12 +171,16 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of turns (default 5)")
     parser.add_argument("--model", nargs="*", default=[], help="checkpoints or .onnx files for section 2")
+    parser.add_argument("--train-size", type=int, default=160, help="training input side (default 160)")
+    parser.add_argument("--train-batch", type=int, default=32, help="training batch (default 32)")
+    parser.add_argument("--train-batches", type=int, default=20, help="training batches timed (default 20)")
     args = parser.parse_args()
     dataset = open_dataset(args.data, split=args.split)
     print(f"{cpu_name()}, load average {os.getloadavg()}")
     bench_loader(dataset, args)
     if args.model:
         bench_evaluate(dataset, args)
+    bench_train_loader(args.data, args)
     print(f"load average at the end {os.getloadavg()}")
 
 

@@ -20,7 +20,37 @@ def test_stacks_inputs_in_order_and_keeps_targets():
     assert x[:, 0, 0, 0].tolist() == [1.0, 2.0, 3.0]
     assert [t["image_id"] for t in targets] == ["a", "b", "c"]
     assert [len(t["boxes"]) for t in targets] == [2, 0, 1]
-    assert all(t is s[1] for t, s in zip(targets, batch))
+    for target, (_, given) in zip(targets, batch):
+        assert list(target) == list(given)  # the keys, in order
+        for key in ("boxes", "labels"):
+            assert target[key].dtype == given[key].dtype and torch.equal(target[key], given[key])
+    # each key's tensors are views of one tensor: a worker's batch sends one storage per key
+    for key in ("boxes", "labels"):
+        storages = {t[key].untyped_storage().data_ptr() for t in targets}
+        assert len(storages) == 1, key
+    assert all(
+        "boxes" in s[1]
+        and s[1]["boxes"].untyped_storage().data_ptr()
+        not in {t["boxes"].untyped_storage().data_ptr() for t in targets}
+        for s in batch
+    )  # inputs untouched
+
+
+def test_targets_of_mixed_kinds_keep_their_tensors():
+    # a key is joined only where every target holds a tensor of one dtype and row shape
+    batch = [
+        (
+            torch.zeros(3, 4, 4),
+            {"boxes": torch.ones(2, 4), "extra": torch.ones(2, 3), "score": torch.ones(1)},
+        ),
+        (torch.zeros(3, 4, 4), {"boxes": torch.ones(1, 4), "extra": torch.ones(1, 5), "score": 1.0}),
+    ]
+    _, targets = collate(batch)
+    assert (
+        targets[0]["boxes"].untyped_storage().data_ptr() == targets[1]["boxes"].untyped_storage().data_ptr()
+    )
+    for key in ("extra", "score"):
+        assert targets[0][key] is batch[0][1][key] and targets[1][key] is batch[1][1][key]
 
 
 @pytest.mark.parametrize(

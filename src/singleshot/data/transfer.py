@@ -3,9 +3,9 @@
 Every tensor a DataLoader worker returns reaches the main process as a shared-memory file
 of its own: the worker copies the tensor into it, and the main process receives the file's
 descriptor over a socket and maps it. That costs about half a millisecond per tensor in the
-main process (benchmarks/README.md, "Evaluation"), whatever its size: a batch of eight
-images with their boxes, labels and difficult flags is 32 tensors, longer than an int8
-model takes to detect in the eight images.
+main process, whatever its size (benchmarks/README.md, "Image loading in worker
+processes"): a batch of eight images with their boxes, labels and difficult flags is 32
+tensors, longer than an int8 model takes to detect in the eight images.
 
 `pack_samples`, the workers' ``collate_fn``, joins the batch's images into one tensor and
 turns the targets' tensors into numpy arrays, which travel pickled inside the batch;
