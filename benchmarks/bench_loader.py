@@ -74,10 +74,15 @@ def bench_loader(dataset: Any, args: argparse.Namespace) -> None:
         for name in order:
             times[name].append(_loader_pass(dataset, name == "packed", args))
     print(f"1. the loader alone: {len(dataset)} images, {args.workers} workers, batches of {args.batch}")
+    _print_medians(times, "image")
+
+
+def _print_medians(times: dict[str, list[tuple[float, float]]], unit: str) -> None:
+    """One line per way: the median (wall, main-process CPU) seconds per ``unit``, in ms."""
     for name, rows in times.items():
         wall = statistics.median(r[0] for r in rows) * 1e3
         cpu = statistics.median(r[1] for r in rows) * 1e3
-        print(f"   {name:17s} {wall:6.2f} ms per image elapsed, {cpu:6.2f} ms main-process CPU")
+        print(f"   {name:17s} {wall:6.2f} ms per {unit} elapsed, {cpu:6.2f} ms main-process CPU")
 
 
 def _load_model(path: str) -> Any:
@@ -155,10 +160,7 @@ def bench_train_loader(data: str, args: argparse.Namespace) -> None:
             times[name].append(_train_pass(dataset, name == "views of one", args))
     size, batch = args.train_size, args.train_batch
     print(f"3. the training loader: batches of {batch} at {size} px, {args.workers} workers")
-    for name, rows in times.items():
-        wall = statistics.median(r[0] for r in rows) * 1e3
-        cpu = statistics.median(r[1] for r in rows) * 1e3
-        print(f"   {name:17s} {wall:6.2f} ms per batch elapsed, {cpu:6.2f} ms main-process CPU")
+    _print_medians(times, "batch")
 
 
 def main() -> None:
