@@ -311,3 +311,31 @@ def test_eval_cli_equals_the_library_on_objects_the_model_finds(tmp_path, checkp
         assert metrics["ap"][name] > 0.2
         assert metrics["ap"][name] == expected["ap"][label]  # the same detections, the same arithmetic
     assert metrics["map"] == expected["map"]
+
+
+def test_workers_default_to_none_on_the_cpu_and_to_training_s_count_with_a_gpu(
+    tmp_path, checkpoint, monkeypatch
+):
+    import singleshot.evaluation
+    from singleshot.cli.eval import loader_workers
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["num_workers"])
+        return evaluate_model(*args, **kwargs)
+
+    monkeypatch.setattr(singleshot.evaluation, "evaluate_model", spy)
+    data = write_voc(tmp_path / "VOCworkers")
+    for extra in ([], ["--workers", "1"]):
+        args = ["eval", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "out")]
+        code = main([*args, "--no-progress", *extra])
+        assert code == 0
+    assert seen == [0, 1]
+    # with a GPU, as training: up to 8 per process, one core left to each process's own thread
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    for cores, expected in ((16, 8), (4, 3), (1, 0)):
+        monkeypatch.setattr("os.cpu_count", lambda cores=cores: cores)
+        assert loader_workers(None, torch.device("cuda")) == expected
+        assert loader_workers(2, torch.device("cuda")) == 2
+    assert loader_workers(None, torch.device("cpu")) == 0
