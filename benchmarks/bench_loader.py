@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/bench_loader.py [--data runs/demo/data] [--split test]
         [--workers 2] [--batch 8] [--rounds 5] [--model runs/demo/best.pt ...]
-        [--train-size 160] [--train-batch 32] [--train-batches 20]
+        [--images GLOB] [--train-size 160] [--train-batch 32] [--train-batches 20]
 
 `singleshot.evaluation.evaluate_model` reads and decodes the images in DataLoader worker
 processes. Every tensor a worker returns reaches the main process as a shared-memory file of
@@ -25,12 +25,18 @@ instead (the targets' tensors as numpy arrays, pickled with the batch).
    (`singleshot.data.collate.share_target_storage`) against one tensor per target and key
    (each view cloned, as before): the main process's wall and CPU time per batch.
 
+4. With ``--model`` files: `singleshot.pipeline.predict_files` (``singleshot detect``'s loop,
+   batches of ``--batch``) over the split's image files, decoding the next batch in a thread
+   while the model runs, and decoding in line, in turns: ms per image. ``--images GLOB``
+   times other files instead (e.g. large photos).
+
 Median over rounds; the CPU's name and load are printed with the figures.
 """
 
 from __future__ import annotations
 
 import argparse
+import glob
 import os
 import statistics
 import time
@@ -47,6 +53,7 @@ from singleshot.data.collate import collate
 from singleshot.data.transfer import pack_samples, unpack_samples
 from singleshot.evaluation import evaluate_model
 from singleshot.evaluation import run as evaluation_run
+from singleshot.pipeline import predict_files, reads_ahead_by_default
 from singleshot.training import data as training_data
 from singleshot.training.data import make_train_loader
 
@@ -163,6 +170,27 @@ def bench_train_loader(data: str, args: argparse.Namespace) -> None:
     _print_medians(times, "batch")
 
 
+def bench_read_ahead(dataset: Any, args: argparse.Namespace) -> None:
+    paths = (
+        sorted(glob.glob(args.images))
+        if args.images
+        else [dataset.image_path(i) for i in range(len(dataset))]
+    )
+    print(f"4. predict_files over {len(paths)} files, batches of {args.batch}: reading ahead or in line")
+    for path in args.model:
+        model = _load_model(path)
+        list(predict_files(model, paths[: 2 * args.batch], batch_size=args.batch))
+        times: dict[bool, list[float]] = {True: [], False: []}
+        for round_ in range(args.rounds):
+            for ahead in times if round_ % 2 == 0 else reversed(list(times)):
+                start = time.perf_counter()
+                count = sum(1 for _ in predict_files(model, paths, batch_size=args.batch, prefetch=ahead))
+                times[ahead].append((time.perf_counter() - start) / count)
+        default = "ahead" if reads_ahead_by_default(model) else "in line"
+        print(f"   {os.path.basename(path)}: ahead {statistics.median(times[True]) * 1e3:.2f} ms, in line "
+              f"{statistics.median(times[False]) * 1e3:.2f} ms per image (default: {default})")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -173,6 +201,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
     parser.add_argument("--rounds", type=int, default=5, help="rounds of turns (default 5)")
     parser.add_argument("--model", nargs="*", default=[], help="checkpoints or .onnx files for section 2")
+    parser.add_argument(
+        "--images", default=None, help="a glob of image files for section 4 (default: the split's)"
+    )
     parser.add_argument("--train-size", type=int, default=160, help="training input side (default 160)")
     parser.add_argument("--train-batch", type=int, default=32, help="training batch (default 32)")
     parser.add_argument("--train-batches", type=int, default=20, help="training batches timed (default 20)")
@@ -183,6 +214,8 @@ def main() -> None:
     if args.model:
         bench_evaluate(dataset, args)
     bench_train_loader(args.data, args)
+    if args.model:
+        bench_read_ahead(dataset, args)
     print(f"load average at the end {os.getloadavg()}")
 
 

@@ -80,3 +80,34 @@ def test_empty_and_bad_arguments(model, files):
     only_bad = list(predict_files(model, [files[1], files[1].with_name("missing.png")]))
     assert [item.detections for item in only_bad] == [None, None]
     assert "missing.png" in only_bad[1].error
+
+
+def test_reads_ahead_unless_pytorch_runs_the_model_on_the_cpu(model, files, tmp_path, monkeypatch):
+    import singleshot.pipeline as pipeline
+    from singleshot.export import OnnxDetector, TorchScriptDetector, export_onnx, export_torchscript
+
+    onnx_model = OnnxDetector(export_onnx(model, tmp_path / "m.onnx", with_postprocess=True), threads=1)
+    script = TorchScriptDetector(export_torchscript(model, tmp_path / "m.pt"))
+
+    class CudaScript:  # what runtime_of calls "torch", on a GPU
+        device = "cuda:0"
+
+    assert pipeline.reads_ahead_by_default(model) is False
+    assert pipeline.reads_ahead_by_default(script) is False
+    assert pipeline.reads_ahead_by_default(onnx_model) is True
+    assert pipeline.reads_ahead_by_default(CudaScript()) is True
+
+    pools = []
+    real_pool = pipeline.ThreadPoolExecutor
+    monkeypatch.setattr(pipeline, "ThreadPoolExecutor", lambda **kw: pools.append(kw) or real_pool(**kw))
+    paths = [str(p) for p in files]
+    plain = list(predict_files(model, paths, batch_size=2))
+    assert pools == []  # the checkpoint on the CPU: read in line
+    ahead = list(predict_files(model, paths, batch_size=2, prefetch=True))
+    assert pools == [{"max_workers": 1}]
+    for a, b in zip(plain, ahead):
+        assert a.path == b.path and a.error == b.error
+        if a.detections is not None:
+            assert_same(a.detections, b.detections)
+    list(predict_files(onnx_model, paths, batch_size=2))
+    assert len(pools) == 2  # an ONNX Runtime file: read ahead
