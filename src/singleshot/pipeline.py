@@ -81,9 +81,9 @@ def reads_ahead_by_default(model: Detector) -> bool:
 
     There the decoding thread takes a core from PyTorch's OpenMP threads, whose every
     parallel region then waits for the one preempted: on 2 cores the demo checkpoint took
-    5.31 ms per image reading ahead against 3.46 without, SSD300 177 against 162 ms. ONNX
+    6.80 ms per image reading ahead against 4.52 without, SSD300 177 against 162 ms. ONNX
     Runtime's threads share out their work as they come free, and gain from the overlap
-    (the demo's int8 file 2.07 against 2.52 ms; benchmarks/README.md).
+    (the demo's int8 file 1.82 against 2.17 ms; benchmarks/README.md).
     """
     from .export.load import runtime_of
 

@@ -51,10 +51,12 @@ class PackedSamples(NamedTuple):
 
 
 def _convertible(value: Any) -> bool:
-    """A CPU tensor numpy can hold (numpy has no bfloat16; a tensor needing gradients stays one)."""
+    """A dense CPU tensor numpy can hold (numpy has no bfloat16; a tensor needing gradients,
+    or a sparse one, stays one)."""
     return (
         isinstance(value, Tensor)
         and value.device.type == "cpu"
+        and value.layout == torch.strided
         and not value.requires_grad
         and value.dtype not in (torch.bfloat16, torch.complex32)
     )
