@@ -9,8 +9,9 @@ import torch
 
 import singleshot
 from singleshot.training import TrainConfig, apply_overrides, available_recipes, load_recipe
-from singleshot.training.config import ScheduleConfig, apply_values, parse_override
+from singleshot.training.config import ScheduleConfig
 from singleshot.training.optim import build_optimizer, parameter_groups
+from singleshot.training.recipes import apply_values, parse_override
 from singleshot.training.sampler import EndlessSampler, sample_generator
 from singleshot.training.schedule import LRSchedule, lr_factor
 from singleshot.training.state import capture_rng_state, restore_rng_state

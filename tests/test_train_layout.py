@@ -9,7 +9,7 @@ import torch
 from singleshot.checkpoint import load_checkpoint, save_checkpoint
 from singleshot.layout import LAYOUTS, list_decisions, trial
 from singleshot.training import TrainConfig, train
-from singleshot.training.config import load_recipe
+from singleshot.training.recipes import load_recipe
 from train_fixtures import ShapesDataset, resize_flip, tiny_config
 
 

@@ -37,7 +37,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="ONNX opset, >= 17 (default 18; openvino: of the ONNX it converts)",
     )
-    # Post-processing settings left out are the model's own (model.postprocess).
+    _add_postprocess_options(parser)
+    add(
+        "--freeze", action="store_true", help="TorchScript only: torch.jit.freeze the module (inference only)"
+    )
+    add("--verify", action="store_true",
+        help="run the exported file (ONNX Runtime / OpenVINO / torch.jit) on random input and compare "
+             "with PyTorch")  # fmt: skip
+    add_int8_options(parser)
+    parser.set_defaults(func=run)
+
+
+def _add_postprocess_options(parser: argparse.ArgumentParser) -> None:
+    """The post-processing settings of a graph with NMS inside; those left out are the model's own
+    (``model.postprocess``)."""
+    add = parser.add_argument
     add(
         "--score-threshold",
         type=float,
@@ -69,14 +83,6 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         default=None,
         help="with post-processing: clip boxes to the image before NMS (default: the model's; VGG off)",
     )
-    add(
-        "--freeze", action="store_true", help="TorchScript only: torch.jit.freeze the module (inference only)"
-    )
-    add("--verify", action="store_true",
-        help="run the exported file (ONNX Runtime / OpenVINO / torch.jit) on random input and compare "
-             "with PyTorch")  # fmt: skip
-    add_int8_options(parser)
-    parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -203,7 +203,8 @@ def flag_values(args: argparse.Namespace) -> dict[str, object]:
 def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
     """(config, resume checkpoint path or None) from the command line."""
     from ..checkpoint import load_checkpoint
-    from ..training.config import TrainConfig, apply_overrides, apply_values, load_recipe
+    from ..training.config import TrainConfig
+    from ..training.recipes import apply_overrides, apply_values, load_recipe
 
     resume = None
     if args.resume is not None:
@@ -227,7 +228,7 @@ def build_config(args: argparse.Namespace) -> tuple[TrainConfig, Path | None]:
 
 def run(args: argparse.Namespace) -> int:
     if args.list_recipes:
-        from ..training.config import available_recipes
+        from ..training.recipes import available_recipes
 
         print("\n".join(available_recipes()))
         return 0

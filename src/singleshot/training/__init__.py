@@ -5,16 +5,10 @@
 >>> result = train(config)
 """
 
-from .config import (
-    OptimizerConfig,
-    ScheduleConfig,
-    TrainConfig,
-    apply_overrides,
-    available_recipes,
-    load_recipe,
-)
+from .config import OptimizerConfig, ScheduleConfig, TrainConfig
 from .data import BadSampleError
 from .hooks import HookBase
+from .recipes import apply_overrides, available_recipes, load_recipe
 from .trainer import NonFiniteLossError, Trainer, TrainResult, train
 
 __all__ = [

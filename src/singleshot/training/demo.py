@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..fileio import atomic_write_text
-from .config import apply_overrides, apply_values, load_recipe
 from .logging import format_duration, plot_losses
+from .recipes import apply_overrides, apply_values, load_recipe
 from .trainer import train
 
 if TYPE_CHECKING:

@@ -42,6 +42,7 @@ from .logging import RunLogger
 from .memory_format import run_layout
 from .optim import build_optimizer
 from .results import NonFiniteLossError, TrainResult
+from .run_state import capture_run_state, restore_run_state
 from .schedule import LRSchedule
 from .setup import (
     Evaluator,
@@ -53,7 +54,7 @@ from .setup import (
     relate_classes,
     resolve_amp,
 )
-from .state import capture_rng_state, restore_rng_state
+from .state import restore_rng_state
 
 __all__ = ["train", "Trainer", "TrainResult", "NonFiniteLossError", "HookBase"]
 
@@ -120,7 +121,7 @@ class Trainer:
         self.hooks: list[HookBase] = []
         self.register_hooks(default_hooks(config) + list(hooks))
         if checkpoint is not None:
-            self._restore(checkpoint["training"], resume)
+            restore_run_state(self, checkpoint["training"], resume)
         self.ddp_model: nn.Module = self.model
         if self.dist.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -165,56 +166,9 @@ class Trainer:
             hook.trainer = self
             self.hooks.append(hook)
 
-    def _restore(self, state: dict[str, Any], where: Any) -> None:
-        # The saved state brings momentum buffers; rates and decays follow the current config
-        # (a resumed run may change them, e.g. --lr).
-        current = [(g["initial_lr"], g["weight_decay"]) for g in self.optimizer.param_groups]
-        self.optimizer.load_state_dict(state["optimizer"])
-        for group, (initial_lr, weight_decay) in zip(self.optimizer.param_groups, current):
-            group["initial_lr"], group["weight_decay"] = initial_lr, weight_decay
-        self.schedule.load_state_dict(state["scheduler"])
-        if state.get("scaler"):
-            self.scaler.load_state_dict(state["scaler"])
-        self.iteration = int(state["iteration"])
-        self.position = int(state["sampler"]["position"])
-        self.skipped = int(state.get("skipped_steps", 0))
-        self.bad_samples = int(state.get("bad_samples", 0))
-        self.best_map = state.get("best_map")
-        self.best_iteration = state.get("best_iteration")
-        self.rng_state = state.get("rng")
-        self.elapsed_before = float(state.get("elapsed_s", 0.0))
-        self._restore_hooks(state.get("hooks", {}), where)
-
-    def _restore_hooks(self, states: dict[str, Any], where: Any) -> None:
-        keys = {hook.state_key for hook in self.hooks}
-        if "ema" in states and "ema" not in keys:
-            raise ValueError(
-                f"{where}: the run keeps an EMA of its weights (its model weights are the average, the "
-                "trained ones are in the training state): resume it with ema_decay set"
-            )
-        for hook in self.hooks:
-            if hook.state_key is not None and hook.state_key in states:
-                hook.load_state_dict(states[hook.state_key])
-
     def training_state(self) -> dict[str, Any]:
         """Everything `--resume` needs, as plain data (see `singleshot.checkpoint`)."""
-        return {
-            "iteration": self.iteration,
-            "config": self.config.to_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.schedule.state_dict(),
-            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
-            "rng": capture_rng_state(),
-            "sampler": {"position": self.position, "seed": self.config.seed},
-            "skipped_steps": self.skipped,
-            "bad_samples": self.bad_samples,
-            "best_map": self.best_map,
-            "best_iteration": self.best_iteration,
-            "world_size": self.dist.world_size,
-            "layout": self.layout.to_dict(),
-            "elapsed_s": time.perf_counter() - self.clock_start,
-            "hooks": {h.state_key: h.state_dict() for h in self.hooks if h.state_key is not None},
-        }
+        return capture_run_state(self)
 
     # -- the loop -------------------------------------------------------------------------
     def run(self, stop_at: int | None = None) -> TrainResult:
