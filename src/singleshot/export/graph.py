@@ -223,10 +223,8 @@ class DetectorGraph(nn.Module):
             raise ValueError("pre_nms_top_k and max_detections must be >= 1")
         self.network = network
         self.decoder = PriorDecoder(priors, variances, LOG_SIZE_CLAMP)
-        num_priors = int(priors.shape[0])
-        self.num_priors = num_priors
         self.num_classes = int(num_classes)
-        self.top_k = min(int(pre_nms_top_k), num_priors)
+        self.top_k = min(int(pre_nms_top_k), int(priors.shape[0]))
         cap = (self.num_classes - 1) * self.top_k
         self.max_out = cap if max_detections is None else min(int(max_detections), cap)
         self.clip = bool(clip)
